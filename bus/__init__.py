@@ -1,0 +1,19 @@
+"""The NATS/JetStream bus: roles and permissions, the embedded server, the client."""
+
+from .client import Bus, PublishDenied, PublishTimeout, QueryError, query_subject
+from .roles import STREAM, Credentials, Role
+from .server import NatsServer
+from .settings import BusSettings
+
+__all__ = [
+    "STREAM",
+    "Bus",
+    "BusSettings",
+    "Credentials",
+    "NatsServer",
+    "PublishDenied",
+    "PublishTimeout",
+    "QueryError",
+    "Role",
+    "query_subject",
+]

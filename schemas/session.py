@@ -1,0 +1,62 @@
+"""session.*: the orchestrator's lifecycle events."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .base import EventType, Payload
+from .registry import event
+
+
+class Backend(StrEnum):
+    OFFLINE = "offline"
+    CLAUDE = "claude"
+
+
+class EndReason(StrEnum):
+    MAX_EXPERIMENTS = "max_experiments"
+    BUDGET = "budget"
+    WALL_CLOCK = "wall_clock"
+    INTERRUPTED = "interrupted"
+    COMPLETED = "completed"
+    ERROR = "error"
+
+
+class AgentAssignment(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    agent_id: str
+    direction: str
+
+
+class Budgets(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_experiments: int | None = Field(default=None, ge=1)
+    max_usd: float | None = Field(default=None, ge=0)
+    max_usd_per_agent: float | None = Field(default=None, ge=0)
+    max_wall_s: float | None = Field(default=None, gt=0)
+
+
+@event(EventType.SESSION_STARTED)
+class SessionStarted(Payload):
+    name: str
+    backend: Backend
+    dataset: str
+    weak_model: str
+    strong_model: str
+    agents: list[AgentAssignment] = Field(default_factory=list)
+    trainers: int = Field(default=1, ge=0)
+    budgets: Budgets = Field(default_factory=Budgets)
+    config: dict[str, Any] = Field(default_factory=dict)
+
+
+@event(EventType.SESSION_ENDED)
+class SessionEnded(Payload):
+    reason: EndReason
+    detail: str = ""
+    experiments: int = Field(default=0, ge=0)
+    cost_usd: float = Field(default=0.0, ge=0)

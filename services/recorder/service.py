@@ -1,0 +1,170 @@
+"""The recorder: every event on ``aar.>`` into ``events.duckdb``.
+
+- one durable pull consumer (``recorder``), batches of up to ``batch`` messages;
+- a batch is written in one transaction, *then* acknowledged: a crash before
+  the commit means redelivery, and redelivered events are ignored on their id;
+- messages that are not valid events go to ``rejected_events`` with the reason
+  and raw bytes, and a ``recorder.rejected`` event is published;
+- ``max_deliver`` exhaustion on any consumer (advisory) becomes a
+  ``recorder.dead_lettered`` event;
+- read-only audit SQL is answered on ``aarq.recorder.audit``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from typing import Any
+
+import structlog
+from nats.aio.msg import Msg
+
+from aar.paths import AarHome
+from bus import Bus, PublishDenied
+from bus.roles import STREAM
+from schemas import Event, Rejection, decode
+from schemas.recorder import RecorderDeadLettered, RecorderRejected
+
+from .audit import AuditRefused
+from .store import EventStore, Recorded, RejectedRecord
+
+DURABLE = "recorder"
+SYSTEM_SESSION = "system"
+
+
+class Recorder:
+    def __init__(
+        self,
+        bus: Bus,
+        store: EventStore,
+        *,
+        source: str = "recorder",
+        batch: int = 2000,
+        fetch_timeout: float = 0.05,
+        ack_wait: float = 5.0,
+    ) -> None:
+        self.bus = bus
+        self.store = store
+        self.source = source
+        self.batch = batch
+        self.fetch_timeout = fetch_timeout
+        self.ack_wait = ack_wait
+        self.batches = 0
+        self.last_batch_ms = 0.0
+        self.log = structlog.get_logger("recorder").bind(service=source)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        sub = await self.bus.pull(DURABLE, "aar.>", ack_wait=self.ack_wait, max_deliver=-1, max_ack_pending=50_000)
+        await self.bus.serve("recorder", {"audit": self._audit, "health": self._health})
+        await self.bus.nc.subscribe(
+            f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{STREAM}.*", cb=self._on_max_deliveries
+        )
+        self.log.info("recorder_ready", db=str(self.store.path), **self.store.counts())
+        while not stop.is_set():
+            msgs = await Bus.fetch(sub, self.batch, self.fetch_timeout)
+            if msgs:
+                await self.handle(msgs)
+            else:
+                await asyncio.sleep(0)  # fetch already waited fetch_timeout
+
+    async def handle(self, msgs: list[Msg]) -> None:
+        started = time.perf_counter()
+        events: list[Recorded] = []
+        rejected: list[RejectedRecord] = []
+        for msg in msgs:
+            seq = msg.metadata.sequence.stream
+            item = decode(msg.data, msg.subject)
+            if isinstance(item, Rejection):
+                rejected.append(RejectedRecord(item, seq))
+            else:
+                events.append(Recorded(item, seq))
+        # DuckDB work off the event loop: heartbeats and queries keep flowing.
+        new = await asyncio.to_thread(self.store.append, events, rejected)
+        for msg in msgs:
+            await msg.ack()
+        self.batches += 1
+        self.last_batch_ms = (time.perf_counter() - started) * 1000
+        if rejected:
+            await self._announce_rejections(rejected)
+        self.log.debug("batch_committed", received=len(msgs), new=new, rejected=len(rejected), ms=self.last_batch_ms)
+
+    async def _announce_rejections(self, rejected: list[RejectedRecord]) -> None:
+        for rec in rejected:
+            rej = rec.rejection
+            self.log.warning("event_rejected", reason=rej.reason[:300], subject=rej.subject, stream_seq=rec.stream_seq)
+            session = _session_of(rej.subject) or SYSTEM_SESSION
+            event = Event.create(
+                RecorderRejected(reason=rej.reason, subject=rej.subject, stream_seq=rec.stream_seq, raw_size=len(rej.raw)),
+                session_id=session,
+                source=self.source,
+                id=f"rej-{rec.stream_seq}",  # deterministic: a re-announcement is deduplicated
+            )
+            try:
+                await self.bus.publish(event)
+            except (PublishDenied, Exception) as exc:  # noqa: BLE001 - the row is already stored
+                self.log.error("rejection_announce_failed", error=str(exc))
+
+    async def _on_max_deliveries(self, msg: Msg) -> None:
+        try:
+            advisory = json.loads(msg.data)
+            seq = int(advisory["stream_seq"])
+            consumer = str(advisory.get("consumer", ""))
+            original = await self.bus.js.get_msg(STREAM, seq)
+            item = decode(original.data or b"", original.subject)
+            session = _session_of(original.subject) or SYSTEM_SESSION
+            event = Event.create(
+                RecorderDeadLettered(
+                    consumer=consumer,
+                    stream_seq=seq,
+                    deliveries=int(advisory.get("deliveries", 0)),
+                    original_event_id=item.id if isinstance(item, Event) else item.event_id,
+                    original_type=item.type.value if isinstance(item, Event) else item.event_type,
+                    original_subject=original.subject,
+                ),
+                session_id=session,
+                source=self.source,
+                causation=item.id if isinstance(item, Event) else None,
+                correlation_id=item.correlation_id if isinstance(item, Event) else None,
+                id=f"dlq-{consumer}-{seq}",
+            )
+            await self.bus.publish(event)
+            self.log.warning("dead_lettered", consumer=consumer, stream_seq=seq, subject=original.subject)
+        except Exception as exc:  # noqa: BLE001 - an advisory must never stop the recorder
+            self.log.error("dead_letter_failed", error=str(exc))
+
+    async def _audit(self, data: bytes) -> Any:
+        request = json.loads(data)
+        sql = str(request.get("sql", ""))
+        try:
+            result = await asyncio.to_thread(self.store.query, sql)
+        except AuditRefused:
+            raise
+        return result.model_dump()
+
+    async def _health(self, data: bytes) -> Any:
+        return {**self.store.counts(), "batches": self.batches, "last_batch_ms": self.last_batch_ms, "pid": os.getpid()}
+
+
+def _session_of(subject: str | None) -> str | None:
+    if not subject:
+        return None
+    parts = subject.split(".")
+    if len(parts) >= 3 and parts[0] == "aar":
+        from schemas.base import is_subject_token
+
+        return parts[1] if is_subject_token(parts[1]) else None
+    return None
+
+
+async def main() -> None:
+    from services.runtime import service, service_id
+
+    home = AarHome.from_env().ensure()
+    async with service("recorder") as (bus, stop, log):
+        store = EventStore(home.events_db)
+        try:
+            await Recorder(bus, store, source=service_id("recorder")).run(stop)
+        finally:
+            store.close()
