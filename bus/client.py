@@ -73,6 +73,7 @@ class Bus:
         self.settings = settings
         self.name = name
         self._denials: dict[str, asyncio.Future[str]] = {}
+        self._closing = False
 
     # -- connection -------------------------------------------------------
 
@@ -88,7 +89,8 @@ class Bus:
                 bus._on_error(exc)
 
         async def disconnected_cb() -> None:
-            log.warning("nats_disconnected", name=name)
+            if bus is None or not bus._closing:
+                log.warning("nats_disconnected", name=name)
 
         async def reconnected_cb() -> None:
             log.info("nats_reconnected", name=name)
@@ -123,8 +125,9 @@ class Bus:
         log.warning("nats_error", error=str(exc), name=self.name)
 
     async def close(self) -> None:
+        self._closing = True
         with contextlib.suppress(Exception):
-            await self.nc.drain()
+            await self.nc.flush(timeout=2)  # pending publishes and acks reach the server
         if not self.nc.is_closed:
             with contextlib.suppress(Exception):
                 await self.nc.close()

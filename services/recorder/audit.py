@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
+import json
 import uuid
 from pathlib import Path
 from typing import Any
@@ -68,11 +69,18 @@ def _jsonable(value: Any) -> Any:
 def run_query(con: duckdb.DuckDBPyConnection, sql: str, *, max_rows: int = MAX_ROWS) -> AuditResult:
     check_read_only(sql)
     rel = con.execute(sql)
-    columns = [d[0] for d in rel.description or []]
+    description = rel.description or []
+    columns = [d[0] for d in description]
+    is_json = [str(d[1]) == "JSON" for d in description]
     rows = rel.fetchmany(max_rows + 1)
     truncated = len(rows) > max_rows
     return AuditResult(
-        columns=columns, rows=[[_jsonable(v) for v in row] for row in rows[:max_rows]], truncated=truncated
+        columns=columns,
+        rows=[
+            [json.loads(v) if j and isinstance(v, str) else _jsonable(v) for v, j in zip(row, is_json)]
+            for row in rows[:max_rows]
+        ],
+        truncated=truncated,
     )
 
 

@@ -1,0 +1,202 @@
+"""The ``aar`` command line (DESIGN.md section 8)."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import json
+import signal
+import sys
+from enum import StrEnum
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from schemas.base import is_subject_token, new_session_id
+from schemas.session import Backend
+
+from .logs import configure
+from .paths import AarHome
+
+app = typer.Typer(help="AAR: automated alignment research on weak-to-strong supervision.", no_args_is_help=True,
+                  pretty_exceptions_show_locals=False)
+console = Console(width=None if sys.stdout.isatty() else 200)
+err = Console(stderr=True)
+
+
+class OutputFormat(StrEnum):
+    TABLE = "table"
+    CSV = "csv"
+    JSON = "json"
+
+
+@app.callback()
+def _main(
+    home: Annotated[Optional[str], typer.Option("--home", envvar="AAR_HOME", help="data folder (default ./.aar)")] = None,
+) -> None:
+    configure(json=False)
+    if home is not None:
+        import os
+
+        os.environ["AAR_HOME"] = home
+
+
+@app.command()
+def up(
+    agents: Annotated[int, typer.Option(min=0, help="researcher agents")] = 3,
+    trainers: Annotated[int, typer.Option(min=0, help="trainer processes")] = 1,
+    backend: Annotated[Backend, typer.Option(help="offline policy or Claude")] = Backend.OFFLINE,
+    max_experiments: Annotated[Optional[int], typer.Option(min=1, help="end after this many scored experiments")] = None,
+    max_wall: Annotated[Optional[float], typer.Option(min=1, help="end after this many seconds")] = None,
+    max_usd: Annotated[Optional[float], typer.Option(min=0, help="session dollar budget (Claude)")] = None,
+    dataset: Annotated[str, typer.Option(help="task dataset")] = "rotten_tomatoes",
+    session: Annotated[Optional[str], typer.Option(help="a name for the session")] = None,
+) -> None:
+    """Start the embedded stack and run one research session."""
+    from services.orchestrator.config import SessionConfig
+
+    from .supervisor import Supervisor, default_specs, log_paths, read_run_file
+
+    home = AarHome.from_env().ensure()
+    if read_run_file(home) is not None:
+        err.print(f"[red]a session is already running on {home.root}[/red] (see {home.run_file}); stop it first")
+        raise typer.Exit(1)
+    if backend is Backend.CLAUDE:
+        import os
+
+        if not os.environ.get("ANTHROPIC_API_KEY"):
+            err.print("[red]--backend claude needs ANTHROPIC_API_KEY in the environment[/red]")
+            raise typer.Exit(2)
+    session_id = new_session_id()
+    name = session or session_id
+    if session is not None and not session.strip():
+        err.print("[red]--session must not be empty[/red]")
+        raise typer.Exit(2)
+    config = SessionConfig(
+        session_id=session_id, name=name, agents=agents, trainers=trainers, backend=backend, dataset=dataset,
+        max_experiments=max_experiments, max_usd=max_usd, max_wall_s=max_wall,
+    )
+    supervisor = Supervisor(home, default_specs(config.to_env(), trainers=trainers))
+    console.print(f"[bold]AAR[/bold] session [cyan]{session_id}[/cyan] ({name}) in {home.root}")
+
+    async def run() -> str:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            await supervisor.start()
+            console.print(f"nats-server at {supervisor.server.url}; services: {', '.join(supervisor.children)}")
+            if max_wall is None and max_experiments is None:
+                console.print("running until Ctrl-C")
+            return await supervisor.run(stop)
+        finally:
+            console.print("stopping services ...")
+            await supervisor.shutdown()
+
+    why = asyncio.run(run())
+    console.print(f"session {session_id}: {why}")
+    for label, path in log_paths(home).items():
+        console.print(f"  {label}: {path}")
+    console.print(f'  audit it: aar audit "SELECT type, count(*) FROM events WHERE session_id = \'{session_id}\' GROUP BY 1"')
+
+
+def _run_audit(sql: str, max_rows: int | None = None) -> dict[str, object]:
+    """Through the recorder while a stack runs, on the file read-only otherwise."""
+    from services.recorder.audit import open_read_only, run_query
+
+    from .supervisor import admin_settings_from_home
+
+    home = AarHome.from_env()
+    settings = admin_settings_from_home(home)
+    if settings is not None:
+        from bus import Bus
+
+        async def ask() -> dict[str, object]:
+            bus = await Bus.connect(settings, name="aar-audit")
+            try:
+                return await bus.request("recorder", "audit", {"sql": sql}, timeout=60)  # type: ignore[no-any-return]
+            finally:
+                await bus.close()
+
+        return asyncio.run(ask())
+    con = open_read_only(home.events_db)
+    try:
+        return run_query(con, sql).model_dump()
+    finally:
+        con.close()
+
+
+def _print_result(result: dict[str, object], fmt: OutputFormat) -> None:
+    columns = [str(c) for c in result["columns"]]  # type: ignore[union-attr]
+    rows = result["rows"]
+    if fmt is OutputFormat.JSON:
+        for row in rows:  # type: ignore[union-attr]
+            sys.stdout.write(json.dumps(dict(zip(columns, row)), default=str) + "\n")
+    elif fmt is OutputFormat.CSV:
+        buf = io.StringIO()
+        writer = csv.writer(buf)
+        writer.writerow(columns)
+        for row in rows:  # type: ignore[union-attr]
+            writer.writerow([json.dumps(v) if isinstance(v, (list, dict)) else v for v in row])
+        sys.stdout.write(buf.getvalue())
+    else:
+        table = Table(*columns, show_lines=False)
+        for row in rows:  # type: ignore[union-attr]
+            table.add_row(*["" if v is None else str(v) for v in row])
+        console.print(table)
+        console.print(f"{len(rows)} row(s)" + (" (truncated)" if result.get("truncated") else ""))  # type: ignore[arg-type]
+
+
+def _audit_or_exit(sql: str) -> dict[str, object]:
+    from bus.client import QueryError
+    from services.recorder.audit import AuditRefused
+
+    try:
+        return _run_audit(sql)
+    except (AuditRefused, QueryError, FileNotFoundError) as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    except Exception as exc:  # duckdb errors: bad SQL, unknown column, ...
+        err.print(f"[red]{type(exc).__name__}: {exc}[/red]")
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def audit(
+    sql: Annotated[str, typer.Argument(help="a read-only SELECT over events and the views")],
+    format: Annotated[OutputFormat, typer.Option("--format", "-f")] = OutputFormat.TABLE,
+) -> None:
+    """Run read-only SQL over the event log."""
+    _print_result(_audit_or_exit(sql), format)
+
+
+@app.command()
+def sessions(format: Annotated[OutputFormat, typer.Option("--format", "-f")] = OutputFormat.TABLE) -> None:
+    """List the sessions in the log."""
+    _print_result(
+        _audit_or_exit(
+            "SELECT session_id, name, backend, dataset, first_event, last_event, events, scores, end_reason "
+            "FROM sessions ORDER BY first_event"
+        ),
+        format,
+    )
+
+
+@app.command("service")
+def run_service(name: Annotated[str, typer.Argument(help="recorder | orchestrator")]) -> None:
+    """Run one service process (what `aar up` and compose start)."""
+    import runpy
+
+    modules = {"recorder": "services.recorder", "orchestrator": "services.orchestrator"}
+    if name not in modules:
+        err.print(f"[red]unknown service {name!r}[/red]; known: {', '.join(sorted(modules))}")
+        raise typer.Exit(2)
+    runpy.run_module(modules[name], run_name="__main__")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

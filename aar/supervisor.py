@@ -1,0 +1,250 @@
+"""``aar up``: the embedded stack under one supervisor.
+
+Starts nats-server, creates the stream, then each service as its own OS
+process with its own NATS user (DESIGN.md section 2). A service that crashes
+is restarted with backoff and its exit is logged; Ctrl-C/SIGTERM stops the
+session (orchestrator first, so ``session.ended`` is recorded), lets the
+recorder drain the stream, then stops everything else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import structlog
+
+from bus import Bus, BusSettings, Credentials, NatsServer, Role
+from bus.client import QueryError
+
+from .paths import AarHome
+
+log = structlog.get_logger("supervisor")
+
+# Environment variables a service never inherits (secrets of other roles or the user).
+SCRUBBED = ("AAR_NATS_USER", "AAR_NATS_PASSWORD", "AAR_SESSION_CONFIG")
+
+
+@dataclass
+class ServiceSpec:
+    name: str  # unique process name, e.g. "trainer-2"
+    role: Role
+    module: str  # python -m <module>
+    env: dict[str, str] = field(default_factory=dict)
+    restart: bool = True  # False: its exit ends the session (the orchestrator)
+    stop_order: int = 50  # lower stops first
+
+
+@dataclass
+class Child:
+    spec: ServiceSpec
+    process: subprocess.Popen[bytes] | None = None
+    restarts: int = 0
+    next_start: float = 0.0
+    started_at: float = 0.0
+    gave_up: bool = False
+
+
+def service_command(module: str) -> list[str]:
+    return [sys.executable, "-m", module]
+
+
+class Supervisor:
+    def __init__(self, home: AarHome, specs: list[ServiceSpec], *, max_restarts: int = 5) -> None:
+        self.home = home.ensure()
+        self.specs = specs
+        self.max_restarts = max_restarts
+        self.credentials = Credentials.load_or_create(home.nats / "credentials.json")
+        self.server = NatsServer(home.nats, self.credentials, log_file=home.logs / "nats-server.log")
+        self.children: dict[str, Child] = {s.name: Child(s) for s in specs}
+        self.stopping = False
+
+    # -- lifecycle ----------------------------------------------------------
+
+    def admin_settings(self) -> BusSettings:
+        return BusSettings.for_role(self.server.url, self.credentials, Role.ADMIN)
+
+    async def start(self) -> None:
+        self.server.start()
+        admin = await Bus.connect(self.admin_settings(), name="supervisor")
+        try:
+            await admin.ensure_stream()
+        finally:
+            await admin.close()
+        self._write_run_file()
+        for child in sorted(self.children.values(), key=lambda c: -c.spec.stop_order):
+            self._spawn(child)
+            if child.spec.role is Role.RECORDER:
+                await self.wait_recorder_ready()
+
+    def _write_run_file(self) -> None:
+        path = self.home.run_file
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            json.dump({"url": self.server.url, "pid": os.getpid(), "started": time.time()}, fh)
+
+    def _spawn(self, child: Child) -> None:
+        spec = child.spec
+        env = {k: v for k, v in os.environ.items() if k not in SCRUBBED}
+        env.update(BusSettings.for_role(self.server.url, self.credentials, spec.role).to_env())
+        env.update({"AAR_HOME": str(self.home.root), "AAR_SERVICE_ID": spec.name, "AAR_LOG_FORMAT": "json"})
+        env.update(spec.env)
+        logfile = open(self.home.logs / f"{spec.name}.log", "ab")
+        child.process = subprocess.Popen(
+            service_command(spec.module), env=env, stdout=logfile, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        logfile.close()
+        child.started_at = time.monotonic()
+        log.info("service_started", service=spec.name, pid=child.process.pid, restarts=child.restarts)
+
+    async def wait_recorder_ready(self, timeout: float = 30.0) -> None:
+        admin = await Bus.connect(self.admin_settings(), name="supervisor-probe")
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    await admin.request("recorder", "health", {}, timeout=1.0)
+                    return
+                except QueryError:
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"recorder not ready after {timeout}s; see {self.home.logs}/recorder.log")
+                    await asyncio.sleep(0.1)
+        finally:
+            await admin.close()
+
+    async def run(self, stop: asyncio.Event, on_tick: Callable[[], None] | None = None) -> str:
+        """Watch the children until ``stop`` or until a non-restartable one exits.
+        Returns why the session ended."""
+        why = "stopped"
+        while not stop.is_set():
+            now = time.monotonic()
+            for child in self.children.values():
+                proc = child.process
+                if proc is None:
+                    if not child.gave_up and now >= child.next_start:
+                        self._spawn(child)
+                    continue
+                code = proc.poll()
+                if code is None:
+                    continue
+                child.process = None
+                if not child.spec.restart:
+                    log.info("service_exited", service=child.spec.name, code=code)
+                    return "session ended" if code == 0 else f"{child.spec.name} exited with {code}"
+                child.restarts += 1
+                uptime = now - child.started_at
+                if uptime > 60:
+                    child.restarts = 1  # a long healthy run resets the crash counter
+                if child.restarts > self.max_restarts:
+                    child.gave_up = True
+                    log.error("service_gave_up", service=child.spec.name, code=code, restarts=child.restarts - 1,
+                              log=str(self.home.logs / f"{child.spec.name}.log"))
+                    continue
+                delay = min(30.0, 0.5 * 2 ** (child.restarts - 1))
+                child.next_start = now + delay
+                log.warning("service_crashed", service=child.spec.name, code=code, restart_in_s=delay,
+                            log=str(self.home.logs / f"{child.spec.name}.log"))
+            if on_tick is not None:
+                on_tick()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=0.2)
+        return why
+
+    async def drain_recorder(self, timeout: float = 30.0) -> None:
+        """Wait until the recorder has committed everything in the stream."""
+        admin = await Bus.connect(self.admin_settings(), name="supervisor-drain")
+        try:
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                try:
+                    info = await admin.js.consumer_info("AAR", "recorder")
+                except Exception:  # noqa: BLE001 - no consumer yet: nothing to drain
+                    return
+                if info.num_pending == 0 and info.num_ack_pending == 0:
+                    return
+                await asyncio.sleep(0.1)
+            log.warning("recorder_drain_timeout", timeout_s=timeout)
+        finally:
+            await admin.close()
+
+    def _terminate(self, children: list[Child], timeout: float = 15.0) -> None:
+        for child in children:
+            if child.process is not None and child.process.poll() is None:
+                child.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for child in children:
+            proc = child.process
+            if proc is None:
+                continue
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.warning("service_killed", service=child.spec.name)
+                proc.kill()
+                proc.wait()
+            log.info("service_stopped", service=child.spec.name, code=proc.returncode)
+            child.process = None
+
+    async def shutdown(self) -> None:
+        self.stopping = True
+        ordered = sorted(self.children.values(), key=lambda c: c.spec.stop_order)
+        recorder = [c for c in ordered if c.spec.role is Role.RECORDER]
+        others = [c for c in ordered if c.spec.role is not Role.RECORDER]
+        # The orchestrator first (it records session.ended), then the workers.
+        for order in sorted({c.spec.stop_order for c in others}):
+            await asyncio.to_thread(self._terminate, [c for c in others if c.spec.stop_order == order])
+        if recorder and self.server.process is not None:
+            await self.drain_recorder()
+        await asyncio.to_thread(self._terminate, recorder)
+        self.server.stop()
+        with contextlib.suppress(FileNotFoundError):
+            self.home.run_file.unlink()
+
+
+def read_run_file(home: AarHome) -> dict[str, object] | None:
+    try:
+        data = json.loads(home.run_file.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    pid = data.get("pid")
+    if isinstance(pid, int):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None  # a stale file from a crashed supervisor
+        except PermissionError:
+            pass
+    return data if isinstance(data, dict) else None
+
+
+def admin_settings_from_home(home: AarHome) -> BusSettings | None:
+    run = read_run_file(home)
+    if run is None:
+        return None
+    creds_path = home.nats / "credentials.json"
+    if not creds_path.exists():
+        return None
+    return BusSettings.for_role(str(run["url"]), Credentials.load_or_create(creds_path), Role.ADMIN)
+
+
+def default_specs(config_env: dict[str, str], *, trainers: int = 0) -> list[ServiceSpec]:
+    """The processes that exist today. Trainers, scorer, agents, forum and
+    artifacts join this list as they land."""
+    return [
+        ServiceSpec("recorder", Role.RECORDER, "services.recorder", stop_order=90),
+        ServiceSpec("orchestrator", Role.ORCHESTRATOR, "services.orchestrator", env=config_env, restart=False,
+                    stop_order=10),
+    ]
+
+
+def log_paths(home: AarHome) -> dict[str, Path]:
+    return {"event log": home.events_db, "service logs": home.logs, "artifacts": home.artifacts}

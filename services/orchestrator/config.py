@@ -1,0 +1,38 @@
+"""The session configuration handed to the orchestrator by ``aar up``."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from schemas.session import Backend
+
+
+class SessionConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    session_id: str
+    name: str
+    agents: int = Field(default=3, ge=0)
+    trainers: int = Field(default=1, ge=0)
+    backend: Backend = Backend.OFFLINE
+    dataset: str = "rotten_tomatoes"
+    weak_model: str = "minilm"
+    strong_model: str = "mpnet"
+    max_experiments: int | None = Field(default=None, ge=1)
+    max_usd: float | None = Field(default=None, ge=0)
+    max_wall_s: float | None = Field(default=None, gt=0)
+
+    ENV: str = "AAR_SESSION_CONFIG"
+
+    def to_env(self) -> dict[str, str]:
+        return {"AAR_SESSION_CONFIG": self.model_dump_json(exclude={"ENV"})}
+
+    @classmethod
+    def from_env(cls) -> "SessionConfig":
+        raw = os.environ.get("AAR_SESSION_CONFIG")
+        if not raw:
+            raise RuntimeError("AAR_SESSION_CONFIG is not set: the orchestrator is started by `aar up`")
+        return cls.model_validate(json.loads(raw))
