@@ -27,6 +27,7 @@ from bus import Bus, BusSettings, Credentials, NatsServer, Role
 from bus.client import QueryError
 
 from .paths import AarHome
+from .procs import die_with_parent
 
 log = structlog.get_logger("supervisor")
 
@@ -84,7 +85,7 @@ class Supervisor:
         for child in sorted(self.children.values(), key=lambda c: -c.spec.stop_order):
             self._spawn(child)
             if child.spec.role is Role.RECORDER:
-                await self.wait_recorder_ready()
+                await self.wait_recorder_ready(child)
 
     def _write_run_file(self) -> None:
         path = self.home.run_file
@@ -100,14 +101,21 @@ class Supervisor:
         env.update(spec.env)
         logfile = open(self.home.logs / f"{spec.name}.log", "ab")
         child.process = subprocess.Popen(
-            service_command(spec.module), env=env, stdout=logfile, stderr=subprocess.STDOUT, start_new_session=True
+            service_command(spec.module),
+            env=env,
+            stdout=logfile,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # Ctrl-C reaches the supervisor only; it stops children in order
+            preexec_fn=die_with_parent(),
         )
         logfile.close()
         child.started_at = time.monotonic()
         log.info("service_started", service=spec.name, pid=child.process.pid, restarts=child.restarts)
 
-    async def wait_recorder_ready(self, timeout: float = 30.0) -> None:
+    async def wait_recorder_ready(self, child: Child, timeout: float = 30.0) -> None:
+        """Nothing else starts before the log is being written."""
         admin = await Bus.connect(self.admin_settings(), name="supervisor-probe")
+        logfile = self.home.logs / f"{child.spec.name}.log"
         try:
             deadline = time.monotonic() + timeout
             while True:
@@ -115,8 +123,14 @@ class Supervisor:
                     await admin.request("recorder", "health", {}, timeout=1.0)
                     return
                 except QueryError:
+                    if child.process is not None and child.process.poll() is not None:
+                        if child.restarts >= self.max_restarts:
+                            raise RuntimeError(f"the recorder keeps exiting at start; see {logfile}") from None
+                        child.restarts += 1
+                        log.warning("service_crashed", service=child.spec.name, code=child.process.returncode)
+                        self._spawn(child)
                     if time.monotonic() > deadline:
-                        raise RuntimeError(f"recorder not ready after {timeout}s; see {self.home.logs}/recorder.log")
+                        raise RuntimeError(f"recorder not ready after {timeout}s; see {logfile}") from None
                     await asyncio.sleep(0.1)
         finally:
             await admin.close()
@@ -202,8 +216,8 @@ class Supervisor:
         # The orchestrator first (it records session.ended), then the workers.
         for order in sorted({c.spec.stop_order for c in others}):
             await asyncio.to_thread(self._terminate, [c for c in others if c.spec.stop_order == order])
-        if recorder and self.server.process is not None:
-            await self.drain_recorder()
+        if any(c.process is not None and c.process.poll() is None for c in recorder):
+            await self.drain_recorder()  # else: nothing is lost, the next start records the rest
         await asyncio.to_thread(self._terminate, recorder)
         self.server.stop()
         with contextlib.suppress(FileNotFoundError):

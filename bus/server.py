@@ -15,6 +15,8 @@ from pathlib import Path
 
 import structlog
 
+from aar.procs import die_with_parent
+
 from .roles import Credentials, server_config
 
 log = structlog.get_logger(__name__)
@@ -96,6 +98,7 @@ class NatsServer:
             stdout=logfh,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=die_with_parent(),
         )
         logfh.close()
         deadline = time.monotonic() + timeout

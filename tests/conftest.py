@@ -1,0 +1,119 @@
+"""Fixtures that run the real thing: a nats-server process, a DuckDB file,
+and service processes started exactly as `aar up` starts them."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from aar.paths import AarHome
+from bus import Bus, BusSettings, NatsServer, Role
+from bus.client import QueryError
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> AarHome:
+    return AarHome(tmp_path / "aar").ensure()
+
+
+@pytest.fixture
+def nats_server(home: AarHome) -> Iterator[NatsServer]:
+    server = NatsServer(home.nats, log_file=home.logs / "nats-server.log")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def settings(server: NatsServer, role: Role) -> BusSettings:
+    return BusSettings.for_role(server.url, server.credentials, role)
+
+
+@pytest.fixture
+async def admin(nats_server: NatsServer) -> AsyncIterator[Bus]:
+    bus = await Bus.connect(settings(nats_server, Role.ADMIN), name="test-admin")
+    await bus.ensure_stream()
+    try:
+        yield bus
+    finally:
+        await bus.close()
+
+
+async def wait_until(predicate: Callable[[], Awaitable[bool]], timeout: float = 20.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if await predicate():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+class ServiceProcess:
+    """A service started as its own OS process with its role's credentials."""
+
+    def __init__(self, module: str, role: Role, server: NatsServer, home: AarHome, env: dict[str, str] | None = None):
+        self.module, self.role, self.server, self.home = module, role, server, home
+        self.extra_env = env or {}
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = home.logs / f"{module}.log"
+
+    def start(self) -> "ServiceProcess":
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AAR_")}
+        env.update(settings(self.server, self.role).to_env())
+        env.update({"AAR_HOME": str(self.home.root), "AAR_LOG_FORMAT": "json", **self.extra_env})
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen([sys.executable, "-m", self.module], env=env, stdout=log, stderr=subprocess.STDOUT)
+        return self
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> int:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+async def recorder_health(bus: Bus) -> dict[str, int] | None:
+    try:
+        return await bus.request("recorder", "health", {}, timeout=1.0)  # type: ignore[no-any-return]
+    except QueryError:
+        return None
+
+
+@pytest.fixture
+async def recorder(nats_server: NatsServer, home: AarHome, admin: Bus) -> AsyncIterator[ServiceProcess]:
+    proc = ServiceProcess("services.recorder", Role.RECORDER, nats_server, home).start()
+
+    async def ready() -> bool:
+        return await recorder_health(admin) is not None
+
+    await wait_until(ready, 30, "the recorder to answer health queries")
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+async def recorded_count(bus: Bus, sql: str = "SELECT count(*) FROM events") -> int:
+    result = await bus.request("recorder", "audit", {"sql": sql}, timeout=10)
+    return int(result["rows"][0][0])

@@ -1,0 +1,166 @@
+"""`aar up`, `aar audit` and `aar sessions` as a user runs them."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from typer.testing import CliRunner
+
+from aar.cli import app
+from aar.paths import AarHome
+from aar.supervisor import admin_settings_from_home
+from bus import Bus
+from services.recorder.store import EventStore, Recorded
+
+from .factories import every_event
+
+runner = CliRunner()
+
+
+def aar(*args: str, home: AarHome, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "AAR_HOME": str(home.root)}
+    return subprocess.run(
+        [sys.executable, "-m", "aar.cli", *args], env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+@pytest.fixture
+def filled_home(home: AarHome) -> AarHome:
+    store = EventStore(home.events_db)
+    store.append([Recorded(e, i) for i, e in enumerate(every_event("s-cli"), 1)])
+    store.close()
+    return home
+
+
+@pytest.mark.parametrize(
+    "sql, kind",
+    [
+        ("DELETE FROM events", "DELETE"),
+        ("DROP TABLE events", "DROP"),
+        ("COPY events TO 'out.csv'", "COPY"),
+        ("ATTACH 'other.duckdb' AS other", "ATTACH"),
+        ("SELECT 1; DROP TABLE events", None),
+        ("UPDATE events SET source = 'x'", "UPDATE"),
+    ],
+)
+def test_audit_refuses_anything_but_reads(filled_home: AarHome, sql: str, kind: str | None, monkeypatch) -> None:
+    monkeypatch.setenv("AAR_HOME", str(filled_home.root))
+    result = runner.invoke(app, ["audit", sql])
+    assert result.exit_code == 2
+    message = result.output
+    if kind is None:
+        assert "one statement at a time" in message
+    else:
+        assert "read-only" in message and kind in message
+    # Nothing changed.
+    result = runner.invoke(app, ["audit", "SELECT count(*) AS n FROM events", "--format", "json"])
+    assert result.exit_code == 0
+    assert json.loads(result.stdout.strip()) == {"n": len(every_event())}
+
+
+def test_audit_cannot_read_files(filled_home: AarHome, monkeypatch) -> None:
+    monkeypatch.setenv("AAR_HOME", str(filled_home.root))
+    result = runner.invoke(app, ["audit", "SELECT * FROM read_text('/etc/hostname')"])
+    assert result.exit_code == 2
+    assert "disabled" in result.output
+
+
+def test_audit_formats(filled_home: AarHome, monkeypatch) -> None:
+    monkeypatch.setenv("AAR_HOME", str(filled_home.root))
+    sql = "SELECT type, payload->'seeds' AS seeds FROM events WHERE type = 'experiment.requested'"
+    as_json = runner.invoke(app, ["audit", sql, "-f", "json"])
+    assert json.loads(as_json.stdout) == {"type": "experiment.requested", "seeds": [0, 1, 2, 3, 4]}
+    as_csv = runner.invoke(app, ["audit", sql, "-f", "csv"])
+    assert as_csv.stdout.splitlines() == ["type,seeds", 'experiment.requested,"[0, 1, 2, 3, 4]"']
+    as_table = runner.invoke(app, ["audit", sql])
+    assert "experiment.requested" in as_table.stdout and "1 row(s)" in as_table.stdout
+    sessions = runner.invoke(app, ["sessions", "-f", "json"])
+    row = json.loads(sessions.stdout)
+    assert row["session_id"] == "s-cli" and row["name"] == "demo" and row["events"] == len(every_event())
+
+
+def test_audit_without_a_log_says_what_to_do(home: AarHome, monkeypatch) -> None:
+    monkeypatch.setenv("AAR_HOME", str(home.root))
+    result = runner.invoke(app, ["audit", "SELECT 1"])
+    assert result.exit_code == 2
+    assert "aar up" in result.output
+
+
+@pytest.mark.slow
+def test_up_runs_a_session_and_records_it(home: AarHome) -> None:
+    done = aar("up", "--max-wall", "2", "--session", "smoke", home=home)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "event log" in done.stdout
+    assert not home.run_file.exists()
+    listed = aar("sessions", "-f", "json", home=home)
+    row = json.loads(listed.stdout)
+    assert row["name"] == "smoke" and row["end_reason"] == "wall_clock"
+    types = aar("audit", "SELECT type FROM events ORDER BY id", "-f", "csv", home=home)
+    assert types.stdout.splitlines() == ["type", "session.started", "session.ended"]
+
+
+@pytest.mark.slow
+def test_up_restarts_a_crashed_service_and_stops_cleanly(home: AarHome) -> None:
+    env = {**os.environ, "AAR_HOME": str(home.root)}
+    up = subprocess.Popen(
+        [sys.executable, "-m", "aar.cli", "up"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while admin_settings_from_home(home) is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        settings = admin_settings_from_home(home)
+        assert settings is not None, "aar up never wrote its run file"
+
+        async def recorder_pid() -> int | None:
+            bus = await Bus.connect(settings, name="test")
+            try:
+                return int((await bus.request("recorder", "health", {}, timeout=1.0))["pid"])
+            except Exception:
+                return None
+            finally:
+                await bus.close()
+
+        async def session_started() -> bool:
+            bus = await Bus.connect(settings, name="test")
+            try:
+                result = await bus.request(
+                    "recorder", "audit", {"sql": "SELECT count(*) FROM events WHERE type = 'session.started'"}, timeout=1.0
+                )
+                return bool(result["rows"][0][0])
+            except Exception:
+                return False
+            finally:
+                await bus.close()
+
+        while not asyncio.run(session_started()) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        first = asyncio.run(recorder_pid())
+        assert first is not None
+        os.kill(first, signal.SIGKILL)
+        second = None
+        while (second is None or second == first) and time.monotonic() < deadline:
+            time.sleep(0.2)
+            second = asyncio.run(recorder_pid())
+        assert second is not None and second != first, "the recorder was not restarted"
+        children = psutil.Process(up.pid).children(recursive=True)
+        up.send_signal(signal.SIGTERM)
+        out, _ = up.communicate(timeout=60)
+    finally:
+        if up.poll() is None:
+            up.kill()
+    assert up.returncode == 0, out
+    assert "service_crashed" in out and "recorder" in out
+    assert not home.run_file.exists()
+    assert not [p for p in children if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    reasons = aar("audit", "SELECT payload->>'reason' AS r FROM events WHERE type = 'session.ended'", "-f", "csv", home=home)
+    assert reasons.stdout.splitlines() == ["r", "interrupted"]
