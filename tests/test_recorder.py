@@ -169,9 +169,15 @@ async def test_agent_role_cannot_publish_a_score(admin: Bus, nats_server: NatsSe
             await agent.publish(test_request, timeout=5)
         allowed = sample_event(EventType.IDEA_PROPOSED, "s-forge", source="agent-1")
         await agent.publish(allowed)  # what an agent may do still works
-        # Nor can it read the log through the recorder.
+        # Nor can it read the log through the recorder, or touch the stream.
         with pytest.raises(Exception):
             await agent.request("recorder", "audit", {"sql": "SELECT 1"}, timeout=2)
+        with pytest.raises(Exception):
+            await asyncio.wait_for(agent.js.purge_stream("AAR"), 2)
+        with pytest.raises(Exception):
+            await asyncio.wait_for(agent.js.delete_stream("AAR"), 2)
+        with pytest.raises(Exception):  # nor read the job queue as a consumer
+            await asyncio.wait_for(agent.pull("trainers", "aar.*.experiment.requested"), 2)
     finally:
         await agent.close()
 
@@ -220,3 +226,49 @@ async def test_max_deliver_exhaustion_becomes_a_dead_letter_event(
         {"sql": "SELECT payload->>'consumer', payload->>'original_type' FROM events WHERE type = 'recorder.dead_lettered'"},
     )
     assert result["rows"] == [["trainers", "experiment.requested"]]
+
+
+async def test_recorder_resumes_after_the_server_restarts(
+    admin: Bus, nats_server: NatsServer, recorder: ServiceProcess
+) -> None:
+    before = [sample_event(EventType.FORUM_VOTED, "s-restart", n=i) for i in range(50)]
+    await admin.publish_many(before)
+
+    async def count_is(n: int) -> bool:
+        try:
+            return await recorded_count(admin, "SELECT count(*) FROM events WHERE session_id = 's-restart'") == n
+        except Exception:
+            return False
+
+    await wait_until(lambda: count_is(50), what="the first half")
+    nats_server.stop()
+    await asyncio.sleep(0.5)
+    nats_server.start()  # same port, same JetStream store
+    after = [sample_event(EventType.FORUM_VOTED, "s-restart", n=100 + i) for i in range(50)]
+
+    async def republished() -> bool:
+        try:
+            await admin.publish_many(after, timeout=2)
+            return True
+        except Exception:
+            return False
+
+    await wait_until(republished, 30, "the admin client to reconnect and publish")
+    await wait_until(lambda: count_is(100), 30, "the recorder to resume after the restart")
+    assert recorder.proc is not None and recorder.proc.poll() is None
+
+
+@pytest.mark.parametrize("sql", ["DELETE FROM events", "DROP TABLE events", "COPY events TO '/tmp/x.csv'",
+                                 "ATTACH '/tmp/other.duckdb'", "SELECT * FROM read_csv('/etc/passwd')"])
+async def test_live_audit_is_read_only(admin: Bus, recorder: ServiceProcess, sql: str) -> None:
+    from bus import QueryError
+
+    await admin.publish(sample_event(EventType.IDEA_PROPOSED, "s-ro"))
+
+    async def one() -> bool:
+        return await recorded_count(admin) == 1
+
+    await wait_until(one, what="the event")
+    with pytest.raises(QueryError, match="read-only|disabled"):
+        await admin.request("recorder", "audit", {"sql": sql})
+    assert await recorded_count(admin) == 1
