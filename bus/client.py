@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequen
 from typing import Any, TypeVar
 
 import nats
+import nats.js.errors
 import structlog
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
@@ -231,10 +232,18 @@ class Bus:
     async def fetch(
         sub: JetStreamContext.PullSubscription, batch: int, timeout: float
     ) -> list[Msg]:
-        """Fetch up to ``batch`` messages; an empty list when none arrive in time."""
+        """Fetch up to ``batch`` messages; an empty list when none arrive in time,
+        or while the server is unreachable or restarting (the client reconnects
+        on its own; the caller simply tries again)."""
         try:
             return await sub.fetch(batch, timeout=timeout)
         except (nats.errors.TimeoutError, asyncio.TimeoutError):
+            return []
+        except (nats.js.errors.ServiceUnavailableError, nats.errors.ConnectionClosedError,
+                nats.errors.ConnectionReconnectingError, nats.errors.StaleConnectionError,
+                nats.errors.NoRespondersError) as exc:
+            log.warning("fetch_unavailable", error=type(exc).__name__)
+            await asyncio.sleep(0.25)
             return []
 
     @staticmethod

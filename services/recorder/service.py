@@ -62,15 +62,27 @@ class Recorder:
             f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{STREAM}.*", cb=self._on_max_deliveries
         )
         self.log.info("recorder_ready", db=str(self.store.path), **self.store.counts())
-        while not stop.is_set():
-            msgs = await Bus.fetch(sub, self.batch, self.fetch_timeout)
-            if msgs:
-                await self.handle(msgs)
-            else:
-                await asyncio.sleep(0)  # fetch already waited fetch_timeout
+        # Pipelined: while batch n commits in a worker thread (DuckDB releases the
+        # GIL), batch n+1 is fetched and decoded. Acks still follow each commit.
+        committing: asyncio.Task[None] | None = None
+        try:
+            while not stop.is_set():
+                msgs = await Bus.fetch(sub, self.batch, self.fetch_timeout)
+                if not msgs:
+                    if committing is not None:
+                        await committing
+                        committing = None
+                    continue
+                decoded = self.decode(msgs)
+                if committing is not None:
+                    await committing
+                committing = asyncio.create_task(self.commit(msgs, *decoded))
+        finally:
+            if committing is not None:
+                await committing
 
-    async def handle(self, msgs: list[Msg]) -> None:
-        started = time.perf_counter()
+    @staticmethod
+    def decode(msgs: list[Msg]) -> tuple[list[Recorded], list[RejectedRecord]]:
         events: list[Recorded] = []
         rejected: list[RejectedRecord] = []
         for msg in msgs:
@@ -80,6 +92,10 @@ class Recorder:
                 rejected.append(RejectedRecord(item, seq))
             else:
                 events.append(Recorded(item, seq))
+        return events, rejected
+
+    async def commit(self, msgs: list[Msg], events: list[Recorded], rejected: list[RejectedRecord]) -> None:
+        started = time.perf_counter()
         # DuckDB work off the event loop: heartbeats and queries keep flowing.
         new = await asyncio.to_thread(self.store.append, events, rejected)
         for msg in msgs:
