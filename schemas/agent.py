@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from pydantic import Field
 
-from .base import Count, EventType, NonNegative, Payload
+from .base import Count, EventType, JsonObject, NonNegative, Payload
 from .registry import event
 from .session import Backend
 
@@ -41,7 +39,7 @@ class AgentLlmCalled(Payload):
 class AgentToolCalled(Payload):
     agent_id: str
     tool: str
-    arguments: dict[str, Any] = Field(default_factory=dict)
+    arguments: JsonObject = Field(default_factory=dict)
     ok: bool = True
     error: str | None = None
     latency_s: NonNegative = 0.0

@@ -3,11 +3,12 @@ identifiers, and the payload base class."""
 
 from __future__ import annotations
 
+import math
 import re
 from enum import StrEnum
-from typing import Annotated, ClassVar
+from typing import Annotated, Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 from ulid import ULID
 
 
@@ -62,7 +63,7 @@ class EventType(StrEnum):
 
 
 # Tokens that end up inside a NATS subject: no dots, wildcards or whitespace.
-SUBJECT_TOKEN = r"^[A-Za-z0-9_-]{1,64}$"
+SUBJECT_TOKEN = r"^[A-Za-z0-9_-]{1,64}$"  # used with fullmatch / by pydantic
 _SUBJECT_TOKEN_RE = re.compile(SUBJECT_TOKEN)
 
 SessionId = Annotated[str, StringConstraints(pattern=SUBJECT_TOKEN)]
@@ -74,7 +75,31 @@ Count = Annotated[int, Field(ge=0)]
 
 
 def is_subject_token(value: str) -> bool:
-    return bool(_SUBJECT_TOKEN_RE.match(value))
+    return bool(_SUBJECT_TOKEN_RE.fullmatch(value))
+
+
+MAX_JSON_DEPTH = 32
+
+
+def _json_safe(value: Any, depth: int = 0) -> Any:
+    """Free-form JSON fields: finite numbers, bounded nesting, encodable strings."""
+    if depth > MAX_JSON_DEPTH:
+        raise ValueError(f"nested deeper than {MAX_JSON_DEPTH} levels")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError("numbers must be finite")
+    if isinstance(value, str):
+        value.encode("utf-8")  # lone surrogates raise UnicodeEncodeError (a ValueError)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _json_safe(key, depth + 1)
+            _json_safe(item, depth + 1)
+    elif isinstance(value, list):
+        for item in value:
+            _json_safe(item, depth + 1)
+    return value
+
+
+JsonObject = Annotated[dict[str, Any], AfterValidator(_json_safe)]
 
 
 def new_id() -> str:
@@ -90,7 +115,7 @@ class Payload(BaseModel):
     """Base of every event payload. Subclasses are registered with
     :func:`schemas.registry.event` which sets ``event_type`` and ``schema_version``."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     event_type: ClassVar[EventType]
     schema_version: ClassVar[int] = 1

@@ -13,7 +13,7 @@ import json
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model
 
 from .base import EventId, EventType, Payload, SessionId, new_id
 from .registry import REGISTRY, UnknownEventType, UnsupportedVersion, upcast
@@ -33,12 +33,12 @@ class Event(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    id: EventId = Field(default_factory=new_id)
+    id: EventId
     type: EventType
     schema_version: int = Field(ge=1)
     session_id: SessionId
     source: str = Field(min_length=1, max_length=128)
-    time: AwareDatetime = Field(default_factory=lambda: datetime.now(UTC))
+    time: Annotated[AwareDatetime, AfterValidator(lambda t: t.astimezone(UTC))]
     correlation_id: str | None = None
     causation_id: str | None = None
     payload: Payload
@@ -64,6 +64,8 @@ class Event(BaseModel):
         else:
             causation_id = causation
         fields: dict[str, Any] = dict(
+            id=new_id() if id is None else id,
+            time=datetime.now(UTC) if time is None else time,
             type=payload.event_type,
             schema_version=payload.schema_version,
             session_id=session_id,
@@ -72,10 +74,6 @@ class Event(BaseModel):
             causation_id=causation_id,
             payload=payload,
         )
-        if time is not None:
-            fields["time"] = time
-        if id is not None:
-            fields["id"] = id
         return EVENT_CLASSES[payload.event_type](**fields)
 
     @classmethod
@@ -114,9 +112,13 @@ _ANY_EVENT: TypeAdapter[Event] = TypeAdapter(
 )
 
 
+def _known_type(value: Any) -> bool:
+    return isinstance(value, str) and value in EventType._value2member_map_
+
+
 def _upcast_dict(data: Any) -> dict[str, Any] | None:
     """An older-version event lifted to the current payload shape, or None."""
-    if not isinstance(data, dict) or data.get("type") not in EventType._value2member_map_:
+    if not isinstance(data, dict) or not _known_type(data.get("type")):
         return None
     event_type = EventType(data["type"])
     version = data.get("schema_version")
@@ -170,7 +172,7 @@ def decode(raw: bytes, subject: str | None = None) -> Event | Rejection:
         ids = dict(event_id=_field(data, "id"), event_type=_field(data, "type"), session_id=_field(data, "session_id"))
         if not isinstance(data, dict):
             return Rejection(reason="not a JSON object", raw=raw, subject=subject, **ids)
-        if data.get("type") not in EventType._value2member_map_:
+        if not _known_type(data.get("type")):
             return Rejection(reason=f"unknown event type {data.get('type')!r}"[:2000], raw=raw, subject=subject, **ids)
         try:
             lifted = _upcast_dict(data)

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Any
 
 from pydantic import Field, model_validator
 
-from .base import Count, EventType, NonNegative, Payload, Probability, Sha256
+from .base import Count, EventType, JsonObject, NonNegative, Payload, Probability, Sha256
 from .registry import event
 
 
@@ -37,7 +36,7 @@ class ExperimentRequested(Payload):
     seeds: list[int] = Field(min_length=1)
     method_artifact: Sha256 | None = None
     builtin_method: str | None = None
-    params: dict[str, Any] = Field(default_factory=dict)
+    params: JsonObject = Field(default_factory=dict)
     shuffle_weak_labels: bool = False
 
     @model_validator(mode="after")

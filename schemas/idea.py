@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from pydantic import Field, model_validator
 
-from .base import EventType, Payload, Sha256
+from .base import EventType, JsonObject, Payload, Sha256
 from .registry import event
 
 
@@ -24,7 +22,7 @@ class IdeaProposed(Payload):
     cites_posts: list[str] = Field(default_factory=list)
     method_artifact: Sha256 | None = None
     builtin_method: str | None = None
-    params: dict[str, Any] = Field(default_factory=dict)
+    params: JsonObject = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _one_method(self) -> "IdeaProposed":

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Any
-
 from pydantic import Field
 
-from .base import EventType, Payload
+from .base import EventType, JsonObject, Payload
 from .registry import event
 
 
@@ -34,4 +32,4 @@ class IntegrityFlagged(Payload):
     idea_id: str | None = None
     experiment_id: str | None = None
     agent_id: str | None = None
-    evidence: dict[str, Any] = Field(default_factory=dict)
+    evidence: JsonObject = Field(default_factory=dict)

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Any
-
 from pydantic import BaseModel, ConfigDict, Field
 
-from .base import EventType, Payload
+from .base import EventType, JsonObject, Payload
 from .registry import event
 
 
@@ -26,14 +24,14 @@ class EndReason(StrEnum):
 
 
 class AgentAssignment(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     agent_id: str
     direction: str
 
 
 class Budgets(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     max_experiments: int | None = Field(default=None, ge=1)
     max_usd: float | None = Field(default=None, ge=0)
@@ -51,7 +49,7 @@ class SessionStarted(Payload):
     agents: list[AgentAssignment] = Field(default_factory=list)
     trainers: int = Field(default=1, ge=0)
     budgets: Budgets = Field(default_factory=Budgets)
-    config: dict[str, Any] = Field(default_factory=dict)
+    config: JsonObject = Field(default_factory=dict)
 
 
 @event(EventType.SESSION_ENDED)
