@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from schemas.base import is_subject_token, new_session_id
+from schemas.base import new_session_id
 from schemas.session import Backend
 
 from .logs import configure
@@ -70,16 +70,16 @@ def up(
         if not os.environ.get("ANTHROPIC_API_KEY"):
             err.print("[red]--backend claude needs ANTHROPIC_API_KEY in the environment[/red]")
             raise typer.Exit(2)
-    session_id = new_session_id()
-    name = session or session_id
     if session is not None and not session.strip():
         err.print("[red]--session must not be empty[/red]")
         raise typer.Exit(2)
+    session_id = new_session_id()
+    name = session or session_id
     config = SessionConfig(
         session_id=session_id, name=name, agents=agents, trainers=trainers, backend=backend, dataset=dataset,
         max_experiments=max_experiments, max_usd=max_usd, max_wall_s=max_wall,
     )
-    supervisor = Supervisor(home, default_specs(config.to_env(), trainers=trainers))
+    supervisor = Supervisor(home, default_specs(config.to_env()))
     console.print(f"[bold]AAR[/bold] session [cyan]{session_id}[/cyan] ({name}) in {home.root}")
 
     async def run() -> str:

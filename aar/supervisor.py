@@ -31,8 +31,9 @@ from .procs import die_with_parent
 
 log = structlog.get_logger("supervisor")
 
-# Environment variables a service never inherits (secrets of other roles or the user).
-SCRUBBED = ("AAR_NATS_USER", "AAR_NATS_PASSWORD", "AAR_SESSION_CONFIG")
+# Environment variables a service never inherits: other roles' credentials and the
+# user's API key (only agent processes get it, through their ServiceSpec.env).
+SCRUBBED = ("AAR_NATS_USER", "AAR_NATS_PASSWORD", "AAR_SESSION_CONFIG", "ANTHROPIC_API_KEY")
 
 
 @dataclass
@@ -250,7 +251,7 @@ def admin_settings_from_home(home: AarHome) -> BusSettings | None:
     return BusSettings.for_role(str(run["url"]), Credentials.load_or_create(creds_path), Role.ADMIN)
 
 
-def default_specs(config_env: dict[str, str], *, trainers: int = 0) -> list[ServiceSpec]:
+def default_specs(config_env: dict[str, str]) -> list[ServiceSpec]:
     """The processes that exist today. Trainers, scorer, agents, forum and
     artifacts join this list as they land."""
     return [

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import nats
@@ -308,26 +309,4 @@ class Bus:
 
 
 def _json_bytes(body: dict[str, Any]) -> bytes:
-    import json
-
     return json.dumps(body, default=str).encode()
-
-
-async def iter_batches(
-    sub: JetStreamContext.PullSubscription, batch: int, timeout: float, stop: asyncio.Event
-) -> AsyncIterator[list[Msg]]:
-    while not stop.is_set():
-        msgs = await Bus.fetch(sub, batch, timeout)
-        if msgs:
-            yield msgs
-
-
-def chunks(items: Iterable[Any], size: int) -> Iterable[list[Any]]:
-    chunk: list[Any] = []
-    for item in items:
-        chunk.append(item)
-        if len(chunk) >= size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk

@@ -9,6 +9,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from schemas.session import Backend
 
+ENV_VAR = "AAR_SESSION_CONFIG"
+
 
 class SessionConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -25,14 +27,12 @@ class SessionConfig(BaseModel):
     max_usd: float | None = Field(default=None, ge=0)
     max_wall_s: float | None = Field(default=None, gt=0)
 
-    ENV: str = "AAR_SESSION_CONFIG"
-
     def to_env(self) -> dict[str, str]:
-        return {"AAR_SESSION_CONFIG": self.model_dump_json(exclude={"ENV"})}
+        return {ENV_VAR: self.model_dump_json()}
 
     @classmethod
     def from_env(cls) -> "SessionConfig":
-        raw = os.environ.get("AAR_SESSION_CONFIG")
+        raw = os.environ.get(ENV_VAR)
         if not raw:
-            raise RuntimeError("AAR_SESSION_CONFIG is not set: the orchestrator is started by `aar up`")
+            raise RuntimeError(f"{ENV_VAR} is not set: the orchestrator is started by `aar up`")
         return cls.model_validate(json.loads(raw))

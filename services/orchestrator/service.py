@@ -38,7 +38,7 @@ class Orchestrator:
                 agents=[AgentAssignment(agent_id=f"agent-{i + 1}", direction="") for i in range(cfg.agents)],
                 trainers=cfg.trainers,
                 budgets=Budgets(max_experiments=cfg.max_experiments, max_usd=cfg.max_usd, max_wall_s=cfg.max_wall_s),
-                config=cfg.model_dump(mode="json", exclude={"ENV"}),
+                config=cfg.model_dump(mode="json"),
             ),
             session_id=cfg.session_id,
             source=self.source,
