@@ -110,7 +110,7 @@ def test_up_runs_a_session_and_records_it(home: AarHome) -> None:
 
 @pytest.mark.slow
 def test_up_restarts_a_crashed_service_and_stops_cleanly(home: AarHome) -> None:
-    env = {**os.environ, "AAR_HOME": str(home.root)}
+    env = {**os.environ, "AAR_HOME": str(home.root), "ANTHROPIC_API_KEY": "sk-test-secret"}
     up = subprocess.Popen(
         [sys.executable, "-m", "aar.cli", "up"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
@@ -152,6 +152,12 @@ def test_up_restarts_a_crashed_service_and_stops_cleanly(home: AarHome) -> None:
             time.sleep(0.2)
             second = asyncio.run(recorder_pid())
         assert second is not None and second != first, "the recorder was not restarted"
+        # Each service runs as its own NATS user and never sees the user's API key.
+        service_env = dict(
+            line.split("=", 1) for line in Path(f"/proc/{second}/environ").read_text().split("\0") if "=" in line
+        )
+        assert service_env["AAR_NATS_USER"] == "recorder"
+        assert "ANTHROPIC_API_KEY" not in service_env
         children = psutil.Process(up.pid).children(recursive=True)
         up.send_signal(signal.SIGTERM)
         out, _ = up.communicate(timeout=60)
