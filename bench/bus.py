@@ -18,9 +18,18 @@ Phases, each timed separately (fresh temp ``AAR_HOME`` and nats-server per stack
             batch) and, conservatively, end-of-batch (the recorder's
             ``batch_committed`` log line, written after commit and acks) - ``time``.
 
+            ``--tick-ms T`` sends the events due every T ms with one ``publish_many``
+            instead: a cheaper publisher for small machines, where one publish per
+            event costs ~0.4 ms of CPU and may not hold 2,000/s (the table warns).
+
 Recorder RSS (with children) is sampled every 100 ms from its start to its exit.
+CPU seconds of the publisher (this process), nats-server, the recorder and
+"other" (everything else on the machine) are reported per phase: on a small or
+shared machine they compete, and the figures mean little without them.
 Progress goes to stderr; the table and one final JSON line go to stdout.
 Targets (reported, never fatal): e2e >= 50% of raw; p99 < 100 ms at the offered rate.
+``--py-spy DIR`` profiles the recorder during phases 2 and 3 (``py-spy`` must be
+installed: ``.venv/bin/pip install py-spy``); ``--recorder-args`` starts a variant.
 """
 
 from __future__ import annotations
@@ -32,6 +41,7 @@ import contextlib
 import json
 import os
 import random
+import shlex
 import shutil
 import signal
 import statistics
@@ -357,6 +367,11 @@ def cpu_seconds(pid: int) -> float:
     return float("nan")
 
 
+def busy_seconds() -> float:
+    t = psutil.cpu_times()
+    return sum(t) - t.idle - getattr(t, "iowait", 0.0) - getattr(t, "guest", 0.0) - getattr(t, "guest_nice", 0.0)
+
+
 @dataclass
 class CpuMeter:
     """CPU seconds used by each process over one phase (to see who got the 2 cores)."""
@@ -365,18 +380,24 @@ class CpuMeter:
     start: dict[str, float] = field(default_factory=dict)
     t0: float = 0.0
 
-    def __enter__(self) -> "CpuMeter":
+    def __enter__(self) -> CpuMeter:
         self.start = {n: cpu_seconds(p) for n, p in self.pids.items()}
+        self.busy0 = busy_seconds()
         self.t0 = time.perf_counter()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.wall = time.perf_counter() - self.t0
         self.used = {n: cpu_seconds(p) - self.start[n] for n, p in self.pids.items()}
+        # whatever else ran on the machine meanwhile (other jobs, py-spy, kernel threads)
+        self.used["other"] = max(busy_seconds() - self.busy0 - sum(self.used.values()), 0.0)
+
+    def percent(self) -> dict[str, float]:
+        return {n: round(100 * s / self.wall, 1) for n, s in self.used.items()}
 
     def summary(self) -> str:
         parts = [f"{n} {s:.1f}s ({100 * s / self.wall:.0f}%)" for n, s in self.used.items()]
-        return f"CPU over {self.wall:.1f}s: " + ", ".join(parts)
+        return f"CPU over {self.wall:.1f}s of {os.cpu_count()} CPUs: " + ", ".join(parts)
 
 
 class Processes:
@@ -493,6 +514,7 @@ async def phase_raw(args: argparse.Namespace, procs: Processes, home: Path, repo
         report["raw_s"] = secs
         report["raw_publish_per_s"] = args.events / secs
         report["raw_cpu"] = cpu.summary()
+        report.setdefault("cpu_pct", {})["raw"] = cpu.percent()
         report["stream_bytes_per_event"] = info.state.bytes / max(info.state.messages, 1)
         say(f"  raw: {args.events:,} acked in {secs:.2f}s = {args.events / secs:,.0f} events/s; {cpu.summary()}")
     finally:
@@ -506,7 +528,8 @@ async def health(bus: Bus) -> dict[str, Any]:
 
 
 async def wait_for_count(bus: Bus, target: int, timeout: float, poll: float,
-                         proc: subprocess.Popen[bytes], every: float = 2.0) -> tuple[float | None, int]:
+                         proc: subprocess.Popen[bytes], every: float = 2.0,
+                         timeline: list[tuple[float, int]] | None = None) -> tuple[float | None, int]:
     """Poll the recorder's health until it counts ``target`` events; returns
     (perf_counter when seen, last count) or (None, count) on timeout."""
     deadline = time.perf_counter() + timeout
@@ -517,6 +540,8 @@ async def wait_for_count(bus: Bus, target: int, timeout: float, poll: float,
             raise RuntimeError(f"recorder exited with {proc.returncode}")
         with contextlib.suppress(QueryError):
             count = int((await health(bus))["events"])
+            if timeline is not None:
+                timeline.append((time.perf_counter(), count))
             if count >= target:
                 return time.perf_counter(), count
         if time.perf_counter() - last_print > every:
@@ -545,7 +570,7 @@ async def phase_e2e_and_latency(args: argparse.Namespace, procs: Processes, home
         }
         log_path = aar_home / "recorder.log"
         t_spawn = time.perf_counter()
-        rec = procs.spawn([sys.executable, "-m", "services.recorder"], env=env, log=log_path)
+        rec = procs.spawn([sys.executable, *shlex.split(args.recorder_args)], env=env, log=log_path)
         report["recorder_log"] = str(log_path)
         sampler.watch("recorder", rec.pid)
         sampler.watch("nats-server", srv.process.pid)  # type: ignore[union-attr]
@@ -563,6 +588,7 @@ async def phase_e2e_and_latency(args: argparse.Namespace, procs: Processes, home
         py_spy = await start_py_spy(args, procs, rec.pid, "e2e")
         say(f"  publishing {args.events:,} with the recorder running")
         published_at: list[float] = []
+        timeline: list[tuple[float, int]] = []
 
         async def publisher() -> None:
             secs = await publish_all(bus, events, args.chunk, args.concurrency)
@@ -571,8 +597,14 @@ async def phase_e2e_and_latency(args: argparse.Namespace, procs: Processes, home
         with CpuMeter(pids) as cpu:
             t0 = time.perf_counter()
             pub = asyncio.create_task(publisher())
-            seen, count = await wait_for_count(bus, base + args.events, args.e2e_timeout, args.poll, rec)
-            await pub
+            try:
+                seen, count = await wait_for_count(bus, base + args.events, args.e2e_timeout, args.poll, rec,
+                                                   timeline=timeline)
+                await pub
+            finally:
+                if not pub.done():
+                    pub.cancel()
+                    await asyncio.wait({pub})  # let it finish cancelling; its error is not ours to raise
         stop_py_spy(procs, py_spy)
         if seen is None:
             raise RuntimeError(f"recorder had {count - base:,}/{args.events:,} after {args.e2e_timeout}s")
@@ -581,11 +613,21 @@ async def phase_e2e_and_latency(args: argparse.Namespace, procs: Processes, home
         report["e2e_publish_s"] = published_at[0]
         report["e2e_per_s"] = args.events / e2e_s
         report["e2e_cpu"] = cpu.summary()
+        report.setdefault("cpu_pct", {})["e2e"] = cpu.percent()
+        # the recorder's own pace: while the publisher ran, and alone once it had finished
+        t_pub = t0 + published_at[0]
+        during = [(t, c) for t, c in timeline if t <= t_pub]
+        after = [(t, c) for t, c in timeline if t >= t_pub]
+        if len(during) >= 2:
+            report["recorder_rate_while_publishing"] = (during[-1][1] - during[0][1]) / (during[-1][0] - during[0][0])
+        if len(after) >= 2 and after[-1][0] > after[0][0]:
+            report["recorder_rate_alone"] = (after[-1][1] - after[0][1]) / (after[-1][0] - after[0][0])
+            report["backlog_at_publish_end"] = base + args.events - after[0][1]
         h = await health(bus)
         report["e2e_batches"] = h["batches"]
         say(f"  e2e: {args.events:,} committed in {e2e_s:.2f}s = {args.events / e2e_s:,.0f} events/s "
             f"(publishing alone took {published_at[0]:.2f}s); {cpu.summary()}")
-        del events
+        events.clear()  # free the memory before the latency phase
 
         # -- phase 3: latency at a fixed offered load ------------------------
         base = count
@@ -595,53 +637,26 @@ async def phase_e2e_and_latency(args: argparse.Namespace, procs: Processes, home
             f"each created right before its publish")
         lat_factory = EventFactory(seed=3)
         payloads = [lat_factory.payload() for _ in range(n)]  # payload content only; envelope made at send
-        acks: list[float] = [float("nan")] * n
-        sent: list[float] = [float("nan")] * n
-        lag: list[float] = [0.0] * n  # how late each publish was against its schedule slot
-        loop = asyncio.get_running_loop()
-        errors: list[BaseException] = []
-        tasks: set[asyncio.Task[int]] = set()
-
-        def on_ack(i: int, task: asyncio.Task[int]) -> None:
-            tasks.discard(task)
-            if task.cancelled():
-                return
-            if task.exception() is not None:
-                errors.append(task.exception())  # type: ignore[arg-type]
-                return
-            acks[i] = time.time()
-
-        interval = 1.0 / args.rate
         py_spy = await start_py_spy(args, procs, rec.pid, "latency")
         with CpuMeter(pids) as cpu:
-            start = loop.time() + 0.05
-            for i in range(n):
-                # always yield: a publisher behind schedule must still let the
-                # publish tasks (and the ack reader) run instead of queueing them
-                await asyncio.sleep(max(start + i * interval - loop.time(), 0.0))
-                lag[i] = loop.time() - (start + i * interval)
-                ev = Event.create(payloads[i], session_id=lat_session, source="bench-latency")
-                sent[i] = ev.time.timestamp()
-                task = asyncio.create_task(bus.publish(ev, timeout=30.0))
-                task.add_done_callback(lambda t, i=i: on_ack(i, t))
-                tasks.add(task)
-            offered_s = loop.time() - start
-            if tasks:
-                await asyncio.wait(set(tasks), timeout=60)
+            paced = await paced_publish(bus, payloads, args.rate, args.tick_ms, lat_session)
             seen, count = await wait_for_count(bus, base + n, 60.0, args.poll, rec)
         stop_py_spy(procs, py_spy)
-        if errors:
-            raise RuntimeError(f"{len(errors)} publishes failed in the latency phase, first: {errors[0]!r}")
+        if paced.errors:
+            raise RuntimeError(f"{len(paced.errors)} publishes failed in the latency phase, "
+                               f"first: {paced.errors[0]!r}")
         if seen is None:
             raise RuntimeError(f"recorder had {count - base:,}/{n:,} latency events after 60s")
         report["offered_rate"] = args.rate
-        report["achieved_rate"] = n / offered_s if offered_s > 0 else float("nan")
+        report["achieved_rate"] = n / paced.offered_s if paced.offered_s > 0 else float("nan")
         report["latency_events"] = n
-        lag_ms = sorted(x * 1000 for x in lag)
+        report["tick_ms"] = args.tick_ms
+        lag_ms = sorted(x * 1000 for x in paced.lag)
         report["schedule_lag_p99_ms"] = quantile(lag_ms, 0.99)
         report["schedule_lag_max_ms"] = lag_ms[-1]
         report["latency_cpu"] = cpu.summary()
-        ack_ms = sorted((a - s) * 1000 for a, s in zip(acks, sent, strict=True) if a == a)
+        report.setdefault("cpu_pct", {})["latency"] = cpu.percent()
+        ack_ms = sorted((a - s) * 1000 for a, s in zip(paced.acks, paced.sent, strict=True) if a == a)
         report["ack_p50_ms"] = quantile(ack_ms, 0.5)
         report["ack_p99_ms"] = quantile(ack_ms, 0.99)
         say(f"  offered {report['achieved_rate']:,.0f}/s; JetStream ack p50 {report['ack_p50_ms']:.1f} ms, "
@@ -659,6 +674,76 @@ async def phase_e2e_and_latency(args: argparse.Namespace, procs: Processes, home
     finally:
         await bus.close()
         srv.stop()
+
+
+@dataclass
+class Paced:
+    sent: list[float]  # epoch s: the event's ``time`` (set by Event.create right before publishing)
+    acks: list[float]  # epoch s: JetStream ack received (nan if none)
+    lag: list[float]  # s: how late each event was created against its schedule slot
+    offered_s: float
+    errors: list[BaseException]
+
+
+async def paced_publish(bus: Bus, payloads: Sequence[Payload], rate: float, tick_ms: float,
+                        session_id: str) -> Paced:
+    """Publish one event per slot of a fixed schedule (``rate`` per second, no
+    drift: slot i is at start + i/rate). Each event is created right before its
+    publish and acks are not awaited before the next one. With ``tick_ms`` > 0
+    the events due are instead sent together every ``tick_ms`` with one
+    ``publish_many`` (a cheaper publisher: less CPU taken from the recorder)."""
+    n = len(payloads)
+    out = Paced([float("nan")] * n, [float("nan")] * n, [0.0] * n, 0.0, [])
+    loop = asyncio.get_running_loop()
+    tasks: set[asyncio.Task[Any]] = set()
+
+    def done(first: int, count: int, task: asyncio.Task[Any]) -> None:
+        tasks.discard(task)
+        if task.cancelled():
+            return
+        if task.exception() is not None:
+            out.errors.append(task.exception())  # type: ignore[arg-type]
+            return
+        now = time.time()
+        for k in range(first, first + count):
+            out.acks[k] = now
+
+    def make(i: int, slot0: float, interval: float) -> Event:
+        ev = Event.create(payloads[i], session_id=session_id, source="bench-latency")
+        out.sent[i] = ev.time.timestamp()
+        out.lag[i] = loop.time() - (slot0 + i * interval)
+        return ev
+
+    interval = 1.0 / rate
+    start = loop.time() + 0.05
+    i = 0
+    if tick_ms <= 0:
+        for i in range(n):
+            # always yield: a publisher behind schedule must still let the
+            # publish tasks (and the ack reader) run instead of queueing them
+            await asyncio.sleep(max(start + i * interval - loop.time(), 0.0))
+            task = asyncio.create_task(bus.publish(make(i, start, interval), timeout=30.0))
+            task.add_done_callback(lambda t, i=i: done(i, 1, t))
+            tasks.add(task)
+    else:
+        tick = tick_ms / 1000
+        k = 0
+        while i < n:
+            await asyncio.sleep(max(start + k * tick - loop.time(), 0.0))
+            k += 1
+            due = min(n, int((loop.time() - start) / interval) + 1)
+            if due <= i:
+                continue
+            events = [make(j, start, interval) for j in range(i, due)]
+            task = asyncio.create_task(bus.publish_many(events, timeout=30.0))
+            count = due - i
+            task.add_done_callback(lambda t, first=i, c=count: done(first, c, t))
+            tasks.add(task)
+            i = due
+    out.offered_s = loop.time() - start
+    if tasks:
+        await asyncio.wait(set(tasks), timeout=60)
+    return out
 
 
 async def start_py_spy(args: argparse.Namespace, procs: Processes, pid: int, phase: str) -> tuple[Any, Path] | None:
@@ -803,18 +888,25 @@ def print_table(report: dict[str, Any]) -> None:
     r = report
     e2e_ok = r.get("e2e_over_raw", 0) >= TARGET_E2E_OVER_RAW
     p99_ok = r.get("p99_ms", float("inf")) < TARGET_P99_MS
+    mode = f"publish_many every {r['tick_ms']:g} ms" if r.get("tick_ms") else "one Bus.publish per event"
+    held = "" if r.get("achieved_rate", 0) >= 0.98 * r.get("offered_rate", 0) else "  WARNING: schedule not held"
     rows = [
         ("events per throughput phase", fmt(r.get("events"))),
         ("event JSON size mean / p99", f"{fmt(r['sizes']['mean_bytes'])} B / {fmt(r['sizes']['p99_bytes'])} B"),
         ("raw JetStream publish", f"{fmt(r.get('raw_publish_per_s'))} events/s ({fmt(r.get('raw_s'), '.2f')} s)"),
         ("end-to-end (committed)", f"{fmt(r.get('e2e_per_s'))} events/s ({fmt(r.get('e2e_s'), '.2f')} s; "
                                    f"publish done at {fmt(r.get('e2e_publish_s'), '.2f')} s)"),
+        ("recorder rate while publishing / alone",
+         f"{fmt(r.get('recorder_rate_while_publishing'))} / {fmt(r.get('recorder_rate_alone'))} events/s "
+         f"(backlog {fmt(r.get('backlog_at_publish_end'))} when publishing ended)"),
         ("e2e / raw", f"{fmt(r.get('e2e_over_raw'), '.2f')}  target >= {TARGET_E2E_OVER_RAW:.2f}  "
                       f"{'PASS' if e2e_ok else 'FAIL'}"),
-        ("latency offered / achieved", f"{fmt(r.get('offered_rate'))} / {fmt(r.get('achieved_rate'))} events/s"),
+        ("latency offered / achieved", f"{fmt(r.get('offered_rate'))} / {fmt(r.get('achieved_rate'))} events/s "
+                                       f"({mode}){held}"),
         ("publisher lag behind schedule p99/max",
          f"{fmt(r.get('schedule_lag_p99_ms'), '.1f')} / {fmt(r.get('schedule_lag_max_ms'), '.1f')} ms"),
-        ("publish -> JetStream ack p50/p99", f"{fmt(r.get('ack_p50_ms'), '.1f')} / {fmt(r.get('ack_p99_ms'), '.1f')} ms"),
+        ("publish -> JetStream ack p50/p99",
+         f"{fmt(r.get('ack_p50_ms'), '.1f')} / {fmt(r.get('ack_p99_ms'), '.1f')} ms"),
         ("publish -> batch start (recorded_at) p50/p99",
          f"{fmt(r.get('p50_recorded_at_ms'), '.1f')} / {fmt(r.get('p99_recorded_at_ms'), '.1f')} ms"),
         ("publish -> committed+acked p50/p99", f"{fmt(r.get('p50_ms'), '.1f')} / {fmt(r.get('p99_ms'), '.1f')} ms  "
@@ -822,7 +914,9 @@ def print_table(report: dict[str, Any]) -> None:
         ("recorder batch ms p50/p99 (latency phase)",
          f"{fmt(r.get('latency_batch_ms_p50'), '.1f')} / {fmt(r.get('latency_batch_ms_p99'), '.1f')} ms, "
          f"batch size p50 {fmt(r.get('latency_batch_size_p50'))}"),
-        ("recorder cost per event (full batches)", f"{fmt(r.get('recorder_us_per_event_full_batches'), '.1f')} us"),
+        ("recorder commit+acks per event (batches >= 1000)",
+         f"{fmt(r.get('recorder_us_per_event_full_batches'), '.1f')} us"),
+        ("recorder graceful stop (SIGTERM -> exit)", f"{fmt(r.get('recorder_stop_s'), '.2f')} s"),
         ("recorder peak RSS", f"{fmt(r.get('recorder_peak_rss_mb'), '.0f')} MB"),
         ("nats-server peak RSS", f"{fmt(r.get('nats_peak_rss_mb'), '.0f')} MB"),
         ("CPU raw phase", r.get("raw_cpu", "n/a")),
@@ -851,16 +945,22 @@ async def run(args: argparse.Namespace, procs: Processes, workdir: Path, report:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--events", type=int, default=200_000, help="events per throughput phase (default 200000)")
     p.add_argument("--rate", type=float, default=2000.0, help="offered load of the latency phase, events/s")
     p.add_argument("--duration", type=float, default=10.0, help="seconds of the latency phase")
+    p.add_argument("--tick-ms", type=float, default=0.0,
+                   help="latency phase: 0 = one Bus.publish per event on its own slot (default); "
+                        "T > 0 = every T ms, one publish_many of the events due (cheaper publisher)")
     p.add_argument("--chunk", type=int, default=1000, help="events per publish_many call")
     p.add_argument("--concurrency", type=int, default=4, help="publish_many calls in flight (<= 4000 msgs pending)")
     p.add_argument("--poll", type=float, default=0.1, help="seconds between recorder health polls")
     p.add_argument("--e2e-timeout", type=float, default=900.0, help="give up on the recorder after this many s")
-    p.add_argument("--py-spy", metavar="DIR", help="py-spy record the recorder during the e2e phase into DIR")
+    p.add_argument("--py-spy", metavar="DIR", help="py-spy record the recorder during phases 2 and 3 into DIR")
     p.add_argument("--py-spy-rate", type=int, default=100, help="py-spy samples per second")
+    p.add_argument("--recorder-args", default="-m services.recorder",
+                   help="how the recorder is started after the interpreter (to try variants)")
     p.add_argument("--keep", action="store_true", help="keep the temp AAR_HOMEs (always kept on error)")
     return p.parse_args(argv)
 
@@ -872,7 +972,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     say(f"workdir {workdir}; {os.cpu_count()} CPUs (publisher, nats-server and recorder share them)")
     report: dict[str, Any] = {"events": args.events}
     procs = Processes()
-    ok = False
+    ok = failed = False
 
     def on_term(signum: int, frame: object) -> None:
         raise KeyboardInterrupt(f"signal {signum}")
@@ -884,15 +984,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         ok = True
     except KeyboardInterrupt:
         say("interrupted: stopping everything")
+        failed = False
     except Exception as exc:
         say(f"FAILED: {type(exc).__name__}: {exc}")
+        failed = True
     finally:
         procs.close()
         report["wall_s"] = time.perf_counter() - t0
-        if ok and not args.keep:
-            shutil.rmtree(workdir, ignore_errors=True)
-        else:
+        if args.keep or (not ok and failed):
             say(f"kept {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
     if not ok:
         return 1
     report["e2e_over_raw"] = report["e2e_per_s"] / report["raw_publish_per_s"]
@@ -900,11 +1002,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     keys = ("raw_publish_per_s", "e2e_per_s", "e2e_over_raw", "p50_ms", "p99_ms", "p50_recorded_at_ms",
             "p99_recorded_at_ms", "max_ms", "ack_p50_ms", "ack_p99_ms", "recorder_peak_rss_mb", "nats_peak_rss_mb",
             "events", "offered_rate", "achieved_rate", "latency_events", "e2e_s", "e2e_publish_s", "raw_s",
-            "recorder_us_per_event_full_batches", "wall_s")
+            "recorder_us_per_event_full_batches", "recorder_rate_while_publishing", "recorder_rate_alone",
+            "schedule_lag_p99_ms", "schedule_lag_max_ms", "tick_ms", "wall_s")
     out = {k: (round(report[k], 3) if isinstance(report.get(k), float) else report.get(k)) for k in keys}
     out["e2e_pass"] = report["e2e_over_raw"] >= TARGET_E2E_OVER_RAW
     out["p99_pass"] = report["p99_ms"] < TARGET_P99_MS
     out["cpus"] = os.cpu_count()
+    out["cpu_pct"] = report.get("cpu_pct")
     print(json.dumps(out), flush=True)
     return 0
 

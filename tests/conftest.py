@@ -69,7 +69,7 @@ class ServiceProcess:
     def start(self) -> "ServiceProcess":
         env = {k: v for k, v in os.environ.items() if not k.startswith("AAR_")}
         env.update(settings(self.server, self.role).to_env())
-        env.update({"AAR_HOME": str(self.home.root), "AAR_LOG_FORMAT": "json", **self.extra_env})
+        env.update({"AAR_HOME": str(self.home.root), "AAR_LOG_FORMAT": "json", "AAR_LOG_LEVEL": "DEBUG", **self.extra_env})
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen([sys.executable, "-m", self.module], env=env, stdout=log, stderr=subprocess.STDOUT)
         return self

@@ -52,18 +52,24 @@ class Recorder:
         self.ack_wait = ack_wait
         self.batches = 0
         self.last_batch_ms = 0.0
+        self.counts: dict[str, int] = {"events": 0, "rejected": 0}
         self.log = structlog.get_logger("recorder").bind(service=source)
 
     async def run(self, stop: asyncio.Event) -> None:
+        # Explicit acks, one per message. (AckPolicy.ALL would be cheaper but is not
+        # safe: after a crash, new messages arrive before the dead process's unacked
+        # ones are redelivered, and acking a new one would ack those too, unrecorded.)
         sub = await self.bus.pull(DURABLE, "aar.>", ack_wait=self.ack_wait, max_deliver=-1, max_ack_pending=50_000)
+        self.counts = await asyncio.to_thread(self.store.counts)
         await self.bus.serve("recorder", {"audit": self._audit, "health": self._health})
         await self.bus.nc.subscribe(
             f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{STREAM}.*", cb=self._on_max_deliveries
         )
-        self.log.info("recorder_ready", db=str(self.store.path), **self.store.counts())
+        self.log.info("recorder_ready", db=str(self.store.path), **self.counts)
         # Pipelined: while batch n commits in a worker thread (DuckDB releases the
         # GIL), batch n+1 is fetched and decoded. Acks still follow each commit.
         committing: asyncio.Task[None] | None = None
+        dirty = False  # WAL holds commits not yet checkpointed
         try:
             while not stop.is_set():
                 msgs = await Bus.fetch(sub, self.batch, self.fetch_timeout)
@@ -71,11 +77,15 @@ class Recorder:
                     if committing is not None:
                         await committing
                         committing = None
+                    elif dirty:  # idle: checkpoint now rather than inside a commit later
+                        await asyncio.to_thread(self.store.checkpoint)
+                        dirty = False
                     continue
                 decoded = self.decode(msgs)
                 if committing is not None:
                     await committing
                 committing = asyncio.create_task(self.commit(msgs, *decoded))
+                dirty = True
         finally:
             if committing is not None:
                 await committing
@@ -96,7 +106,9 @@ class Recorder:
     async def commit(self, msgs: list[Msg], events: list[Recorded], rejected: list[RejectedRecord]) -> None:
         started = time.perf_counter()
         # DuckDB work off the event loop: heartbeats and queries keep flowing.
-        new = await asyncio.to_thread(self.store.append, events, rejected)
+        new, new_rejected = await asyncio.to_thread(self.store.append, events, rejected)
+        self.counts["events"] += new
+        self.counts["rejected"] += new_rejected
         for msg in msgs:
             await msg.ack()
         self.batches += 1
@@ -155,7 +167,7 @@ class Recorder:
         return result.model_dump()
 
     async def _health(self, data: bytes) -> Any:
-        return {**self.store.counts(), "batches": self.batches, "last_batch_ms": self.last_batch_ms, "pid": os.getpid()}
+        return {**self.counts, "batches": self.batches, "last_batch_ms": self.last_batch_ms, "pid": os.getpid()}
 
 
 def _session_of(subject: str | None) -> str | None:
