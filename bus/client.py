@@ -118,7 +118,7 @@ class Bus:
     def _on_error(self, exc: Exception) -> None:
         match = _DENIED_RE.search(str(exc))
         if match:
-            subject = match.group(1)
+            subject = match.group(1).lower()  # nats-py lowercases server errors
             log.warning("publish_denied", subject=subject, user=self.settings.user)
             future = self._denials.get(subject)
             if future is not None and not future.done():
@@ -177,9 +177,10 @@ class Bus:
         loop = asyncio.get_running_loop()
         denials: dict[str, asyncio.Future[str]] = {}
         for subject, _, _ in items:
-            if subject not in self._denials or self._denials[subject].done():
-                self._denials[subject] = loop.create_future()
-            denials[subject] = self._denials[subject]
+            key = subject.lower()
+            if key not in self._denials or self._denials[key].done():
+                self._denials[key] = loop.create_future()
+            denials[key] = self._denials[key]
         acks = []
         for subject, data, msg_id in items:
             headers = {"Nats-Msg-Id": msg_id} if msg_id else None

@@ -49,7 +49,7 @@ async def test_server_enforces_each_roles_publish_permissions(nats_server: NatsS
     client = await Bus.connect(settings(nats_server, role), name=f"{role}-test")
     try:
         for event_type in EventType:
-            event = sample_event(event_type, f"s-perm-{role.value}")
+            event = sample_event(event_type, f"S-Perm-{role.value}")  # mixed case, like real ULID ids
             if event_type.value in EXPECTED[role]:
                 assert await client.publish(event, timeout=5) > 0
             else:
@@ -57,7 +57,7 @@ async def test_server_enforces_each_roles_publish_permissions(nats_server: NatsS
                     await client.publish(event, timeout=5)
     finally:
         await client.close()
-    info = await admin.js.stream_info("AAR", subjects_filter=f"aar.s-perm-{role.value}.>")
+    info = await admin.js.stream_info("AAR", subjects_filter=f"aar.S-Perm-{role.value}.>")
     assert info.state.messages == len(EXPECTED[role])
 
 
