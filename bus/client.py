@@ -119,10 +119,10 @@ class Bus:
         match = _DENIED_RE.search(str(exc))
         if match:
             subject = match.group(1).lower()  # nats-py lowercases server errors
-            log.warning("publish_denied", subject=subject, user=self.settings.user)
             future = self._denials.get(subject)
             if future is not None and not future.done():
                 future.set_result(str(exc))
+            log.warning("publish_denied", subject=subject, user=self.settings.user)
             return
         log.warning("nats_error", error=str(exc), name=self.name)
 
