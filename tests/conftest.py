@@ -117,3 +117,15 @@ async def recorder(nats_server: NatsServer, home: AarHome, admin: Bus) -> AsyncI
 async def recorded_count(bus: Bus, sql: str = "SELECT count(*) FROM events") -> int:
     result = await bus.request("recorder", "audit", {"sql": sql}, timeout=10)
     return int(result["rows"][0][0])
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    gpu = [item for item in items if item.get_closest_marker("gpu")]
+    if not gpu:
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        skip = pytest.mark.skip(reason="needs a CUDA device")
+        for item in gpu:
+            item.add_marker(skip)

@@ -1,0 +1,140 @@
+"""Untrusted method code under bubblewrap: it works, and escapes are blocked and reported."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.trainer.conftest import synthetic_context
+from trainer import sandbox
+from trainer.sandbox import SandboxLimits, SandboxUnavailableError, ViolationKind, run_untrusted
+
+needs_bwrap = pytest.mark.skipif(
+    sandbox.sandbox_problem() is not None, reason=f"sandbox unavailable: {sandbox.sandbox_problem()}"
+)
+
+GOOD = """
+from trainer.methods import run_method
+
+def run(ctx):
+    return run_method("naive_soft", ctx)
+"""
+
+
+@pytest.fixture
+def ctx():  # type: ignore[no-untyped-def]
+    return synthetic_context(n_train=120, n_eval=40)[0]
+
+
+@needs_bwrap
+def test_normal_method_returns_predictions(ctx, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    job = tmp_path / "job"
+    result = run_untrusted(GOOD, ctx, job_dir=job)
+    assert result.ok, result.stderr
+    assert result.sandboxed and result.returncode == 0 and not result.violations
+    assert result.predictions is not None and result.predictions.shape == (40,)
+    from trainer.methods import run_method
+
+    assert np.allclose(result.predictions, run_method("naive_soft", ctx))
+    assert result.runtime_s > 0 and result.peak_rss_bytes > 10 << 20 and result.cpu_s > 0
+    inputs = sorted(p.name for p in (job / "input").iterdir())
+    assert inputs == [
+        "ctx.json",
+        "eval_features.npy",
+        "eval_texts.json",
+        "method.py",
+        "train_features.npy",
+        "train_texts.json",
+        "weak_soft_labels.npy",
+    ]
+
+
+@needs_bwrap
+def test_socket_is_blocked_and_reported(ctx) -> None:  # type: ignore[no-untyped-def]
+    src = "import socket\ndef run(ctx):\n    socket.create_connection(('1.1.1.1', 443), timeout=3)\n"
+    result = run_untrusted(src, ctx)
+    assert not result.ok
+    assert ViolationKind.NETWORK in result.violation_kinds
+    assert "unreachable" in result.stderr.lower()
+
+
+@needs_bwrap
+def test_swallowed_dns_attempt_is_still_reported(ctx) -> None:  # type: ignore[no-untyped-def]
+    src = (
+        "import socket\ndef run(ctx):\n    try:\n        socket.getaddrinfo('pypi.org', 443)\n"
+        "    except OSError:\n        pass\n    return [0.5] * ctx.n_eval\n"
+    )
+    result = run_untrusted(src, ctx)
+    assert result.ok and ViolationKind.NETWORK in result.violation_kinds
+
+
+@needs_bwrap
+@pytest.mark.parametrize("target", ["/root/.bashrc", "AAR_CACHE"])
+def test_files_outside_the_job_are_invisible(ctx, target: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    if target == "AAR_CACHE":
+        secret_file = tmp_path / "aar" / "cache" / "baselines" / "gold.json"
+        secret_file.parent.mkdir(parents=True)
+        secret_file.write_text('{"labels": [1, 0, 1]}')
+        monkeypatch.setenv("AAR_HOME", str(tmp_path / "aar"))
+        target = str(secret_file)
+    src = f"def run(ctx):\n    return open({target!r}).read()\n"
+    result = run_untrusted(src, ctx)
+    assert not result.ok
+    assert "No such file or directory" in result.stderr
+    assert ViolationKind.FILESYSTEM in result.violation_kinds
+    assert any(target in v.detail for v in result.violations)
+
+
+@needs_bwrap
+def test_system_is_read_only_and_writes_outside_work_are_reported(ctx) -> None:  # type: ignore[no-untyped-def]
+    src = "def run(ctx):\n    open('/usr/lib/evil.py', 'w').write('x')\n"
+    result = run_untrusted(src, ctx)
+    assert not result.ok and "Read-only file system" in result.stderr
+    assert ViolationKind.FILESYSTEM in result.violation_kinds
+
+
+@needs_bwrap
+def test_api_key_is_not_passed_and_the_attempt_is_reported(ctx, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test-not-a-real-key")
+    src = (
+        "import os\ndef run(ctx):\n    print(sorted(os.environ))\n"
+        "    return [len(os.environ['ANTHROPIC_API_KEY'])] * ctx.n_eval\n"
+    )
+    result = run_untrusted(src, ctx)
+    assert not result.ok and "KeyError" in result.stderr
+    assert "sk-ant-test" not in result.stdout + result.stderr
+    assert ViolationKind.SECRET in result.violation_kinds
+    env_names = eval(result.stdout.strip().splitlines()[-1])
+    assert not any("KEY" in name or "NATS" in name for name in env_names if name != "AAR_AUDIT_FD")
+
+
+@needs_bwrap
+def test_proc_environ_read_is_a_secret_violation(ctx) -> None:  # type: ignore[no-untyped-def]
+    src = "def run(ctx):\n    open('/proc/1/environ', 'rb').read()\n    return [0.5] * ctx.n_eval\n"
+    result = run_untrusted(src, ctx)
+    assert ViolationKind.SECRET in result.violation_kinds
+
+
+@needs_bwrap
+def test_wall_clock_limit_kills_the_job(ctx) -> None:  # type: ignore[no-untyped-def]
+    src = "import time\ndef run(ctx):\n    time.sleep(60)\n"
+    result = run_untrusted(src, ctx, limits=SandboxLimits(wall_s=4))
+    assert not result.ok and result.timed_out and "wall-clock" in (result.error or "")
+    assert result.runtime_s < 15
+
+
+@needs_bwrap
+def test_invalid_predictions_are_an_error_not_a_crash(ctx) -> None:  # type: ignore[no-untyped-def]
+    result = run_untrusted("def run(ctx):\n    return [1.5] * ctx.n_eval\n", ctx)
+    assert not result.ok and "probabilities" in (result.error or "")
+
+
+def test_without_bwrap_untrusted_code_is_refused(ctx, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setattr(sandbox, "bwrap_path", lambda: None)
+    monkeypatch.setattr(sandbox, "_probe", {})
+    with pytest.raises(SandboxUnavailableError, match="bubblewrap"):
+        run_untrusted(GOOD, ctx)
+    result = run_untrusted(GOOD, ctx, unsafe_no_sandbox=True)
+    assert result.ok and not result.sandboxed, result.stderr

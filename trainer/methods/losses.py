@@ -1,0 +1,86 @@
+"""Loss functions of the weak-to-strong literature, on 2-class logits.
+
+Convention (as in github.com/openai/weak-to-strong ``weak_to_strong/loss.py``): a loss is
+called as ``loss(logits[n, 2], targets[n, 2], step_frac) -> scalar``, where ``targets``
+are the weak teacher's soft labels as class probabilities and ``step_frac`` in [0, 1) is
+the fraction of training done (``step / total_steps``).
+
+Auxiliary confidence loss (Burns et al. 2023, section 4.3.2)::
+
+    target = (1 - a) * weak + a * harden(student)
+    loss   = CE(logits, target)
+
+``harden`` thresholds the student's own P(class 0) at the batch quantile that makes the
+hardened batch have the weak labels' class balance, so the student is pushed to be
+confident without collapsing to one class. ``a`` (the aux coefficient) is warmed up.
+
+The two warm-up modes:
+
+- ``faithful``: exactly the released code,
+  ``coef = aux_coef * (1.0 if step_frac > warmup_frac else step_frac)``.
+  During warm-up ``a`` grows as ``step_frac`` itself (at most ``warmup_frac * aux_coef``,
+  i.e. 0.05 with the defaults) and then jumps to ``aux_coef``: not the linear ramp the
+  paper describes, but a near-zero phase followed by a step.
+- ``fixed``: the linear ramp the paper describes,
+  ``coef = aux_coef * min(1.0, step_frac / warmup_frac)``.
+
+The product loss (also from the released code) trains towards the renormalized product
+``student**beta * weak**alpha``; the released code accepts a ``warmup_frac`` and never uses
+it, and so do we.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+LossFn = Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
+Warmup = Literal["faithful", "fixed"]
+
+
+def soft_ce(logits: torch.Tensor, targets: torch.Tensor, step_frac: float = 0.0) -> torch.Tensor:
+    """Cross-entropy against soft (or one-hot) targets."""
+    return F.cross_entropy(logits.float(), targets.float())
+
+
+def aux_coefficient(step_frac: float, aux_coef: float, warmup_frac: float, warmup: Warmup) -> float:
+    if warmup == "faithful":
+        return aux_coef * (1.0 if step_frac > warmup_frac else step_frac)
+    if warmup == "fixed":
+        return aux_coef * (min(1.0, step_frac / warmup_frac) if warmup_frac > 0 else 1.0)
+    raise ValueError(f"warmup must be 'faithful' or 'fixed', got {warmup!r}")
+
+
+def harden(preds: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """One-hot student predictions thresholded at the batch quantile of the weak class balance."""
+    threshold = torch.quantile(preds[:, 0], targets[:, 1].mean())
+    class0 = preds[:, 0] >= threshold
+    return torch.stack([class0, ~class0], dim=1).to(preds.dtype)
+
+
+def logconf(aux_coef: float = 0.5, warmup_frac: float = 0.1, warmup: Warmup = "faithful") -> LossFn:
+    """The auxiliary confidence loss (defaults: the released code's)."""
+
+    def loss(logits: torch.Tensor, targets: torch.Tensor, step_frac: float = 0.0) -> torch.Tensor:
+        logits, targets = logits.float(), targets.float()
+        coef = aux_coefficient(step_frac, aux_coef, warmup_frac, warmup)
+        strong = harden(torch.softmax(logits, dim=-1), targets).detach()
+        return F.cross_entropy(logits, targets * (1 - coef) + strong * coef)
+
+    return loss
+
+
+def product(alpha: float = 1.0, beta: float = 1.0) -> LossFn:
+    """CE towards ``normalize(student**beta * weak**alpha)`` (detached)."""
+
+    def loss(logits: torch.Tensor, targets: torch.Tensor, step_frac: float = 0.0) -> torch.Tensor:
+        logits, targets = logits.float(), targets.float()
+        preds = torch.softmax(logits, dim=-1)
+        target = preds.pow(beta) * targets.clamp_min(1e-12).pow(alpha)
+        target = (target / target.sum(dim=-1, keepdim=True)).detach()
+        return F.cross_entropy(logits, target)
+
+    return loss

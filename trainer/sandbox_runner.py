@@ -1,0 +1,206 @@
+"""Child side of :mod:`trainer.sandbox`: ``python -m trainer.sandbox_runner JOB_ROOT``.
+
+Runs inside the sandbox. Reads ``JOB_ROOT/input`` (method.py, ctx.json, .npy features
+and weak labels, texts), imports the method, calls ``run(ctx)`` and writes
+``JOB_ROOT/work/predictions.npy``. Exit codes: 0 done, 2 bad job, 3 the method failed.
+
+Before the method is imported it installs detectors (not the enforcement: that is the
+sandbox's job): a ``sys.addaudithook`` hook that reports socket use, file access outside
+the job and the interpreter, and reads of ``/proc/*/environ``; and a wrapper around
+``os.environ`` that reports lookups of secret-looking names. Reports are JSON lines on
+the file descriptor named by ``AAR_AUDIT_FD`` (a pipe the parent reads), so the method can
+add lines but never take back one already sent. This module imports only numpy, torch
+and ``trainer.methods`` (never ``aar``), so the sandbox needs nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import sys
+import time
+from pathlib import Path
+
+SECRET_NAME = re.compile(r"API_?KEY|TOKEN|SECRET|PASSW|CREDENTIAL|PRIVATE|ANTHROPIC|OPENAI|AWS_|NATS_", re.IGNORECASE)
+_NET_EVENTS = {
+    "socket.connect",
+    "socket.bind",
+    "socket.sendto",
+    "socket.sendmsg",
+    "socket.getaddrinfo",
+    "socket.gethostbyname",
+    "socket.gethostbyaddr",
+    "socket.getnameinfo",
+}
+_INET = {int(socket.AF_INET), int(socket.AF_INET6)}
+_SYSTEM_READ = (
+    "/usr/",
+    "/lib/",
+    "/lib64/",
+    "/lib32/",
+    "/bin/",
+    "/sbin/",
+    "/dev/",
+    "/sys/devices/system/cpu/",
+    "/sys/fs/cgroup/",
+    "/proc/self/",
+    "/proc/cpuinfo",
+    "/proc/meminfo",
+    "/proc/stat",
+    "/proc/sys/",
+    "/etc/ld.so.cache",
+    "/etc/localtime",
+    "/etc/os-release",
+)
+_ENVIRON = re.compile(r"^/proc/[^/]+/environ$")
+
+
+class _Reporter:
+    def __init__(self, fd: int | None, job_root: str) -> None:
+        self.fd = fd
+        self.sent: set[tuple[str, str]] = set()
+        self.job_root = job_root.rstrip("/") + "/"
+        prefixes = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}
+        package = Path(__file__).resolve().parent  # the trainer package
+        self.code_ok = tuple(p.rstrip("/") + "/" for p in prefixes | {str(package)})
+        self.import_dirs = {os.path.abspath(p or ".") for p in sys.path}  # the import system lists these
+        self.write_ok = (self.job_root + "work/", "/tmp/", "/dev/null", "/dev/shm/")
+        # Host paths worth protecting (AAR_HOME, the repository, home folders): any access is
+        # reported, even where the sandbox maps the name elsewhere (e.g. a host /tmp path).
+        watched = os.environ.get("AAR_WATCH_PATHS", "")
+        self.watched = tuple(p.rstrip("/") + "/" for p in watched.split(os.pathsep) if p.startswith("/"))
+
+    def report(self, kind: str, detail: str) -> None:
+        key = (kind, detail[:300])
+        if self.fd is None or key in self.sent or len(self.sent) > 200:
+            return
+        self.sent.add(key)
+        try:
+            os.write(self.fd, (json.dumps({"kind": kind, "detail": key[1]}) + "\n").encode())
+        except OSError:
+            pass
+
+    def path_event(self, path: object, writing: bool, what: str) -> None:
+        if isinstance(path, int):
+            return
+        try:
+            p = os.path.abspath(os.fsdecode(path))  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            return
+        if _ENVIRON.match(p):
+            self.report("secret", f"{what} {p}")
+            return
+        probe = p + "/"
+        if writing:
+            if not probe.startswith(self.write_ok):
+                self.report("filesystem", f"write {p}")
+            return
+        if probe.startswith(self.code_ok):  # the interpreter, its packages, the trainer package
+            return
+        if what == "list" and p in self.import_dirs:
+            return
+        if self.watched and probe.startswith(self.watched):
+            self.report("filesystem", f"{what} {p}")
+            return
+        if not probe.startswith((self.job_root, *_SYSTEM_READ, *self.write_ok)):
+            self.report("filesystem", f"{what} {p}")
+
+    def __call__(self, event: str, args: tuple) -> None:
+        try:
+            if event == "open":
+                path, mode = args[0], args[1]
+                flags = args[2] if len(args) > 2 else 0
+                writing = (isinstance(mode, str) and any(c in mode for c in "wax+")) or bool(
+                    isinstance(flags, int) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT)
+                )
+                self.path_event(path, writing, "open")
+            elif event in ("os.listdir", "os.scandir"):
+                self.path_event(args[0] if args else ".", False, "list")
+            elif event == "socket.__new__":
+                if len(args) > 1 and int(args[1]) in _INET:
+                    self.report("network", f"socket({args[1]!s})")
+            elif event in _NET_EVENTS:
+                shown = [a for a in args if not isinstance(a, socket.socket)][:2]
+                self.report("network", f"{event} {shown!r}"[:300])
+            elif event in ("subprocess.Popen", "os.system", "os.exec", "os.posix_spawn"):
+                self.report("process", f"{event} {str(args[:2])[:200]}")
+        except Exception:  # a detector must never break the method
+            pass
+
+
+def _guard_environ(reporter: _Reporter) -> None:
+    base = type(os.environ)
+
+    class GuardedEnviron(base):  # type: ignore[misc, valid-type]
+        def __getitem__(self, key):  # type: ignore[no-untyped-def]
+            if isinstance(key, str) and SECRET_NAME.search(key):
+                reporter.report("secret", f"environ[{key!r}]")
+            return super().__getitem__(key)
+
+    guarded = GuardedEnviron.__new__(GuardedEnviron)
+    guarded.__dict__.update(os.environ.__dict__)
+    os.environ = guarded  # type: ignore[misc]  # noqa: B003 (a wrapper with the same contents)
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 2:
+        print("usage: python -m trainer.sandbox_runner JOB_ROOT", file=sys.stderr)
+        return 2
+    job = Path(argv[1])
+    fd_text = os.environ.get("AAR_AUDIT_FD")
+    reporter = _Reporter(int(fd_text) if fd_text else None, str(job))
+    sys.addaudithook(reporter)
+    _guard_environ(reporter)
+
+    import importlib.util
+
+    import numpy as np
+
+    from trainer.methods import MethodContext, validate_predictions
+
+    inp, work = job / "input", job / "work"
+    try:
+        meta = json.loads((inp / "ctx.json").read_text())
+        ctx = MethodContext(
+            train_features=np.load(inp / "train_features.npy", allow_pickle=False),
+            weak_soft_labels=np.load(inp / "weak_soft_labels.npy", allow_pickle=False),
+            eval_features=np.load(inp / "eval_features.npy", allow_pickle=False),
+            train_texts=json.loads((inp / "train_texts.json").read_text()),
+            eval_texts=json.loads((inp / "eval_texts.json").read_text()),
+            seed=int(meta["seed"]),
+            params=dict(meta.get("params") or {}),
+        )
+    except Exception as exc:
+        print(f"aar-sandbox: bad job folder: {exc!r}", file=sys.stderr)
+        return 2
+
+    import torch
+
+    torch.manual_seed(ctx.seed)
+    np.random.seed(ctx.seed % 2**32)
+    started = time.monotonic()
+    try:
+        spec = importlib.util.spec_from_file_location("method", inp / "method.py")
+        if spec is None or spec.loader is None:
+            raise ImportError("cannot load method.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["method"] = module
+        spec.loader.exec_module(module)
+        run = getattr(module, "run", None)
+        if not callable(run):
+            raise AttributeError("method.py defines no run(ctx) function")
+        predictions = validate_predictions(run(ctx), ctx.n_eval)
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()
+        return 3
+    np.save(work / "predictions.npy", predictions.astype(np.float64), allow_pickle=False)
+    (work / "runner.json").write_text(json.dumps({"method_seconds": round(time.monotonic() - started, 3)}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
