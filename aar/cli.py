@@ -198,5 +198,7 @@ def run_service(name: Annotated[str, typer.Argument(help="recorder | orchestrato
     runpy.run_module(modules[name], run_name="__main__")
 
 
+app.add_typer(__import__("aar.models_cmd", fromlist=["app"]).app, name="models")  # aar models list|fetch
+
 if __name__ == "__main__":  # pragma: no cover
     app()
