@@ -122,6 +122,7 @@ VIEWS: dict[str, str] = {
     "scores": """
         SELECT payload->>'experiment_id' AS experiment_id, session_id, id AS event_id, time,
                payload->>'idea_id' AS idea_id, payload->>'agent_id' AS agent_id,
+               coalesce(payload->>'purpose', 'score') AS purpose,
                payload->>'dataset' AS dataset, payload->>'split' AS split,
                CAST(payload->>'n_seeds' AS INTEGER) AS n_seeds,
                CAST(payload->>'accuracy' AS DOUBLE) AS accuracy,
