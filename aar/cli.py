@@ -54,6 +54,14 @@ def up(
     max_usd: Annotated[Optional[float], typer.Option(min=0, help="session dollar budget (Claude)")] = None,
     dataset: Annotated[str, typer.Option(help="task dataset")] = "rotten_tomatoes",
     session: Annotated[Optional[str], typer.Option(help="a name for the session")] = None,
+    weak_model: Annotated[str, typer.Option(help="weak teacher backbone")] = "minilm",
+    strong_model: Annotated[str, typer.Option(help="strong student backbone")] = "mpnet",
+    seeds: Annotated[int, typer.Option(min=1, max=50, help="seeds per experiment and baseline")] = 5,
+    sizes: Annotated[str, typer.Option(help="rows in splits A,B,dev,test")] = "1000,1000,1000,1000",
+    heldout: Annotated[Optional[list[str]], typer.Option(help="held-out dataset for top ideas (repeatable)")] = None,
+    unsafe_no_sandbox: Annotated[
+        bool, typer.Option("--unsafe-no-sandbox", help="run agent code without bubblewrap (flagged in the log)")
+    ] = False,
 ) -> None:
     """Start the embedded stack and run one research session."""
     from services.orchestrator.config import SessionConfig
@@ -73,13 +81,37 @@ def up(
     if session is not None and not session.strip():
         err.print("[red]--session must not be empty[/red]")
         raise typer.Exit(2)
+    try:
+        split_sizes = dict(zip(("A", "B", "dev", "test"), (int(x) for x in sizes.split(",")), strict=True))
+        if min(split_sizes.values()) < 1:
+            raise ValueError
+    except ValueError:
+        err.print(f"[red]--sizes takes four positive integers A,B,dev,test, got {sizes!r}[/red]")
+        raise typer.Exit(2) from None
+    from services.scorer.config import ScoringConfig
+    from trainer.models import spec as model_spec
+    from trainer.data import spec as dataset_spec
+    from trainer.errors import UnknownNameError
+
+    try:
+        for name_ in (weak_model, strong_model):
+            model_spec(name_)
+        for name_ in (dataset, *(heldout or [])):
+            dataset_spec(name_)
+    except UnknownNameError as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
     session_id = new_session_id()
     name = session or session_id
     config = SessionConfig(
         session_id=session_id, name=name, agents=agents, trainers=trainers, backend=backend, dataset=dataset,
+        weak_model=weak_model, strong_model=strong_model,
         max_experiments=max_experiments, max_usd=max_usd, max_wall_s=max_wall,
+        scoring=ScoringConfig(seeds=seeds, split_sizes=split_sizes, heldout=list(heldout or [])),
     )
-    supervisor = Supervisor(home, default_specs(config.to_env()))
+    supervisor = Supervisor(
+        home, default_specs(config.to_env(), trainers=trainers, unsafe_no_sandbox=unsafe_no_sandbox)
+    )
     console.print(f"[bold]AAR[/bold] session [cyan]{session_id}[/cyan] ({name}) in {home.root}")
 
     async def run() -> str:
@@ -186,16 +218,25 @@ def sessions(format: Annotated[OutputFormat, typer.Option("--format", "-f")] = O
     )
 
 
-@app.command("service")
-def run_service(name: Annotated[str, typer.Argument(help="recorder | orchestrator")]) -> None:
-    """Run one service process (what `aar up` and compose start)."""
-    import runpy
+SERVICE_MODULES = {
+    name: f"services.{name}" for name in ("recorder", "orchestrator", "artifacts", "scorer", "trainer")
+}
 
-    modules = {"recorder": "services.recorder", "orchestrator": "services.orchestrator"}
-    if name not in modules:
-        err.print(f"[red]unknown service {name!r}[/red]; known: {', '.join(sorted(modules))}")
+
+@app.command("service", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def run_service(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help=" | ".join(SERVICE_MODULES))],
+) -> None:
+    """Run one service process (what `aar up` and compose start); extra arguments go to the service."""
+    import runpy
+    import sys
+
+    if name not in SERVICE_MODULES:
+        err.print(f"[red]unknown service {name!r}[/red]; known: {', '.join(sorted(SERVICE_MODULES))}")
         raise typer.Exit(2)
-    runpy.run_module(modules[name], run_name="__main__")
+    sys.argv = [SERVICE_MODULES[name], *ctx.args]
+    runpy.run_module(SERVICE_MODULES[name], run_name="__main__")
 
 
 app.add_typer(__import__("aar.models_cmd", fromlist=["app"]).app, name="models")  # aar models list|fetch

@@ -44,6 +44,7 @@ class ServiceSpec:
     env: dict[str, str] = field(default_factory=dict)
     restart: bool = True  # False: its exit ends the session (the orchestrator)
     stop_order: int = 50  # lower stops first
+    args: list[str] = field(default_factory=list)  # after python -m <module>
 
 
 @dataclass
@@ -56,8 +57,8 @@ class Child:
     gave_up: bool = False
 
 
-def service_command(module: str) -> list[str]:
-    return [sys.executable, "-m", module]
+def service_command(module: str, args: list[str] | None = None) -> list[str]:
+    return [sys.executable, "-m", module, *(args or [])]
 
 
 class Supervisor:
@@ -102,7 +103,7 @@ class Supervisor:
         env.update(spec.env)
         logfile = open(self.home.logs / f"{spec.name}.log", "ab")
         child.process = subprocess.Popen(
-            service_command(spec.module),
+            service_command(spec.module, spec.args),
             env=env,
             stdout=logfile,
             stderr=subprocess.STDOUT,
@@ -251,11 +252,19 @@ def admin_settings_from_home(home: AarHome) -> BusSettings | None:
     return BusSettings.for_role(str(run["url"]), Credentials.load_or_create(creds_path), Role.ADMIN)
 
 
-def default_specs(config_env: dict[str, str]) -> list[ServiceSpec]:
-    """The processes that exist today. Trainers, scorer, agents, forum and
-    artifacts join this list as they land."""
+def default_specs(config_env: dict[str, str], *, trainers: int = 1, unsafe_no_sandbox: bool = False) -> list[ServiceSpec]:
+    """The processes of a session (agents and the forum join this list as they land).
+    Stop order: the orchestrator first (it records ``session.ended``), then the
+    workers, the scorer, the artifact store, and the recorder last."""
+    trainer_args = ["--unsafe-no-sandbox"] if unsafe_no_sandbox else []
     return [
         ServiceSpec("recorder", Role.RECORDER, "services.recorder", stop_order=90),
+        ServiceSpec("artifacts", Role.ARTIFACTS, "services.artifacts", stop_order=80),
+        ServiceSpec("scorer", Role.SCORER, "services.scorer", stop_order=60),
+        *(
+            ServiceSpec(f"trainer-{i + 1}", Role.TRAINER, "services.trainer", stop_order=50, args=trainer_args)
+            for i in range(trainers)
+        ),
         ServiceSpec("orchestrator", Role.ORCHESTRATOR, "services.orchestrator", env=config_env, restart=False,
                     stop_order=10),
     ]

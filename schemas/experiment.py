@@ -38,6 +38,11 @@ class ExperimentRequested(Payload):
     builtin_method: str | None = None
     params: JsonObject = Field(default_factory=dict)
     shuffle_weak_labels: bool = False
+    weak_labels_artifact: Sha256 | None = Field(
+        default=None, description="npz from the scorer: the weak teacher's P(class 1) on B, one array per seed"
+    )
+    split_sizes: dict[str, int] = Field(default_factory=dict, description="A/B/dev/test sizes; empty: defaults")
+    split_seed: int | None = None
 
     @model_validator(mode="after")
     def _one_method(self) -> "ExperimentRequested":

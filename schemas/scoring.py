@@ -7,7 +7,7 @@ from enum import StrEnum
 from pydantic import Field
 
 from .base import Count, EventType, Payload, Probability
-from .experiment import Split
+from .experiment import Purpose, Split
 from .registry import event
 
 
@@ -37,6 +37,7 @@ class ScorePublished(Payload):
     experiment_id: str
     idea_id: str | None = None
     agent_id: str | None = None
+    purpose: Purpose = Purpose.SCORE
     dataset: str
     split: Split
     n_seeds: Count

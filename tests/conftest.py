@@ -60,18 +60,28 @@ async def wait_until(predicate: Callable[[], Awaitable[bool]], timeout: float = 
 class ServiceProcess:
     """A service started as its own OS process with its role's credentials."""
 
-    def __init__(self, module: str, role: Role, server: NatsServer, home: AarHome, env: dict[str, str] | None = None):
+    def __init__(
+        self,
+        module: str,
+        role: Role,
+        server: NatsServer,
+        home: AarHome,
+        env: dict[str, str] | None = None,
+        args: list[str] | None = None,
+        name: str | None = None,
+    ):
         self.module, self.role, self.server, self.home = module, role, server, home
         self.extra_env = env or {}
+        self.args = args or []
         self.proc: subprocess.Popen[bytes] | None = None
-        self.log_path = home.logs / f"{module}.log"
+        self.log_path = home.logs / f"{name or module}.log"
 
     def start(self) -> "ServiceProcess":
         env = {k: v for k, v in os.environ.items() if not k.startswith("AAR_")}
         env.update(settings(self.server, self.role).to_env())
         env.update({"AAR_HOME": str(self.home.root), "AAR_LOG_FORMAT": "json", "AAR_LOG_LEVEL": "DEBUG", **self.extra_env})
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", self.module], env=env, stdout=log, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen([sys.executable, "-m", self.module, *self.args], env=env, stdout=log, stderr=subprocess.STDOUT)
         return self
 
     def kill(self) -> None:

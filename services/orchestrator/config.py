@@ -8,6 +8,7 @@ import os
 from pydantic import BaseModel, ConfigDict, Field
 
 from schemas.session import Backend
+from services.scorer.config import ScoringConfig
 
 ENV_VAR = "AAR_SESSION_CONFIG"
 
@@ -26,6 +27,7 @@ class SessionConfig(BaseModel):
     max_experiments: int | None = Field(default=None, ge=1)
     max_usd: float | None = Field(default=None, ge=0)
     max_wall_s: float | None = Field(default=None, gt=0)
+    scoring: ScoringConfig = Field(default_factory=ScoringConfig)
 
     def to_env(self) -> dict[str, str]:
         return {ENV_VAR: self.model_dump_json()}

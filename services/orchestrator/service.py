@@ -12,6 +12,8 @@ import time
 
 from bus import Bus
 from schemas import Event, EventType, decode
+from schemas.experiment import Purpose, Split
+from schemas.scoring import ScorePublished
 from schemas.session import AgentAssignment, Budgets, EndReason, SessionEnded, SessionStarted
 
 from .config import SessionConfig
@@ -68,7 +70,8 @@ class Orchestrator:
 
     async def _on_score(self, msg) -> None:  # type: ignore[no-untyped-def]
         event = decode(msg.data, msg.subject)
-        if isinstance(event, Event) and getattr(event.payload, "split", None) == "dev":
+        payload = event.payload if isinstance(event, Event) else None
+        if isinstance(payload, ScorePublished) and payload.split is Split.DEV and payload.purpose is Purpose.SCORE:
             self.scored.add(event.payload.experiment_id)  # type: ignore[attr-defined]
             limit = self.config.max_experiments
             if limit is not None and len(self.scored) >= limit and self.reason is None:

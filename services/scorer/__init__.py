@@ -1,0 +1,1 @@
+"""The scorer: the only holder of gold labels. Baselines, scheduling, PGR, integrity checks."""

@@ -1,0 +1,32 @@
+"""What the scorer needs to know about a session (carried in ``session.started``'s config)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ScoringConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    seeds: int = Field(default=5, ge=1, le=50, description="seeds per experiment and per baseline")
+    split_sizes: dict[str, int] = Field(
+        default_factory=lambda: {"A": 1000, "B": 1000, "dev": 1000, "test": 1000},
+        description="rows in A (weak teacher's gold), B (student's weak-labelled data), dev, test",
+    )
+    split_seed: int = 0
+    heldout: list[str] = Field(default_factory=list, description="held-out datasets: top ideas are scored there too")
+    heldout_sizes: dict[str, int] = Field(default_factory=lambda: {"A": 500, "B": 500, "dev": 50, "test": 500})
+    rate_limit: int = Field(default=12, ge=1, description="experiments an agent may request per window")
+    rate_window_s: float = Field(default=600.0, gt=0)
+    promote_top: int = Field(default=3, ge=0, description="an idea among the best N on dev is scored on test, "
+                             "held-out datasets, and re-run with shuffled weak labels (teacher ablation)")
+    ablation_retained: float = Field(default=0.5, gt=0, description="flag when the shuffled-label run keeps at "
+                                     "least this fraction of the idea's gain over the weak floor")
+    dev_test_gap: float = Field(default=0.3, gt=0, description="flag when dev PGR exceeds test PGR by more than this "
+                                "(and by 3 standard errors)")
+
+    @classmethod
+    def from_session_config(cls, config: dict[str, Any]) -> "ScoringConfig":
+        return cls.model_validate(config.get("scoring") or {})

@@ -1,0 +1,405 @@
+"""The scorer process.
+
+Consumes every event through its durable consumer ``scorer`` and:
+
+- ``session.started``: builds the ground truth of the session's dataset (splits,
+  cached features, weak teacher per seed), publishes ``baseline.computed`` (weak
+  floor and strong ceiling, dev and test, over the session's seeds) and stores the
+  weak labels on B as an artifact for trainers;
+- ``idea.proposed``: within the agent's rate limit, publishes
+  ``experiment.requested`` (dev split, all seeds); over it, ``integrity.flagged``;
+- ``experiment.finished``: fetches the predictions (re-hashed on the way), scores
+  them against gold, publishes ``score.published`` (aggregates only) and, for an idea
+  among the best on dev, schedules its test, held-out and teacher-ablation runs;
+- ablation results: ``integrity.flagged`` when shuffling the weak labels does not
+  remove the idea's gain (the method ignores its teacher); test results:
+  ``integrity.flagged`` on a dev/test gap.
+
+State is rebuilt from the log (through the recorder) when the scorer restarts.
+Ids of everything it publishes are derived from the event that caused it, so a
+redelivered event never schedules an experiment twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+from nats.aio.msg import Msg
+
+from aar.paths import AarHome
+from bus import Bus
+from bus.client import QueryError
+from schemas import Event, decode
+from schemas.artifact import ArtifactKind
+from schemas.experiment import ExperimentFailed, ExperimentFinished, ExperimentRequested, Purpose, Split
+from schemas.idea import IdeaProposed
+from schemas.integrity import IntegrityCheck, IntegrityFlagged, Severity
+from schemas.scoring import BaselineComputed, BaselineKind, ScorePublished
+from schemas.session import SessionStarted
+from services.artifacts.arrays import MEDIA_TYPE, pack_seeds, unpack_seeds
+from services.artifacts.client import ArtifactClient
+
+from .config import ScoringConfig
+from .policy import RateLimiter
+from .truth import GroundTruth, Setup
+
+DURABLE = "scorer"
+
+
+def derived_id(*parts: object) -> str:
+    return "s-" + hashlib.sha256("/".join(map(str, parts)).encode()).hexdigest()[:40]
+
+
+def _sql_str(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+@dataclass(slots=True)
+class SessionState:
+    started: Event[Any]
+    config: ScoringConfig
+    main: Setup
+    heldout: list[Setup]
+    limiter: RateLimiter
+    truths: dict[str, GroundTruth] = field(default_factory=dict)  # dataset -> truth
+    weak_artifacts: dict[tuple[str, bool], str] = field(default_factory=dict)  # (dataset, shuffled) -> sha
+    requests: dict[str, ExperimentRequested] = field(default_factory=dict)
+    scores: dict[str, ScorePublished] = field(default_factory=dict)  # experiment_id -> score
+    promoted: set[str] = field(default_factory=set)  # idea ids
+
+
+class Scorer:
+    def __init__(
+        self, bus: Bus, *, home: AarHome | None = None, source: str = "scorer", ack_wait: float = 60.0
+    ) -> None:
+        self.bus = bus
+        self.home = home or AarHome.from_env()
+        self.source = source
+        self.ack_wait = ack_wait
+        self.sessions: dict[str, SessionState] = {}
+        self.artifacts = ArtifactClient(bus, owner=source, timeout=60.0)
+        self.log = structlog.get_logger("scorer").bind(service=source)
+        self.scored = 0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        sub = await self.bus.pull(DURABLE, "aar.>", ack_wait=self.ack_wait, max_deliver=-1, max_ack_pending=10_000)
+        self.log.info("scorer_ready", durable=DURABLE)
+        while not stop.is_set():
+            for msg in await self.bus.fetch(sub, 50, timeout=0.5):
+                async with Bus.heartbeat(msg, interval=max(1.0, self.ack_wait / 3)):
+                    try:
+                        await self.handle(msg)
+                    except QueryError as exc:
+                        # A service we depend on (artifacts, recorder) is not answering: retry later.
+                        self.log.warning("scorer_retry_later", subject=msg.subject, error=str(exc))
+                        await msg.nak(delay=2.0)
+                        continue
+                    except Exception:
+                        self.log.exception("scorer_handler_crashed", subject=msg.subject)
+                await msg.ack()
+
+    async def handle(self, msg: Msg) -> None:
+        event = decode(msg.data, msg.subject)
+        if not isinstance(event, Event):
+            return
+        payload = event.payload
+        if isinstance(payload, SessionStarted):
+            await self.on_session_started(event)
+        elif isinstance(payload, IdeaProposed):
+            await self.on_idea(event, payload)
+        elif isinstance(payload, ExperimentFinished):
+            await self.on_finished(event, payload)
+        elif isinstance(payload, ExperimentFailed):
+            await self.on_failed(event, payload)
+
+    # -- sessions --------------------------------------------------------------
+
+    async def on_session_started(self, event: Event[Any]) -> SessionState:
+        payload: SessionStarted = event.payload
+        if event.session_id in self.sessions:
+            return self.sessions[event.session_id]
+        cfg = ScoringConfig.from_session_config(payload.config)
+        seeds = tuple(range(cfg.seeds))
+        main = Setup(
+            payload.dataset, payload.weak_model, payload.strong_model,
+            tuple(sorted(cfg.split_sizes.items())), cfg.split_seed, seeds,
+        )
+        heldout = [
+            Setup(name, payload.weak_model, payload.strong_model,
+                  tuple(sorted(cfg.heldout_sizes.items())), cfg.split_seed, seeds)
+            for name in cfg.heldout
+        ]
+        state = SessionState(event, cfg, main, heldout, RateLimiter(cfg.rate_limit, cfg.rate_window_s))
+        self.sessions[event.session_id] = state
+        t0 = time.monotonic()
+        truth = await self._truth(state, main)
+        for split, base in truth.baselines.items():
+            for kind, accs in ((BaselineKind.WEAK, base.weak_acc), (BaselineKind.CEILING, base.ceiling_acc)):
+                mean = sum(accs) / len(accs)
+                sd = math.sqrt(sum((a - mean) ** 2 for a in accs) / (len(accs) - 1)) if len(accs) > 1 else 0.0
+                await self._emit(
+                    event,
+                    BaselineComputed(
+                        kind=kind, dataset=main.dataset, split=Split(split), weak_model=main.weak_model,
+                        strong_model=main.strong_model, seeds=list(base.seeds), accuracies=list(accs),
+                        mean=mean, stderr=sd / math.sqrt(len(accs)),
+                    ),
+                    derived_id(event.id, "baseline", kind.value, split),
+                )
+        self.log.info(
+            "baselines_published", session_id=event.session_id, dataset=main.dataset,
+            seconds=round(time.monotonic() - t0, 1),
+            dev_weak=round(sum(truth.baselines["dev"].weak_acc) / len(seeds), 4),
+            dev_ceiling=round(sum(truth.baselines["dev"].ceiling_acc) / len(seeds), 4),
+        )
+        return state
+
+    async def _truth(self, state: SessionState, setup: Setup) -> GroundTruth:
+        if setup.dataset not in state.truths:
+            state.truths[setup.dataset] = await asyncio.to_thread(GroundTruth, setup, self.home)
+        return state.truths[setup.dataset]
+
+    async def _weak_artifact(self, state: SessionState, setup: Setup, shuffled: bool) -> str:
+        key = (setup.dataset, shuffled)
+        if key not in state.weak_artifacts:
+            truth = await self._truth(state, setup)
+            state.weak_artifacts[key] = await self.artifacts.put(
+                pack_seeds(truth.weak_labels(shuffled=shuffled)),
+                ArtifactKind.OTHER,
+                name=f"{setup.dataset}.weak-labels{'.shuffled' if shuffled else ''}.npz",
+                media_type=MEDIA_TYPE,
+                session_id=state.started.session_id,
+            )
+        return state.weak_artifacts[key]
+
+    async def _session(self, session_id: str) -> SessionState | None:
+        """The session's state; rebuilt from the log after a restart."""
+        if session_id in self.sessions:
+            return self.sessions[session_id]
+        where = f"session_id = {_sql_str(session_id)}"
+        found = await self._events(f"{where} AND type = 'session.started' LIMIT 1")
+        if not found:
+            return None
+        state = await self.on_session_started(found[0])
+        for ev in await self._events(f"{where} AND type IN ('experiment.requested', 'score.published') ORDER BY time"):
+            if isinstance(ev, Event) and isinstance(ev.payload, ExperimentRequested):
+                state.requests[ev.payload.experiment_id] = ev.payload
+                if ev.payload.purpose is not Purpose.SCORE and ev.payload.idea_id:
+                    state.promoted.add(ev.payload.idea_id)
+            elif isinstance(ev, Event) and isinstance(ev.payload, ScorePublished):
+                state.scores[ev.payload.experiment_id] = ev.payload
+        self.log.info("session_rebuilt", session_id=session_id, requests=len(state.requests), scores=len(state.scores))
+        return state
+
+    async def _events(self, where: str) -> list[Event[Any]]:
+        """Events from the log (through the recorder), rebuilt into envelopes.
+        (Baselines re-published while rebuilding carry derived ids: stored once.)"""
+        sql = (
+            "SELECT id, type, schema_version, session_id, source, strftime(time, '%Y-%m-%dT%H:%M:%S.%fZ'), "
+            f"correlation_id, causation_id, payload FROM events WHERE {where}"
+        )
+        result = await self.bus.request("recorder", "audit", {"sql": sql}, timeout=30.0)
+        keys = ("id", "type", "schema_version", "session_id", "source", "time", "correlation_id", "causation_id",
+                "payload")
+        events = [decode(json.dumps(dict(zip(keys, row))).encode()) for row in result["rows"]]
+        return [e for e in events if isinstance(e, Event)]
+
+    # -- ideas -> experiments ------------------------------------------------------
+
+    async def on_idea(self, event: Event[Any], idea: IdeaProposed) -> None:
+        state = await self._session(event.session_id)
+        if state is None:
+            self.log.warning("idea_without_session", idea_id=idea.idea_id, session_id=event.session_id)
+            return
+        if not state.limiter.allow(idea.agent_id):
+            wait = state.limiter.retry_after(idea.agent_id)
+            await self._emit(
+                event,
+                IntegrityFlagged(
+                    check=IntegrityCheck.RATE_LIMIT, severity=Severity.INFO,
+                    detail=(f"agent {idea.agent_id} is over its limit of {state.config.rate_limit} evaluations per "
+                            f"{state.config.rate_window_s:g}s; idea {idea.idea_id} was not scheduled "
+                            f"(retry in {wait:.0f}s)"),
+                    idea_id=idea.idea_id, agent_id=idea.agent_id,
+                    evidence={"limit": state.config.rate_limit, "window_s": state.config.rate_window_s,
+                              "retry_after_s": round(wait, 1)},
+                ),
+                derived_id(event.id, "rate_limit"),
+            )
+            return
+        await self._request(state, event, idea.idea_id, idea.agent_id, Purpose.SCORE, Split.DEV, state.main,
+                            method_artifact=idea.method_artifact, builtin_method=idea.builtin_method,
+                            params=dict(idea.params))
+
+    async def _request(
+        self, state: SessionState, cause: Event[Any], idea_id: str | None, agent_id: str | None,
+        purpose: Purpose, split: Split, setup: Setup, *, method_artifact: str | None,
+        builtin_method: str | None, params: dict[str, Any], shuffled: bool = False,
+    ) -> ExperimentRequested:
+        experiment_id = "x-" + hashlib.sha256(
+            f"{cause.id}/{purpose.value}/{split.value}/{setup.dataset}".encode()
+        ).hexdigest()[:24]
+        req = ExperimentRequested(
+            experiment_id=experiment_id, idea_id=idea_id, agent_id=agent_id, purpose=purpose, split=split,
+            dataset=setup.dataset, weak_model=setup.weak_model, strong_model=setup.strong_model,
+            seeds=list(setup.seeds), method_artifact=method_artifact, builtin_method=builtin_method,
+            params=params, shuffle_weak_labels=shuffled,
+            weak_labels_artifact=await self._weak_artifact(state, setup, shuffled),
+            split_sizes=setup.split_sizes, split_seed=setup.split_seed,
+        )
+        state.requests[experiment_id] = req
+        await self._emit(cause, req, derived_id(cause.id, "requested", experiment_id), correlation=idea_id)
+        self.log.info("experiment_requested", experiment_id=experiment_id, idea_id=idea_id,
+                      purpose=purpose.value, split=split.value, dataset=setup.dataset)
+        return req
+
+    # -- results -> scores -------------------------------------------------------
+
+    async def on_finished(self, event: Event[Any], done: ExperimentFinished) -> None:
+        state = await self._session(event.session_id)
+        req = state.requests.get(done.experiment_id) if state else None
+        if state is None or req is None:
+            self.log.warning("result_for_unknown_experiment", experiment_id=done.experiment_id)
+            return
+        if done.experiment_id in state.scores:
+            return  # already scored (a re-run job)
+        setup = state.main if req.dataset == state.main.dataset else next(
+            (s for s in state.heldout if s.dataset == req.dataset), None
+        )
+        if setup is None:
+            self.log.warning("result_for_unknown_dataset", experiment_id=done.experiment_id, dataset=req.dataset)
+            return
+        truth = await self._truth(state, setup)
+        predictions = unpack_seeds(await self.artifacts.get(done.predictions_artifact))
+        scored = truth.score(predictions, req.split, list(req.seeds))
+        p = scored.pgr
+        k = len(scored.accuracies)
+        acc_se = (math.sqrt(sum((a - p.student) ** 2 for a in scored.accuracies) / (k - 1) / k) if k > 1 else 0.0)
+        score = ScorePublished(
+            experiment_id=req.experiment_id, idea_id=req.idea_id, agent_id=req.agent_id, purpose=req.purpose,
+            dataset=req.dataset, split=req.split, n_seeds=k, accuracy=p.student, accuracy_stderr=acc_se,
+            weak_accuracy=p.weak, ceiling_accuracy=p.ceiling, pgr=p.value, pgr_stderr=p.se,
+            method_artifact=req.method_artifact, builtin_method=req.builtin_method,
+        )
+        state.scores[req.experiment_id] = score
+        await self._emit(event, score, derived_id(event.id, "score"), correlation=req.idea_id)
+        self.scored += 1
+        self.log.info("score_published", experiment_id=req.experiment_id, purpose=req.purpose.value,
+                      split=req.split.value, dataset=req.dataset, accuracy=round(p.student, 4),
+                      pgr=None if p.value is None else round(p.value, 4))
+        if req.purpose is Purpose.SCORE and req.split is Split.DEV:
+            await self._maybe_promote(state, event, req, score)
+        elif req.purpose is Purpose.ABLATION:
+            await self._check_ablation(state, event, req, score)
+        elif req.split is Split.TEST:
+            await self._check_dev_test_gap(state, event, req, score)
+
+    async def on_failed(self, event: Event[Any], failed: ExperimentFailed) -> None:
+        if not failed.retryable:
+            self.log.info("experiment_failed", experiment_id=failed.experiment_id, error_class=failed.error_class)
+
+    def _dev_score_of(self, state: SessionState, idea_id: str | None) -> ScorePublished | None:
+        return next(
+            (s for s in state.scores.values()
+             if s.idea_id == idea_id and s.purpose is Purpose.SCORE and s.split is Split.DEV
+             and s.dataset == state.main.dataset),
+            None,
+        )
+
+    async def _maybe_promote(
+        self, state: SessionState, event: Event[Any], req: ExperimentRequested, score: ScorePublished
+    ) -> None:
+        cfg = state.config
+        if cfg.promote_top == 0 or score.pgr is None or score.pgr <= 0 or req.idea_id is None:
+            return
+        if req.idea_id in state.promoted:
+            return
+        better = sum(
+            1 for s in state.scores.values()
+            if s.purpose is Purpose.SCORE and s.split is Split.DEV and s.pgr is not None and s.pgr > score.pgr
+            and s.idea_id != req.idea_id
+        )
+        if better >= cfg.promote_top:
+            return
+        state.promoted.add(req.idea_id)
+        common = dict(method_artifact=req.method_artifact, builtin_method=req.builtin_method, params=dict(req.params))
+        await self._request(state, event, req.idea_id, req.agent_id, Purpose.ABLATION, Split.DEV, state.main,
+                            shuffled=True, **common)
+        await self._request(state, event, req.idea_id, req.agent_id, Purpose.SCORE, Split.TEST, state.main, **common)
+        for setup in state.heldout:
+            await self._request(state, event, req.idea_id, req.agent_id, Purpose.SCORE, Split.HELDOUT, setup,
+                                **common)
+
+    async def _check_ablation(
+        self, state: SessionState, event: Event[Any], req: ExperimentRequested, ablated: ScorePublished
+    ) -> None:
+        original = self._dev_score_of(state, req.idea_id)
+        if original is None:
+            return
+        gain = original.accuracy - original.weak_accuracy
+        if gain <= 0:
+            return  # nothing to explain
+        retained = (ablated.accuracy - original.weak_accuracy) / gain
+        evidence = {
+            "accuracy": round(original.accuracy, 4), "shuffled_accuracy": round(ablated.accuracy, 4),
+            "weak_accuracy": round(original.weak_accuracy, 4), "retained": round(retained, 4),
+            "threshold": state.config.ablation_retained, "ablation_experiment_id": req.experiment_id,
+        }
+        if retained >= state.config.ablation_retained:
+            await self._emit(
+                event,
+                IntegrityFlagged(
+                    check=IntegrityCheck.TEACHER_ABLATION, severity=Severity.WARNING,
+                    detail=(f"idea {req.idea_id} keeps {retained:.0%} of its gain over the weak floor with shuffled "
+                            f"weak labels ({ablated.accuracy:.3f} vs {original.accuracy:.3f}): "
+                            "the method does not rely on its teacher"),
+                    idea_id=req.idea_id, experiment_id=original.experiment_id, agent_id=req.agent_id,
+                    evidence=evidence,
+                ),
+                derived_id(event.id, "ablation_flag"),
+                correlation=req.idea_id,
+            )
+            self.log.warning("teacher_ablation_flagged", idea_id=req.idea_id, **evidence)
+        else:
+            self.log.info("teacher_ablation_passed", idea_id=req.idea_id, **evidence)
+
+    async def _check_dev_test_gap(
+        self, state: SessionState, event: Event[Any], req: ExperimentRequested, test: ScorePublished
+    ) -> None:
+        dev = self._dev_score_of(state, req.idea_id)
+        if dev is None or dev.pgr is None or test.pgr is None:
+            return
+        gap = dev.pgr - test.pgr
+        se = math.hypot(dev.pgr_stderr or 0.0, test.pgr_stderr or 0.0)
+        if gap > state.config.dev_test_gap and gap > 3 * se:
+            await self._emit(
+                event,
+                IntegrityFlagged(
+                    check=IntegrityCheck.DEV_TEST_GAP, severity=Severity.WARNING,
+                    detail=f"idea {req.idea_id}: dev PGR {dev.pgr:.3f} but test PGR {test.pgr:.3f}",
+                    idea_id=req.idea_id, experiment_id=req.experiment_id, agent_id=req.agent_id,
+                    evidence={"dev_pgr": dev.pgr, "test_pgr": test.pgr, "gap": gap, "gap_se": se},
+                ),
+                derived_id(event.id, "dev_test_gap"),
+                correlation=req.idea_id,
+            )
+
+    async def _emit(self, cause: Event[Any], payload: Any, event_id: str, correlation: str | None = None) -> None:
+        await self.bus.publish(
+            Event.create(payload, session_id=cause.session_id, source=self.source, causation=cause,
+                         correlation_id=correlation, id=event_id)
+        )
+
+
+async def main() -> None:
+    from services.runtime import service, service_id
+
+    async with service("scorer") as (bus, stop, _log):
+        await Scorer(bus, source=service_id("scorer")).run(stop)

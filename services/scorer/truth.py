@@ -1,0 +1,78 @@
+"""Ground truth for one (dataset, models, splits) setup: gold labels, baselines, weak labels.
+
+Built only inside the scorer process. Gold labels leave it as aggregate accuracies
+and nothing else; weak labels (the teacher's soft labels on B) leave it as an
+artifact that trainers use.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from aar.paths import AarHome
+from schemas.experiment import Split
+from trainer import w2s
+from trainer.data import SplitSizes
+from trainer.pipeline import Baselines, Prepared, baselines, prepare
+
+
+@dataclass(frozen=True, slots=True)
+class Setup:
+    dataset: str
+    weak_model: str
+    strong_model: str
+    sizes: tuple[tuple[str, int], ...]
+    split_seed: int
+    seeds: tuple[int, ...]
+
+    @property
+    def split_sizes(self) -> dict[str, int]:
+        return dict(self.sizes)
+
+
+def eval_split(split: Split) -> str:
+    return "dev" if split is Split.DEV else "test"
+
+
+@dataclass(frozen=True, slots=True)
+class Scored:
+    accuracies: list[float]
+    pgr: w2s.PGR
+
+
+class GroundTruth:
+    def __init__(self, setup: Setup, home: AarHome | None = None, *, progress: bool = False) -> None:
+        self.setup = setup
+        self.prep: Prepared = prepare(
+            setup.dataset,
+            weak=setup.weak_model,
+            strong=setup.strong_model,
+            sizes=SplitSizes(**setup.split_sizes),
+            split_seed=setup.split_seed,
+            eval_splits=("dev", "test"),
+            home=home,
+            progress=progress,
+        )
+        self.baselines: dict[str, Baselines] = {
+            name: baselines(self.prep, setup.seeds, name) for name in ("dev", "test")
+        }
+
+    def weak_labels(self, *, shuffled: bool = False) -> dict[int, np.ndarray]:
+        out = {}
+        for seed in self.setup.seeds:
+            labels = self.prep.weak_labels(seed)
+            out[seed] = w2s.shuffle_labels(labels, seed) if shuffled else labels
+        return out
+
+    def score(self, predictions: dict[int, np.ndarray], split: Split, seeds: list[int]) -> Scored:
+        """Accuracy per seed on the eval split and PGR against this setup's baselines."""
+        name = eval_split(split)
+        gold = self.prep.dataset.split(name).labels
+        missing = [s for s in seeds if s not in predictions]
+        if missing:
+            raise ValueError(f"predictions are missing seeds {missing}")
+        accs = [w2s.accuracy(predictions[s], gold) for s in seeds]
+        base = self.baselines[name]
+        return Scored(accs, w2s.pgr(accs, base.weak_acc, base.ceiling_acc, n_eval=base.n_eval))

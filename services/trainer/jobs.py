@@ -1,0 +1,155 @@
+"""One experiment, run synchronously: inputs -> per-seed predictions on the eval split.
+
+What a job sees: B's texts and strong features, the weak teacher's soft labels on B
+(an artifact made by the scorer), and the eval split's texts and strong features.
+Gold labels never reach a method: the dataset is loaded for its texts only, and
+untrusted code runs in the sandbox with nothing but those inputs.
+"""
+
+from __future__ import annotations
+
+import resource
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from aar.paths import AarHome
+from schemas.experiment import ExperimentRequested, Split
+from trainer.data import DEFAULT_SPLIT_SEED, SplitSizes, get_dataset
+from trainer.features import split_features
+from trainer.methods import MethodContext, run_method
+from trainer.sandbox import SandboxLimits, SandboxUnavailableError, run_untrusted
+
+
+class JobFailed(Exception):
+    """The method (not the platform) failed: reported as ``experiment.failed``, not retried."""
+
+    def __init__(self, error_class: str, message: str, *, log: str = "", violations: list[dict[str, str]] | None = None):
+        super().__init__(message)
+        self.error_class = error_class
+        self.message = message
+        self.log = log
+        self.violations = violations or []
+
+
+@dataclass(slots=True)
+class JobOutcome:
+    predictions: dict[int, np.ndarray]
+    runtime_s: float
+    peak_rss_mb: float
+    sandboxed: bool
+    log: str = ""
+    observations: list[dict[str, str]] = field(default_factory=list)
+
+
+def eval_split(split: Split) -> str:
+    """Held-out datasets are scored on their own test split."""
+    return "dev" if split is Split.DEV else "test"
+
+
+@dataclass(slots=True)
+class Inputs:
+    train_features: np.ndarray
+    eval_features: np.ndarray
+    train_texts: list[str]
+    eval_texts: list[str]
+
+
+def load_inputs(req: ExperimentRequested, home: AarHome | None = None) -> Inputs:
+    sizes = SplitSizes(**req.split_sizes) if req.split_sizes else None
+    ds = get_dataset(req.dataset, sizes, DEFAULT_SPLIT_SEED if req.split_seed is None else req.split_seed)
+    train, evaluate = ds.B, ds.split(eval_split(req.split))
+    return Inputs(
+        train_features=split_features(req.strong_model, train, home=home, progress=False),
+        eval_features=split_features(req.strong_model, evaluate, home=home, progress=False),
+        train_texts=list(train.texts),
+        eval_texts=list(evaluate.texts),
+    )
+
+
+def _own_peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def run_job(
+    req: ExperimentRequested,
+    inputs: Inputs,
+    weak_labels: dict[int, np.ndarray],
+    *,
+    method_source: str | None = None,
+    unsafe_no_sandbox: bool = False,
+    limits: SandboxLimits | None = None,
+    on_seed: Callable[[int, int], None] | None = None,
+) -> JobOutcome:
+    """Run the method for every seed of ``req``. Raises :class:`JobFailed` for method failures
+    (exceptions, bad predictions, sandbox violations, limits)."""
+    missing = [s for s in req.seeds if s not in weak_labels]
+    if missing:
+        raise JobFailed("MissingInputs", f"the weak-labels artifact has no labels for seeds {missing}")
+    started = time.monotonic()
+    predictions: dict[int, np.ndarray] = {}
+    peak_mb = 0.0
+    logs: list[str] = []
+    observations: list[dict[str, str]] = []
+    sandboxed = method_source is not None and not unsafe_no_sandbox
+    for i, seed in enumerate(req.seeds):
+        ctx = MethodContext(
+            train_features=inputs.train_features,
+            weak_soft_labels=weak_labels[seed],
+            eval_features=inputs.eval_features,
+            train_texts=inputs.train_texts,
+            eval_texts=inputs.eval_texts,
+            seed=seed,
+            params=dict(req.params),
+        )
+        if method_source is None:
+            assert req.builtin_method is not None
+            try:
+                predictions[seed] = run_method(req.builtin_method, ctx)
+            except Exception as exc:
+                raise JobFailed(type(exc).__name__, f"seed {seed}: {exc}") from exc
+            peak_mb = max(peak_mb, _own_peak_mb())
+        else:
+            try:
+                result = run_untrusted(method_source, ctx, limits=limits, unsafe_no_sandbox=unsafe_no_sandbox)
+            except SandboxUnavailableError as exc:
+                raise JobFailed("SandboxUnavailable", str(exc)) from exc
+            log = f"--- seed {seed} ---\n{result.stdout}\n{result.stderr}".strip()
+            logs.append(log)
+            observations += [v.as_dict() for v in result.observations]
+            peak_mb = max(peak_mb, result.peak_rss_bytes / 2**20)
+            if result.violations:
+                raise JobFailed(
+                    "SandboxViolation",
+                    f"seed {seed}: the method tried something the sandbox forbids: "
+                    + "; ".join(f"{v.kind.value}: {v.detail}" for v in result.violations[:5]),
+                    log="\n".join(logs),
+                    violations=[v.as_dict() for v in result.violations],
+                )
+            if not result.ok or result.predictions is None:
+                kind = "Timeout" if result.timed_out else "MethodError"
+                raise JobFailed(kind, f"seed {seed}: {result.error}", log="\n".join(logs))
+            predictions[seed] = result.predictions
+        if on_seed is not None:
+            on_seed(i + 1, len(req.seeds))
+    return JobOutcome(
+        predictions=predictions,
+        runtime_s=time.monotonic() - started,
+        peak_rss_mb=peak_mb,
+        sandboxed=sandboxed,
+        log="\n".join(logs),
+        observations=observations,
+    )
+
+
+def describe(req: ExperimentRequested) -> dict[str, Any]:
+    return {
+        "experiment_id": req.experiment_id,
+        "dataset": req.dataset,
+        "split": req.split.value,
+        "method": req.builtin_method or (req.method_artifact or "")[:12],
+        "seeds": len(req.seeds),
+    }

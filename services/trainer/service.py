@@ -1,0 +1,313 @@
+"""The trainer worker: shares the durable consumer ``trainers`` on ``aar.*.experiment.requested``.
+
+Per job: ``experiment.started`` -> ``experiment.progress`` per seed (with ``in_progress``
+heartbeats so the server does not hand the job to another worker) -> predictions
+stored as an artifact -> ``experiment.finished`` (or ``experiment.failed``) -> ack.
+
+Exactly once: a worker killed mid-job never acks, so the job is redelivered after
+``ack_wait`` to another worker. Result events carry ids derived from the experiment
+id, so a job that finished but died before its ack is recorded once even if it is
+run again (JetStream dedup window, then the recorder's id key).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import hashlib
+from typing import Any
+
+import structlog
+from nats.aio.msg import Msg
+
+from aar.paths import AarHome
+from bus import Bus
+from bus.client import QueryError
+from schemas import Event, decode
+from schemas.artifact import ArtifactKind
+from schemas.experiment import (
+    ExperimentFailed,
+    ExperimentFinished,
+    ExperimentProgress,
+    ExperimentRequested,
+    ExperimentStarted,
+)
+from schemas.integrity import IntegrityCheck, IntegrityFlagged, Severity
+from services.artifacts.arrays import MEDIA_TYPE, pack_seeds, unpack_seeds
+from services.artifacts.client import ArtifactClient
+from trainer.sandbox import SandboxLimits, sandbox_problem
+
+from .jobs import Inputs, JobFailed, describe, load_inputs, run_job
+
+DURABLE = "trainers"
+FILTER = "aar.*.experiment.requested"
+
+
+def derived_id(*parts: object) -> str:
+    """A stable event id for a result, so a re-run job publishes the same ids."""
+    return "t-" + hashlib.sha256("/".join(map(str, parts)).encode()).hexdigest()[:40]
+
+
+class TrainerWorker:
+    def __init__(
+        self,
+        bus: Bus,
+        *,
+        home: AarHome | None = None,
+        source: str = "trainer",
+        unsafe_no_sandbox: bool = False,
+        limits: SandboxLimits | None = None,
+        ack_wait: float = 30.0,
+        max_deliver: int = 3,
+    ) -> None:
+        self.bus = bus
+        self.home = home or AarHome.from_env()
+        self.source = source
+        self.unsafe = unsafe_no_sandbox
+        self.limits = limits or SandboxLimits()
+        self.ack_wait = ack_wait
+        self.max_deliver = max_deliver
+        self.artifacts = ArtifactClient(bus, owner=source, timeout=60.0)
+        self.jobs_done = 0
+        self.log = structlog.get_logger("trainer").bind(service=source)
+        self._inputs: dict[tuple[Any, ...], Inputs] = {}
+
+    async def run(self, stop: asyncio.Event) -> None:
+        if self.unsafe:
+            self.log.warning("unsafe_no_sandbox", detail="agent code runs WITHOUT the sandbox; every such job is flagged")
+        elif (problem := sandbox_problem()) is not None:
+            self.log.warning("sandbox_unavailable", detail=problem, effect="agent-code experiments will fail")
+        sub = await self.bus.pull(
+            DURABLE, FILTER, ack_wait=self.ack_wait, max_deliver=self.max_deliver, max_ack_pending=1000
+        )
+        self.log.info("trainer_ready", durable=DURABLE)
+        while not stop.is_set():
+            for msg in await self.bus.fetch(sub, 1, timeout=1.0):
+                await self.handle(msg)
+
+    # -- one job -----------------------------------------------------------
+
+    async def handle(self, msg: Msg) -> None:
+        event = decode(msg.data, msg.subject)
+        if not isinstance(event, Event) or not isinstance(event.payload, ExperimentRequested):
+            # Not a job: the recorder has recorded it as rejected; do not retry it.
+            self.log.warning("not_a_job", subject=msg.subject)
+            await msg.ack()
+            return
+        req: ExperimentRequested = event.payload
+        attempt = msg.metadata.num_delivered if msg.metadata else 1
+        log = self.log.bind(**describe(req), attempt=attempt)
+        await self._emit(
+            event,
+            ExperimentStarted(
+                experiment_id=req.experiment_id,
+                trainer_id=self.source,
+                attempt=attempt,
+                sandboxed=req.method_artifact is None or not self.unsafe,
+            ),
+            derived_id(event.id, "started", attempt),
+        )
+        log.info("job_started")
+        async with Bus.heartbeat(msg, interval=max(1.0, self.ack_wait / 3)):
+            try:
+                await self._run(event, req, attempt, log)
+            except QueryError as exc:
+                # The platform (artifacts service) failed, not the method: retry elsewhere/later.
+                retry = attempt < self.max_deliver
+                await self._failed(event, req, attempt, "PlatformError", str(exc), retryable=retry)
+                log.warning("job_platform_error", error=str(exc), retry=retry)
+                if retry:
+                    await msg.nak(delay=2.0)
+                    return
+            except Exception as exc:  # a bug or bad input: report it, never crash the worker
+                log.exception("job_crashed")
+                await self._failed(event, req, attempt, type(exc).__name__, str(exc) or repr(exc))
+        await msg.ack()
+        self.jobs_done += 1
+
+    async def _run(self, event: Event[Any], req: ExperimentRequested, attempt: int, log: Any) -> None:
+        if req.weak_labels_artifact is None:
+            raise JobFailed("MissingInputs", "the request names no weak-labels artifact")
+        weak = unpack_seeds(await self.artifacts.get(req.weak_labels_artifact))
+        source = None
+        if req.method_artifact is not None:
+            source = (await self.artifacts.get(req.method_artifact)).decode("utf-8", "replace")
+            if self.unsafe:
+                await self._flag(
+                    event,
+                    IntegrityCheck.UNSAFE_NO_SANDBOX,
+                    Severity.WARNING,
+                    "agent code ran without the sandbox (trainer started with --unsafe-no-sandbox)",
+                    req,
+                )
+        inputs = await asyncio.to_thread(self._load_inputs, req)
+        loop = asyncio.get_running_loop()
+
+        def on_seed(done: int, total: int) -> None:
+            asyncio.run_coroutine_threadsafe(
+                self._emit(
+                    event,
+                    ExperimentProgress(
+                        experiment_id=req.experiment_id,
+                        trainer_id=self.source,
+                        fraction=done / total,
+                        message=f"seed {done}/{total}",
+                    ),
+                    derived_id(event.id, "progress", attempt, done),
+                ),
+                loop,
+            )
+
+        try:
+            outcome = await asyncio.to_thread(
+                run_job,
+                req,
+                inputs,
+                weak,
+                method_source=source,
+                unsafe_no_sandbox=self.unsafe,
+                limits=self.limits,
+                on_seed=on_seed,
+            )
+        except JobFailed as exc:
+            log_sha = await self._store_log(event, req, exc.log)
+            if exc.violations:
+                await self._flag(
+                    event, IntegrityCheck.SANDBOX_VIOLATION, Severity.DISQUALIFY, exc.message, req,
+                    evidence={"violations": exc.violations[:20], "log_artifact": log_sha},
+                )
+            await self._failed(
+                event, req, attempt, exc.error_class, exc.message, log_sha=log_sha, violations=exc.violations
+            )
+            log.warning("job_failed", error_class=exc.error_class, error=exc.message)
+            return
+        predictions = await self.artifacts.put(
+            pack_seeds(outcome.predictions),
+            ArtifactKind.PREDICTIONS,
+            name=f"{req.experiment_id}.predictions.npz",
+            media_type=MEDIA_TYPE,
+            session_id=event.session_id,
+        )
+        log_sha = await self._store_log(event, req, outcome.log)
+        await self._emit(
+            event,
+            ExperimentFinished(
+                experiment_id=req.experiment_id,
+                trainer_id=self.source,
+                predictions_artifact=predictions,
+                runtime_s=round(outcome.runtime_s, 3),
+                peak_rss_mb=round(outcome.peak_rss_mb, 1),
+                seeds=list(req.seeds),
+                log_artifact=log_sha,
+            ),
+            derived_id(event.id, "finished"),
+        )
+        log.info("job_finished", runtime_s=round(outcome.runtime_s, 2), predictions=predictions[:12])
+
+    def _load_inputs(self, req: ExperimentRequested) -> Inputs:
+        key = (req.dataset, req.strong_model, tuple(sorted(req.split_sizes.items())), req.split_seed, req.split)
+        if key not in self._inputs:
+            if len(self._inputs) >= 8:
+                self._inputs.pop(next(iter(self._inputs)))
+            self._inputs[key] = load_inputs(req, self.home)
+        return self._inputs[key]
+
+    # -- publishing ----------------------------------------------------------
+
+    async def _emit(self, cause: Event[Any], payload: Any, event_id: str) -> None:
+        await self.bus.publish(
+            Event.create(payload, session_id=cause.session_id, source=self.source, causation=cause, id=event_id)
+        )
+
+    async def _store_log(self, event: Event[Any], req: ExperimentRequested, text: str) -> str | None:
+        if not text:
+            return None
+        with contextlib.suppress(QueryError):
+            return await self.artifacts.put(
+                text.encode()[-(1 << 20):],
+                ArtifactKind.LOG,
+                name=f"{req.experiment_id}.log",
+                media_type="text/plain",
+                session_id=event.session_id,
+            )
+        return None
+
+    async def _failed(
+        self,
+        event: Event[Any],
+        req: ExperimentRequested,
+        attempt: int,
+        error_class: str,
+        message: str,
+        *,
+        retryable: bool = False,
+        log_sha: str | None = None,
+        violations: list[dict[str, str]] | None = None,
+    ) -> None:
+        await self._emit(
+            event,
+            ExperimentFailed(
+                experiment_id=req.experiment_id,
+                trainer_id=self.source,
+                error_class=error_class,
+                message=message[:4000],
+                attempt=attempt,
+                log_artifact=log_sha,
+                retryable=retryable,
+                sandbox_violations=[f"{v['kind']}: {v['detail']}"[:500] for v in (violations or [])][:20],
+                deliveries=attempt,
+            ),
+            derived_id(event.id, "failed", attempt),
+        )
+
+    async def _flag(
+        self,
+        event: Event[Any],
+        check: IntegrityCheck,
+        severity: Severity,
+        detail: str,
+        req: ExperimentRequested,
+        evidence: dict[str, Any] | None = None,
+    ) -> None:
+        await self._emit(
+            event,
+            IntegrityFlagged(
+                check=check,
+                severity=severity,
+                detail=detail[:4000],
+                idea_id=req.idea_id,
+                experiment_id=req.experiment_id,
+                agent_id=req.agent_id,
+                evidence=evidence or {},
+            ),
+            derived_id(event.id, "flag", check.value),
+        )
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m services.trainer", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--unsafe-no-sandbox",
+        action="store_true",
+        help="run agent code without bubblewrap (only for trusted code; every such job is flagged)",
+    )
+    parser.add_argument("--ack-wait", type=float, default=30.0, help="seconds before an unacknowledged job is redelivered")
+    parser.add_argument("--wall-s", type=float, default=600.0, help="wall-clock limit per sandboxed seed")
+    parser.add_argument("--memory-gb", type=float, default=8.0, help="address-space limit per sandboxed seed")
+    return parser.parse_args(argv)
+
+
+async def main(argv: list[str] | None = None) -> None:
+    import os
+
+    from services.runtime import service, service_id
+
+    args = parse_args(argv)
+    unsafe = args.unsafe_no_sandbox or os.environ.get("AAR_UNSAFE_NO_SANDBOX") == "1"
+    limits = SandboxLimits(wall_s=args.wall_s, memory_bytes=int(args.memory_gb * (1 << 30)))
+    async with service("trainer") as (bus, stop, _log):
+        worker = TrainerWorker(
+            bus, source=service_id("trainer"), unsafe_no_sandbox=unsafe, limits=limits, ack_wait=args.ack_wait
+        )
+        await worker.run(stop)

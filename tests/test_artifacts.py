@@ -1,0 +1,94 @@
+"""The artifact store: content addressing on disk, and put/get over a real NATS server."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+
+import pytest
+
+from aar.paths import AarHome
+from bus import Bus, NatsServer, Role
+from bus.client import QueryError
+from services.artifacts.client import ArtifactClient
+from services.artifacts.store import ArtifactCorrupt, ArtifactNotFound, ArtifactTooLarge, BlobStore, sha256
+
+from .conftest import ServiceProcess, recorded_count, settings, wait_until
+
+
+def test_same_bytes_are_one_blob(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    store = BlobStore(tmp_path / "a")
+    first, new1 = store.put(b"def run(ctx): ...")
+    second, new2 = store.put(b"def run(ctx): ...")
+    assert first == second == sha256(b"def run(ctx): ...")
+    assert (new1, new2) == (True, False)
+    assert [p.name for p in (tmp_path / "a").rglob("*") if p.is_file()] == [first]
+    assert store.get(first) == b"def run(ctx): ..."
+
+
+def test_size_limit_and_missing_blob_have_clear_errors(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    store = BlobStore(tmp_path, max_bytes=10)
+    with pytest.raises(ArtifactTooLarge, match="11 bytes exceeds the limit of 10"):
+        store.put(b"x" * 11)
+    with pytest.raises(ArtifactNotFound, match="no artifact"):
+        store.get("0" * 64)
+
+
+def test_a_tampered_blob_is_detected(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    store = BlobStore(tmp_path)
+    digest, _ = store.put(b"predictions")
+    path = store.path(digest)
+    os.chmod(path, 0o644)
+    path.write_bytes(b"better predictions")
+    with pytest.raises(ArtifactCorrupt, match="corrupt"):
+        store.get(digest)
+
+
+@pytest.fixture
+async def artifacts(nats_server: NatsServer, home: AarHome, admin: Bus) -> AsyncIterator[ServiceProcess]:
+    proc = ServiceProcess(
+        "services.artifacts", Role.ARTIFACTS, nats_server, home, env={"AAR_ARTIFACT_MAX_BYTES": "100000"}
+    ).start()
+    client = ArtifactClient(admin, timeout=1.0)
+
+    async def ready() -> bool:
+        try:
+            await client.get("0" * 64)
+        except QueryError as exc:
+            return str(exc) == "no artifact " + "0" * 64
+        return False
+
+    await wait_until(ready, 30, "the artifacts service")
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+async def test_put_get_over_nats_records_one_event(nats_server, home, admin, recorder, artifacts) -> None:  # type: ignore[no-untyped-def]
+    agent = await Bus.connect(settings(nats_server, Role.AGENT), name="agent-1")
+    try:
+        client = ArtifactClient(agent, session_id="s-art", owner="agent-1")
+        code = b"def run(ctx):\n    return ctx.weak_soft_labels[:0]\n"
+        first = await client.put(code, "code", name="method.py", media_type="text/x-python")
+        again = await client.put(code, "code", name="method.py")
+        assert first == again == sha256(code)
+        assert await client.get(first) == code
+        assert (home.artifacts / first[:2] / first).read_bytes() == code
+
+        with pytest.raises(QueryError, match="exceeds the limit of 100,000 bytes"):
+            await client.put(b"x" * 100_001, "other")
+        with pytest.raises(QueryError, match="no artifact"):
+            await client.get("f" * 64)
+
+        async def recorded() -> bool:
+            return await recorded_count(admin, "SELECT count(*) FROM events WHERE type = 'artifact.stored'") >= 1
+
+        await wait_until(recorded, 20, "artifact.stored in the log")
+        rows = (await admin.request("recorder", "audit", {"sql": (
+            "SELECT session_id, payload->>'sha256', payload->>'kind', payload->>'owner', "
+            "CAST(payload->>'size' AS INT) FROM events WHERE type = 'artifact.stored'")}))["rows"]
+        assert rows == [["s-art", first, "code", "agent-1", len(code)]]
+        assert artifacts.proc is not None and artifacts.proc.poll() is None  # still running after refusals
+    finally:
+        await agent.close()
