@@ -124,27 +124,24 @@ class EventStore:
             ],
             schema=REJECTED_SCHEMA,
         )
+        if not batch.num_rows and not bad.num_rows:
+            return 0, 0
         with self._lock:
             cur = self.con.cursor()
             try:
+                if not bad.num_rows:
+                    # The common case: one auto-committed statement. Fewer calls into
+                    # DuckDB also mean fewer waits for the GIL when this runs in a worker
+                    # thread while the event loop is busy.
+                    return _insert(cur, "events", batch), 0
                 cur.execute("BEGIN TRANSACTION")
-                new = 0
-                if batch.num_rows:
-                    cur.register("incoming_events", batch)
-                    # The row count of INSERT OR IGNORE is the number actually inserted.
-                    new = cur.execute("INSERT OR IGNORE INTO events SELECT * FROM incoming_events").fetchall()[0][0]
-                    cur.unregister("incoming_events")
-                new_rejected = 0
-                if bad.num_rows:
-                    cur.register("incoming_rejected", bad)
-                    new_rejected = cur.execute(
-                        "INSERT OR IGNORE INTO rejected_events SELECT * FROM incoming_rejected"
-                    ).fetchall()[0][0]
-                    cur.unregister("incoming_rejected")
-                cur.execute("COMMIT")
-            except Exception:
-                cur.execute("ROLLBACK")
-                raise
+                try:
+                    new = _insert(cur, "events", batch, ignore=True) if batch.num_rows else 0
+                    new_rejected = _insert(cur, "rejected_events", bad, ignore=True)
+                    cur.execute("COMMIT")
+                except Exception:
+                    cur.execute("ROLLBACK")
+                    raise
             finally:
                 cur.close()
         return int(new), int(new_rejected)
@@ -170,3 +167,24 @@ class EventStore:
         finally:
             cur.close()
         return {"events": int(events), "rejected": int(rejected)}
+
+
+def _insert(cur: duckdb.DuckDBPyConnection, table: str, rows: pa.Table, *, ignore: bool = False) -> int:
+    """Insert an Arrow table; returns how many rows were new. A plain INSERT is tried
+    first: it costs about half of INSERT OR IGNORE, whose conflict handling adds
+    ~2-3 ms per statement. Only a batch holding an already stored key (a redelivery
+    after a crash, a re-publish past JetStream's duplicate window) fails it and is
+    inserted again with OR IGNORE. Outside an explicit transaction the failed
+    statement has rolled itself back; inside one, ``ignore`` goes straight to OR IGNORE."""
+    cur.register("incoming", rows)
+    try:
+        if not ignore:
+            try:
+                cur.execute(f"INSERT INTO {table} SELECT * FROM incoming")
+                return rows.num_rows
+            except duckdb.ConstraintException:
+                pass
+        # The row count of INSERT OR IGNORE is the number actually inserted.
+        return int(cur.execute(f"INSERT OR IGNORE INTO {table} SELECT * FROM incoming").fetchall()[0][0])
+    finally:
+        cur.unregister("incoming")
