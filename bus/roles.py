@@ -78,7 +78,8 @@ ASKS: dict[Role, tuple[str, ...]] = {
 
 # Event subjects (after ``aar.<session>.``) each role may watch with a core subscription.
 WATCHES: dict[Role, tuple[str, ...]] = {
-    Role.AGENT: ("session.>", "forum.>", "idea.>", "score.>", "integrity.>", "baseline.>"),
+    # experiment.failed: an agent learns why its code failed (its own stderr, never labels).
+    Role.AGENT: ("session.>", "forum.>", "idea.>", "score.>", "integrity.>", "baseline.>", "experiment.failed"),
     Role.ORCHESTRATOR: (">",),
     Role.FORUM: ("forum.>", "idea.>", "score.>"),
     Role.SCORER: (">",),

@@ -31,6 +31,7 @@ class EventType(StrEnum):
     """Every event that can happen in AAR. The single source of truth."""
 
     SESSION_STARTED = "session.started"
+    SESSION_DRAINING = "session.draining"
     SESSION_ENDED = "session.ended"
     AGENT_STARTED = "agent.started"
     AGENT_LLM_CALLED = "agent.llm_called"

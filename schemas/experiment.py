@@ -82,6 +82,7 @@ class ExperimentFinished(Payload):
 class ExperimentFailed(Payload):
     experiment_id: str
     trainer_id: str
+    idea_id: str | None = None
     error_class: str
     message: str
     attempt: int = Field(default=1, ge=1)

@@ -52,6 +52,17 @@ class SessionStarted(Payload):
     config: JsonObject = Field(default_factory=dict)
 
 
+@event(EventType.SESSION_DRAINING)
+class SessionDraining(Payload):
+    """A budget is spent: agents stop proposing, the scorer accepts no new ideas, and
+    evaluations already scheduled (test, held-out, ablation runs) finish before
+    ``session.ended``."""
+
+    reason: EndReason
+    detail: str = ""
+    outstanding: int = Field(default=0, ge=0, description="experiments still running")
+
+
 @event(EventType.SESSION_ENDED)
 class SessionEnded(Payload):
     reason: EndReason

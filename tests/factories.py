@@ -18,7 +18,7 @@ from schemas.idea import IdeaProposed
 from schemas.integrity import IntegrityCheck, IntegrityFlagged
 from schemas.recorder import RecorderDeadLettered, RecorderHealth, RecorderRejected
 from schemas.scoring import BaselineComputed, BaselineKind, ScorePublished
-from schemas.session import AgentAssignment, Backend, EndReason, SessionEnded, SessionStarted
+from schemas.session import AgentAssignment, Backend, EndReason, SessionDraining, SessionEnded, SessionStarted
 
 SHA = "ab" * 32
 
@@ -30,6 +30,7 @@ def sample_payload(event_type: EventType, n: int = 0) -> Payload:
             name="demo", backend=Backend.OFFLINE, dataset="rotten_tomatoes", weak_model="minilm",
             strong_model="mpnet", agents=[AgentAssignment(agent_id="agent-1", direction="reweighting")],
         ),
+        EventType.SESSION_DRAINING: SessionDraining(reason=EndReason.MAX_EXPERIMENTS, outstanding=2),
         EventType.SESSION_ENDED: SessionEnded(reason=EndReason.MAX_EXPERIMENTS, experiments=3),
         EventType.AGENT_STARTED: AgentStarted(agent_id="agent-1", direction="ensembling", backend=Backend.OFFLINE),
         EventType.AGENT_LLM_CALLED: AgentLlmCalled(

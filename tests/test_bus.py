@@ -32,7 +32,7 @@ EXPECTED = {
     Role.SCORER: {"experiment.requested", "score.published", "baseline.computed", "integrity.flagged"},
     Role.TRAINER: {"experiment.started", "experiment.progress", "experiment.finished", "experiment.failed",
                    "integrity.flagged"},
-    Role.ORCHESTRATOR: {"session.started", "session.ended"},
+    Role.ORCHESTRATOR: {"session.started", "session.draining", "session.ended"},
     Role.FORUM: {"forum.moderated"},
     Role.ARTIFACTS: {"artifact.stored"},
     Role.RECORDER: {"recorder.rejected", "recorder.dead_lettered", "recorder.health"},

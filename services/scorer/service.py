@@ -42,7 +42,7 @@ from schemas.experiment import ExperimentFailed, ExperimentFinished, ExperimentR
 from schemas.idea import IdeaProposed
 from schemas.integrity import IntegrityCheck, IntegrityFlagged, Severity
 from schemas.scoring import BaselineComputed, BaselineKind, ScorePublished
-from schemas.session import SessionStarted
+from schemas.session import SessionDraining, SessionEnded, SessionStarted
 from services.artifacts.arrays import MEDIA_TYPE, pack_seeds, unpack_seeds
 from services.artifacts.client import ArtifactClient
 
@@ -73,6 +73,9 @@ class SessionState:
     requests: dict[str, ExperimentRequested] = field(default_factory=dict)
     scores: dict[str, ScorePublished] = field(default_factory=dict)  # experiment_id -> score
     promoted: set[str] = field(default_factory=set)  # idea ids
+    ideas: dict[str, IdeaProposed] = field(default_factory=dict)
+    flags: dict[str, list[str]] = field(default_factory=dict)  # idea id -> integrity checks that fired
+    draining: bool = False
 
 
 class Scorer:
@@ -90,6 +93,7 @@ class Scorer:
 
     async def run(self, stop: asyncio.Event) -> None:
         sub = await self.bus.pull(DURABLE, "aar.>", ack_wait=self.ack_wait, max_deliver=-1, max_ack_pending=10_000)
+        await self.bus.serve("scorer", {"leaderboard": self._leaderboard})
         self.log.info("scorer_ready", durable=DURABLE)
         while not stop.is_set():
             for msg in await self.bus.fetch(sub, 50, timeout=0.5):
@@ -118,6 +122,12 @@ class Scorer:
             await self.on_finished(event, payload)
         elif isinstance(payload, ExperimentFailed):
             await self.on_failed(event, payload)
+        elif isinstance(payload, SessionDraining | SessionEnded):
+            if (state := self.sessions.get(event.session_id)) is not None:
+                state.draining = True
+        elif isinstance(payload, IntegrityFlagged) and payload.idea_id:
+            if (state := self.sessions.get(event.session_id)) is not None:
+                state.flags.setdefault(payload.idea_id, []).append(payload.check.value)
 
     # -- sessions --------------------------------------------------------------
 
@@ -218,6 +228,10 @@ class Scorer:
         if state is None:
             self.log.warning("idea_without_session", idea_id=idea.idea_id, session_id=event.session_id)
             return
+        state.ideas[idea.idea_id] = idea
+        if state.draining:
+            self.log.info("idea_after_budget", idea_id=idea.idea_id, agent_id=idea.agent_id)
+            return
         if not state.limiter.allow(idea.agent_id):
             wait = state.limiter.retry_after(idea.agent_id)
             await self._emit(
@@ -259,6 +273,40 @@ class Scorer:
         self.log.info("experiment_requested", experiment_id=experiment_id, idea_id=idea_id,
                       purpose=purpose.value, split=split.value, dataset=setup.dataset)
         return req
+
+    async def _leaderboard(self, data: bytes) -> dict[str, Any]:
+        """Dev-split scores of a session's ideas, best PGR first (aggregates only)."""
+        request = json.loads(data or b"{}")
+        session_id = str(request.get("session_id", ""))
+        limit = int(request.get("limit", 10))
+        if not 1 <= limit <= 100:
+            raise ValueError("limit must be between 1 and 100")
+        state = self.sessions.get(session_id)
+        if state is None:
+            raise ValueError(f"unknown session {session_id!r} (or its baselines are not computed yet)")
+        rows = []
+        for score in state.scores.values():
+            if score.purpose is not Purpose.SCORE or score.split is not Split.DEV or score.idea_id is None:
+                continue
+            idea = state.ideas.get(score.idea_id)
+            rows.append({
+                "idea_id": score.idea_id, "agent_id": score.agent_id, "title": idea.title if idea else "",
+                "method": score.builtin_method or f"code:{(score.method_artifact or '')[:12]}",
+                "params": dict(idea.params) if idea else {},
+                "parent_ideas": list(idea.parent_ideas) if idea else [],
+                "pgr": score.pgr, "pgr_stderr": score.pgr_stderr, "accuracy": round(score.accuracy, 4),
+                "flags": sorted(set(state.flags.get(score.idea_id, []))),
+            })
+        rows.sort(key=lambda r: (r["pgr"] is None, -(r["pgr"] or 0.0)))
+        main = state.truths.get(state.main.dataset)
+        base = main.baselines["dev"] if main else None
+        return {
+            "session_id": session_id,
+            "weak_accuracy": round(sum(base.weak_acc) / len(base.weak_acc), 4) if base else None,
+            "ceiling_accuracy": round(sum(base.ceiling_acc) / len(base.ceiling_acc), 4) if base else None,
+            "scored": len(rows),
+            "entries": rows[:limit],
+        }
 
     # -- results -> scores -------------------------------------------------------
 

@@ -250,6 +250,7 @@ class TrainerWorker:
             ExperimentFailed(
                 experiment_id=req.experiment_id,
                 trainer_id=self.source,
+                idea_id=req.idea_id,
                 error_class=error_class,
                 message=message[:4000],
                 attempt=attempt,
