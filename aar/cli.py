@@ -219,7 +219,7 @@ def sessions(format: Annotated[OutputFormat, typer.Option("--format", "-f")] = O
 
 
 SERVICE_MODULES = {
-    name: f"services.{name}" for name in ("recorder", "orchestrator", "artifacts", "scorer", "trainer")
+    name: f"services.{name}" for name in ("recorder", "orchestrator", "artifacts", "forum", "scorer", "trainer")
 }
 
 
