@@ -8,6 +8,7 @@ import io
 import json
 import signal
 import sys
+import time
 from enum import StrEnum
 from typing import Annotated, Optional
 
@@ -109,8 +110,14 @@ def up(
         max_experiments=max_experiments, max_usd=max_usd, max_wall_s=max_wall,
         scoring=ScoringConfig(seeds=seeds, split_sizes=split_sizes, heldout=list(heldout or [])),
     )
+    import os as _os
+
+    # Only agent processes of the Claude backend get the API key.
+    agent_env = {"ANTHROPIC_API_KEY": _os.environ["ANTHROPIC_API_KEY"]} if backend is Backend.CLAUDE else {}
     supervisor = Supervisor(
-        home, default_specs(config.to_env(), trainers=trainers, unsafe_no_sandbox=unsafe_no_sandbox)
+        home,
+        default_specs(config.to_env(), agents=agents, trainers=trainers, unsafe_no_sandbox=unsafe_no_sandbox,
+                      agent_env=agent_env),
     )
     console.print(f"[bold]AAR[/bold] session [cyan]{session_id}[/cyan] ({name}) in {home.root}")
 
@@ -119,18 +126,37 @@ def up(
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        from .progress import SessionWatch
+
+        watch = SessionWatch(session_id)
+        shown = {"version": -1, "at": 0.0}
+
+        def tick() -> None:
+            now = time.monotonic()
+            if (watch.version != shown["version"] and now - shown["at"] >= 2) or now - shown["at"] >= 30:
+                console.print(watch.line(), highlight=False)
+                shown.update(version=watch.version, at=now)
+
         try:
             await supervisor.start()
             console.print(f"nats-server at {supervisor.server.url}; services: {', '.join(supervisor.children)}")
             if max_wall is None and max_experiments is None:
                 console.print("running until Ctrl-C")
-            return await supervisor.run(stop)
+            await watch.start(supervisor.admin_settings())
+            return await supervisor.run(stop, on_tick=tick)
         finally:
+            await watch.close()
             console.print("stopping services ...")
             await supervisor.shutdown()
 
     why = asyncio.run(run())
     console.print(f"session {session_id}: {why}")
+    from .summary import print_summary
+
+    try:
+        print_summary(lambda sql: _run_audit(sql), session_id, console)
+    except Exception as exc:  # the summary is a courtesy: never fail the session over it
+        err.print(f"[yellow]no summary: {exc}[/yellow]")
     for label, path in log_paths(home).items():
         console.print(f"  {label}: {path}")
     console.print(f'  audit it: aar audit "SELECT type, count(*) FROM events WHERE session_id = \'{session_id}\' GROUP BY 1"')
@@ -216,6 +242,31 @@ def sessions(format: Annotated[OutputFormat, typer.Option("--format", "-f")] = O
         ),
         format,
     )
+
+
+@app.command()
+def lineage(
+    any_id: Annotated[str, typer.Argument(metavar="ID", help="an idea id, an experiment id or a score event id")],
+    format: Annotated[OutputFormat, typer.Option("--format", "-f")] = OutputFormat.TABLE,
+) -> None:
+    """The chain behind a score: agent, direction, hypothesis, parent ideas, cited posts, artifact, runs, flags."""
+    from bus.client import QueryError
+    from services.recorder.audit import AuditRefused
+
+    from .lineage import LineageError, lineage as build, render
+
+    try:
+        data = build(lambda sql: _run_audit(sql), any_id)
+    except LineageError as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from None
+    except (AuditRefused, QueryError, FileNotFoundError) as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    if format is OutputFormat.JSON:
+        sys.stdout.write(json.dumps(data, default=str, indent=1) + "\n")
+    else:
+        render(data, console)
 
 
 SERVICE_MODULES = {

@@ -45,6 +45,7 @@ class ServiceSpec:
     restart: bool = True  # False: its exit ends the session (the orchestrator)
     stop_order: int = 50  # lower stops first
     args: list[str] = field(default_factory=list)  # after python -m <module>
+    rerun_after_success: bool = True  # False: a clean exit (code 0) means its work is done (agents)
 
 
 @dataclass
@@ -156,6 +157,10 @@ class Supervisor:
                 if not child.spec.restart:
                     log.info("service_exited", service=child.spec.name, code=code)
                     return "session ended" if code == 0 else f"{child.spec.name} exited with {code}"
+                if code == 0 and not child.spec.rerun_after_success:
+                    log.info("service_finished", service=child.spec.name)
+                    child.gave_up = True
+                    continue
                 child.restarts += 1
                 uptime = now - child.started_at
                 if uptime > 60:
@@ -252,14 +257,24 @@ def admin_settings_from_home(home: AarHome) -> BusSettings | None:
     return BusSettings.for_role(str(run["url"]), Credentials.load_or_create(creds_path), Role.ADMIN)
 
 
-def default_specs(config_env: dict[str, str], *, trainers: int = 1, unsafe_no_sandbox: bool = False) -> list[ServiceSpec]:
-    """The processes of a session (agents and the forum join this list as they land).
-    Stop order: the orchestrator first (it records ``session.ended``), then the
-    workers, the scorer, the artifact store, and the recorder last."""
+def default_specs(
+    config_env: dict[str, str],
+    *,
+    agents: int = 0,
+    trainers: int = 1,
+    unsafe_no_sandbox: bool = False,
+    agent_env: dict[str, str] | None = None,
+) -> list[ServiceSpec]:
+    """The processes of a session. Stop order: the orchestrator first (it records
+    ``session.ended``), then agents, workers, the scorer, the forum, the artifact
+    store, and the recorder last. ``agent_env``: extra environment for agents only
+    (the API key of the Claude backend; no other process ever gets it)."""
+    session_id = json.loads(config_env.get("AAR_SESSION_CONFIG", "{}")).get("session_id", "")
     trainer_args = ["--unsafe-no-sandbox"] if unsafe_no_sandbox else []
     return [
         ServiceSpec("recorder", Role.RECORDER, "services.recorder", stop_order=90),
         ServiceSpec("artifacts", Role.ARTIFACTS, "services.artifacts", stop_order=80),
+        ServiceSpec("forum", Role.FORUM, "services.forum", stop_order=70),
         ServiceSpec("scorer", Role.SCORER, "services.scorer", stop_order=60),
         *(
             ServiceSpec(f"trainer-{i + 1}", Role.TRAINER, "services.trainer", stop_order=50, args=trainer_args)
@@ -267,6 +282,11 @@ def default_specs(config_env: dict[str, str], *, trainers: int = 1, unsafe_no_sa
         ),
         ServiceSpec("orchestrator", Role.ORCHESTRATOR, "services.orchestrator", env=config_env, restart=False,
                     stop_order=10),
+        *(
+            ServiceSpec(f"agent-{i + 1}", Role.AGENT, "services.agents", stop_order=20, rerun_after_success=False,
+                        env={"AAR_AGENT_ID": f"agent-{i + 1}", "AAR_SESSION_ID": session_id, **(agent_env or {})})
+            for i in range(agents)
+        ),
     ]
 
 

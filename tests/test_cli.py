@@ -101,7 +101,7 @@ SMALL = ("--strong-model", "minilm", "--sizes", "20,100,100,50", "--seeds", "2")
 
 @pytest.mark.slow
 def test_up_runs_a_session_and_records_it(home: AarHome) -> None:
-    done = aar("up", "--max-wall", "2", "--session", "smoke", *SMALL, home=home)
+    done = aar("up", "--max-wall", "2", "--session", "smoke", "--agents", "0", *SMALL, home=home)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "event log" in done.stdout
     assert not home.run_file.exists()

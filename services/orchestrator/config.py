@@ -27,6 +27,11 @@ class SessionConfig(BaseModel):
     max_experiments: int | None = Field(default=None, ge=1)
     max_usd: float | None = Field(default=None, ge=0)
     max_wall_s: float | None = Field(default=None, gt=0)
+    max_usd_per_agent: float | None = Field(default=None, ge=0)
+    max_ideas_per_agent: int | None = Field(default=None, ge=1)
+    drain_timeout_s: float = Field(default=300.0, ge=0, description="how long scheduled evaluations may finish")
+    seed: int = 0
+    model: str = "claude-sonnet-4-5"
     scoring: ScoringConfig = Field(default_factory=ScoringConfig)
 
     def to_env(self) -> dict[str, str]:

@@ -1,20 +1,32 @@
 """The orchestrator: owns the session lifecycle.
 
-Publishes ``session.started`` with the whole configuration, counts scored
-experiments, and publishes ``session.ended`` with the reason when the
-experiment budget or the wall-clock limit is reached, or when it is stopped.
+- publishes ``session.started`` with the whole configuration and each agent's
+  starting direction, and answers agents' ``assignment`` queries;
+- follows the session (scores, experiments in flight, LLM cost, agents stopping);
+- when a budget is spent (``--max-experiments`` dev scores, ``--max-usd``, the
+  wall clock) publishes ``session.draining`` (agents stop, the scorer takes no new
+  ideas), lets scheduled evaluations finish (at most ``drain_timeout_s``), then
+  publishes ``session.ended`` with the reason; also when every agent has stopped
+  (``completed``) or on Ctrl-C (``interrupted``, no drain).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
+from typing import Any
+
+from nats.aio.msg import Msg
 
 from bus import Bus
-from schemas import Event, EventType, decode
-from schemas.experiment import Purpose, Split
+from schemas import Event, decode
+from schemas.agent import AgentLlmCalled, AgentStopped
+from schemas.experiment import ExperimentFailed, ExperimentFinished, ExperimentRequested, Purpose, Split
 from schemas.scoring import ScorePublished
-from schemas.session import AgentAssignment, Budgets, EndReason, SessionEnded, SessionStarted
+from schemas.session import AgentAssignment, Budgets, EndReason, SessionDraining, SessionEnded, SessionStarted
+from services.agents.assignment import Assignment
+from services.agents.directions import assign
 
 from .config import SessionConfig
 
@@ -24,28 +36,38 @@ class Orchestrator:
         self.bus = bus
         self.config = config
         self.source = source
+        directions = assign(config.agents, offset=config.seed)
+        self.assignments = {
+            f"agent-{i + 1}": Assignment(
+                session_id=config.session_id, agent_id=f"agent-{i + 1}", direction=d.text, direction_key=d.key,
+                backend=config.backend, seed=config.seed, model=config.model, dataset=config.dataset,
+                max_usd_per_agent=config.max_usd_per_agent, max_ideas=config.max_ideas_per_agent,
+            )
+            for i, d in enumerate(directions)
+        }
         self.scored: set[str] = set()
-        self.done = asyncio.Event()
+        self.outstanding: set[str] = set()
+        self.cost_usd = 0.0
+        self.stopped_agents: set[str] = set()
         self.reason: EndReason | None = None
+        self.changed = asyncio.Event()
 
     async def run(self, stop: asyncio.Event) -> EndReason:
         cfg = self.config
         started = Event.create(
             SessionStarted(
-                name=cfg.name,
-                backend=cfg.backend,
-                dataset=cfg.dataset,
-                weak_model=cfg.weak_model,
+                name=cfg.name, backend=cfg.backend, dataset=cfg.dataset, weak_model=cfg.weak_model,
                 strong_model=cfg.strong_model,
-                agents=[AgentAssignment(agent_id=f"agent-{i + 1}", direction="") for i in range(cfg.agents)],
+                agents=[AgentAssignment(agent_id=a.agent_id, direction=a.direction) for a in self.assignments.values()],
                 trainers=cfg.trainers,
-                budgets=Budgets(max_experiments=cfg.max_experiments, max_usd=cfg.max_usd, max_wall_s=cfg.max_wall_s),
+                budgets=Budgets(max_experiments=cfg.max_experiments, max_usd=cfg.max_usd,
+                                max_usd_per_agent=cfg.max_usd_per_agent, max_wall_s=cfg.max_wall_s),
                 config=cfg.model_dump(mode="json"),
             ),
-            session_id=cfg.session_id,
-            source=self.source,
+            session_id=cfg.session_id, source=self.source,
         )
-        await self.bus.nc.subscribe(f"aar.{cfg.session_id}.{EventType.SCORE_PUBLISHED.value}", cb=self._on_score)
+        await self.bus.nc.subscribe(f"aar.{cfg.session_id}.>", cb=self._on_event)
+        await self.bus.serve("orchestrator", {"assignment": self._assignment})
         await self.bus.publish(started)
         deadline = time.monotonic() + cfg.max_wall_s if cfg.max_wall_s else None
         while self.reason is None:
@@ -54,29 +76,75 @@ class Orchestrator:
             elif deadline is not None and time.monotonic() >= deadline:
                 self.reason = EndReason.WALL_CLOCK
             else:
-                try:
-                    await asyncio.wait_for(self.done.wait(), timeout=0.2)
-                except TimeoutError:
-                    pass
-        await self.bus.publish(
-            Event.create(
-                SessionEnded(reason=self.reason, experiments=len(self.scored)),
-                session_id=cfg.session_id,
-                source=self.source,
-                causation=started,
-            )
-        )
+                self.reason = self._budget_spent()
+                if self.reason is None:
+                    self.changed.clear()
+                    try:
+                        await asyncio.wait_for(self.changed.wait(), timeout=0.2)
+                    except TimeoutError:
+                        pass
+        detail = ""
+        if self.reason is not EndReason.INTERRUPTED:
+            detail = await self._drain(started, stop)
+        await self.bus.publish(Event.create(
+            SessionEnded(reason=self.reason, detail=detail, experiments=len(self.scored), cost_usd=round(self.cost_usd, 6)),
+            session_id=cfg.session_id, source=self.source, causation=started,
+        ))
         return self.reason
 
-    async def _on_score(self, msg) -> None:  # type: ignore[no-untyped-def]
+    def _budget_spent(self) -> EndReason | None:
+        cfg = self.config
+        if cfg.max_experiments is not None and len(self.scored) >= cfg.max_experiments:
+            return EndReason.MAX_EXPERIMENTS
+        if cfg.max_usd is not None and self.cost_usd >= cfg.max_usd:
+            return EndReason.BUDGET
+        if self.assignments and len(self.stopped_agents) >= len(self.assignments):
+            return EndReason.COMPLETED
+        return None
+
+    async def _drain(self, started: Event[Any], stop: asyncio.Event) -> str:
+        assert self.reason is not None
+        await self.bus.publish(Event.create(
+            SessionDraining(reason=self.reason, outstanding=len(self.outstanding)),
+            session_id=self.config.session_id, source=self.source, causation=started,
+        ))
+        # Ideas proposed just before the drain may still be scheduled: give the scorer a moment.
+        deadline = time.monotonic() + self.config.drain_timeout_s
+        quiet_since = time.monotonic()
+        while time.monotonic() < deadline and not stop.is_set():
+            if self.outstanding:
+                quiet_since = time.monotonic()
+            elif time.monotonic() - quiet_since > 2.0:
+                return "drained"
+            await asyncio.sleep(0.2)
+        return f"{len(self.outstanding)} experiment(s) still running at the end" if self.outstanding else "drained"
+
+    async def _assignment(self, data: bytes) -> dict[str, Any]:
+        agent_id = str(json.loads(data or b"{}").get("agent_id", ""))
+        if agent_id not in self.assignments:
+            raise ValueError(f"no agent {agent_id!r} in this session; agents: {sorted(self.assignments)}")
+        return self.assignments[agent_id].model_dump(mode="json")
+
+    async def _on_event(self, msg: Msg) -> None:
         event = decode(msg.data, msg.subject)
-        payload = event.payload if isinstance(event, Event) else None
-        if isinstance(payload, ScorePublished) and payload.split is Split.DEV and payload.purpose is Purpose.SCORE:
-            self.scored.add(event.payload.experiment_id)  # type: ignore[attr-defined]
-            limit = self.config.max_experiments
-            if limit is not None and len(self.scored) >= limit and self.reason is None:
-                self.reason = EndReason.MAX_EXPERIMENTS
-                self.done.set()
+        if not isinstance(event, Event):
+            return
+        p = event.payload
+        if isinstance(p, ExperimentRequested):
+            self.outstanding.add(p.experiment_id)
+        elif isinstance(p, ExperimentFinished) or (isinstance(p, ExperimentFailed) and not p.retryable):
+            # finished is followed by its score; keep it outstanding until then
+            if isinstance(p, ExperimentFailed):
+                self.outstanding.discard(p.experiment_id)
+        elif isinstance(p, ScorePublished):
+            self.outstanding.discard(p.experiment_id)
+            if p.split is Split.DEV and p.purpose is Purpose.SCORE:
+                self.scored.add(p.experiment_id)
+        elif isinstance(p, AgentLlmCalled):
+            self.cost_usd += p.cost_usd
+        elif isinstance(p, AgentStopped):
+            self.stopped_agents.add(p.agent_id)
+        self.changed.set()
 
 
 async def main() -> None:

@@ -1,0 +1,227 @@
+"""The offline research policy: no API key, seeded and reproducible.
+
+An evolutionary search over the built-in method library and its hyper-parameters,
+steered by the agent's direction and by what the others publish:
+
+- the first idea tries the direction's favourite method with its defaults;
+- then, each round, it either *explores* (a method from its direction's prior with
+  mutated parameters) or *builds on* the best idea of the session so far, whoever
+  found it (the leaderboard), mutating one or two of its parameters, citing the
+  forum post that reported it and naming it as the parent idea. Exploitation
+  becomes likelier as the session goes on; flagged ideas are never built on;
+- after each score it posts a finding (replying to the post it built on) and
+  up-votes that post when building on it helped.
+
+:class:`OfflinePolicy` is pure (inputs in, a proposal out, one ``random.Random``);
+:func:`run_offline` connects it to the tools.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+from .assignment import Assignment
+from .directions import DIRECTIONS, by_key
+from .toolbox import Toolbox
+
+# Search space of the parameters the policy tunes: (kind, low, high) or ("choice", options).
+SPACE: dict[str, tuple[Any, ...]] = {
+    "lr": ("log", 2e-3, 5e-2),
+    "l2": ("log", 1e-4, 1e-1),
+    "epochs": ("int", 5, 60),
+    "aux_coef": ("float", 0.1, 1.0),
+    "warmup_frac": ("float", 0.0, 0.5),
+    "alpha": ("float", 0.25, 2.0),
+    "beta": ("float", 0.25, 2.0),
+    "drop_frac": ("float", 0.05, 0.6),
+    "threshold": ("float", 0.35, 0.65),
+    "val_frac": ("float", 0.1, 0.4),
+    "patience": ("int", 2, 10),
+    "relabel_frac": ("float", 0.2, 0.9),
+    "rounds": ("int", 1, 3),
+}
+HEAD_TUNED = ("lr", "l2", "epochs")
+
+
+@dataclass(frozen=True, slots=True)
+class Proposal:
+    method: str
+    params: dict[str, Any]
+    title: str
+    hypothesis: str
+    why: str
+    parent_ideas: tuple[str, ...] = ()
+    cites_posts: tuple[str, ...] = ()
+    builds_on_agent: str | None = None
+
+
+def _defaults(method: str) -> dict[str, Any]:
+    from trainer.methods import METHODS
+    from trainer.methods.base import HeadConfig
+
+    head = HeadConfig()
+    return {**{k: getattr(head, k) for k in HEAD_TUNED}, **METHODS[method].defaults}
+
+
+def _tunable(method: str) -> list[str]:
+    return sorted(k for k in _defaults(method) if k in SPACE)
+
+
+def _mutate_value(rng: random.Random, name: str, value: Any) -> Any:
+    kind, *bounds = SPACE[name]
+    if kind == "log":
+        lo, hi = bounds
+        x = math.exp(math.log(max(float(value), lo)) + rng.gauss(0.0, 0.6))
+        return round(min(hi, max(lo, x)), 5)
+    if kind == "float":
+        lo, hi = bounds
+        return round(min(hi, max(lo, float(value) + rng.gauss(0.0, (hi - lo) / 5))), 4)
+    if kind == "int":
+        lo, hi = bounds
+        return int(min(hi, max(lo, round(int(value) + rng.gauss(0.0, max(1.0, (hi - lo) / 6))))))
+    raise ValueError(kind)
+
+
+def mutate(rng: random.Random, method: str, params: dict[str, Any], n: int) -> dict[str, Any]:
+    """``params`` with ``n`` tunable parameters changed (only those that differ from the defaults are kept)."""
+    full = {**_defaults(method), **params}
+    names = _tunable(method)
+    for name in rng.sample(names, k=min(n, len(names))):
+        full[name] = _mutate_value(rng, name, full[name])
+    base = _defaults(method)
+    return {k: v for k, v in sorted(full.items()) if base.get(k) != v}
+
+
+def _fmt(params: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in sorted(params.items())) or "defaults"
+
+
+@dataclass(slots=True)
+class OfflinePolicy:
+    assignment: Assignment
+    rng: random.Random = field(init=False)
+    direction_key: str = field(init=False)
+    prior: tuple[str, ...] = field(init=False)
+    rounds: int = 0
+
+    def __post_init__(self) -> None:
+        self.rng = random.Random(f"{self.assignment.seed}/{self.assignment.agent_id}")
+        try:
+            d = by_key(self.assignment.direction_key or self.assignment.direction)
+        except KeyError:
+            d = DIRECTIONS[self.rng.randrange(len(DIRECTIONS))]
+        self.direction_key, self.prior = d.key, d.methods
+
+    def _explore(self, first: bool) -> Proposal:
+        weights = [len(self.prior) - i for i in range(len(self.prior))]
+        method = self.prior[0] if first else self.rng.choices(self.prior, weights=weights)[0]
+        params = {} if first else mutate(self.rng, method, {}, self.rng.randint(1, 3))
+        return Proposal(
+            method=method,
+            params=params,
+            title=f"{method} ({_fmt(params)})",
+            hypothesis=(f"Following the direction '{self.direction_key}': {method} should recover more of the gap "
+                        f"than naive training on weak labels" + ("" if first else f" with {_fmt(params)}") + "."),
+            why=("Start from the method closest to my direction, with its defaults, as a reference point."
+                 if first else "Exploring my direction's methods and hyper-parameters."),
+        )
+
+    def choose(self, leaderboard: list[dict[str, Any]], posts: list[dict[str, Any]]) -> Proposal:
+        """The next idea, from the session's leaderboard (dev scores) and recent forum posts."""
+        first = self.rounds == 0
+        self.rounds += 1
+        if first:
+            return self._explore(first=True)
+        candidates = [e for e in leaderboard if e.get("pgr") is not None and not e.get("flags")
+                      and not str(e.get("method", "")).startswith("code:")]
+        exploit = max(0.3, min(0.85, 0.25 + 0.12 * self.rounds))
+        if candidates and self.rng.random() < exploit:
+            best = max(candidates, key=lambda e: (e["pgr"], e["idea_id"]))
+            params = mutate(self.rng, best["method"], dict(best.get("params") or {}), self.rng.randint(1, 2))
+            cites = tuple(sorted(p["post_id"] for p in posts if best["idea_id"] in (p.get("idea_ids") or [])))[:3]
+            other = best.get("agent_id") != self.assignment.agent_id
+            return Proposal(
+                method=best["method"],
+                params=params,
+                title=f"{best['method']} ({_fmt(params)}), from {best['idea_id'][-6:]}",
+                hypothesis=(f"The best idea so far ({best['method']}, dev PGR {best['pgr']:.3f}"
+                            + (f", by {best.get('agent_id')}" if other else "") + f") can be improved by {_fmt(params)}."),
+                why=(f"Building on {best['idea_id']}: local search around the session's best configuration"
+                     + (f", cited in {', '.join(cites)}" if cites else "") + "."),
+                parent_ideas=(best["idea_id"],),
+                cites_posts=cites,
+                builds_on_agent=best.get("agent_id") if other else None,
+            )
+        return self._explore(first=False)
+
+
+def finding(proposal: Proposal, idea_id: str, outcome: dict[str, Any], parent_pgr: float | None) -> tuple[str, str]:
+    """Title and body of the forum post reporting an idea's outcome."""
+    score = outcome.get("score")
+    if not score:
+        failure = outcome.get("failure") or {}
+        return (f"{proposal.method}: no score ({outcome.get('status')})",
+                f"Idea {idea_id} ({_fmt(proposal.params)}) was not scored: "
+                f"{failure.get('error_class', '')} {failure.get('message', '')}".strip())
+    pgr = score.get("pgr")
+    shown = "null (gap too small)" if pgr is None else f"{pgr:.3f} ± {score.get('pgr_stderr') or 0:.3f}"
+    body = [f"Idea {idea_id}: {proposal.method} with {_fmt(proposal.params)}.",
+            f"Hypothesis: {proposal.hypothesis}",
+            f"Result on dev: accuracy {score['accuracy']:.4f} (weak {score['weak_accuracy']:.4f}, "
+            f"ceiling {score['ceiling_accuracy']:.4f}), PGR {shown} over {score['n_seeds']} seeds."]
+    if parent_pgr is not None and pgr is not None:
+        delta = pgr - parent_pgr
+        body.append(f"Compared with its parent ({proposal.parent_ideas[0]}): {delta:+.3f} PGR.")
+    return f"{proposal.method} ({_fmt(proposal.params)}): dev PGR {shown}", "\n".join(body)
+
+
+async def run_offline(toolbox: Toolbox, assignment: Assignment, *, max_ideas: int | None = None) -> str:
+    """Propose, wait, post, repeat until the session drains or the idea limit is reached."""
+    policy = OfflinePolicy(assignment)
+    limit = max_ideas or assignment.max_ideas
+    await toolbox.call("note", {"text": f"direction: {policy.direction_key}; methods to try first: {policy.prior}"})
+    while not toolbox.session_over.is_set():
+        if limit is not None and toolbox.ideas >= limit:
+            return "max_ideas"
+        board = await toolbox.call("leaderboard", {"limit": 20})
+        posts = await toolbox.call("top_findings", {"limit": 10})
+        recent = await toolbox.call("read_forum", {"limit": 30})
+        entries = list(board.get("entries", [])) if "error" not in board else []
+        seen = {p["post_id"]: p for p in [*posts.get("posts", []), *recent.get("posts", [])] if "post_id" in p}
+        proposal = policy.choose(entries, sorted(seen.values(), key=lambda p: p["post_id"]))
+        parent_pgr = next((e["pgr"] for e in entries if proposal.parent_ideas and e["idea_id"] == proposal.parent_ideas[0]), None)
+        proposed = await toolbox.call("propose_idea", {
+            "title": proposal.title, "hypothesis": proposal.hypothesis, "why": proposal.why,
+            "builtin_method": proposal.method, "params": proposal.params,
+            "parent_ideas": list(proposal.parent_ideas), "cites_posts": list(proposal.cites_posts),
+        })
+        if "error" in proposed:
+            if toolbox.session_over.is_set():
+                break
+            return f"error: {proposed['error']}"
+        idea_id = proposed["idea_id"]
+        outcome = await toolbox.call("wait_for_score", {"idea_id": idea_id, "timeout_s": 1800})
+        if outcome.get("status") == "refused":  # over the rate limit: wait for the window
+            await toolbox.call("note", {"text": f"{idea_id} refused by the rate limit"})
+            try:
+                import asyncio
+
+                await asyncio.wait_for(toolbox.session_over.wait(), timeout=30)
+            except TimeoutError:
+                pass
+            continue
+        if outcome.get("status") not in ("scored", "failed"):
+            continue
+        title, body = finding(proposal, idea_id, outcome, parent_pgr)
+        await toolbox.call("post_finding", {
+            "title": title, "body": body, "idea_ids": [idea_id, *proposal.parent_ideas],
+            "tags": [policy.direction_key, proposal.method],
+            **({"reply_to": proposal.cites_posts[0]} if proposal.cites_posts else {}),
+        })
+        pgr = (outcome.get("score") or {}).get("pgr")
+        if proposal.cites_posts and pgr is not None and parent_pgr is not None and pgr > parent_pgr:
+            await toolbox.call("vote", {"post_id": proposal.cites_posts[0], "value": 1})
+    return "session_over"

@@ -1,0 +1,320 @@
+"""What an agent can do, as named tools. Both backends act only through these.
+
+Every call becomes an ``agent.tool_called`` event (arguments, ok/error, latency and a
+short summary of the result). Tools never expose labels or per-example results:
+scores come back as aggregates (dev split only), failures as the method's own
+error message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+from nats.aio.msg import Msg
+
+from bus import Bus
+from bus.client import QueryError
+from schemas import Event, decode, new_id
+from schemas.agent import AgentToolCalled
+from schemas.experiment import ExperimentFailed, Purpose, Split
+from schemas.forum import ForumPosted, ForumVoted
+from schemas.idea import IdeaProposed
+from schemas.integrity import IntegrityFlagged
+from schemas.scoring import ScorePublished
+from services.artifacts.client import ArtifactClient
+
+MAX_CODE_BYTES = 200_000
+
+
+class ToolError(Exception):
+    """A tool refused its input; the message is shown to the agent."""
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What became of one idea: a dev score, a failure, or a refusal (rate limit)."""
+
+    idea_id: str
+    score: dict[str, Any] | None = None
+    failed: dict[str, Any] | None = None
+    flags: list[dict[str, Any]] = field(default_factory=list)
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def as_dict(self) -> dict[str, Any]:
+        status = "scored" if self.score else "failed" if self.failed else "refused" if self.flags else "pending"
+        return {"idea_id": self.idea_id, "status": status, "score": self.score, "failure": self.failed,
+                "integrity_flags": self.flags}
+
+
+# JSON schemas of the tools, for the Claude backend (and documentation).
+TOOL_SPECS: list[dict[str, Any]] = [
+    {"name": "read_forum", "description": "Newest forum posts of this session (findings of all agents).",
+     "input_schema": {"type": "object", "properties": {"limit": {"type": "integer", "minimum": 1, "maximum": 50}}}},
+    {"name": "search_forum", "description": "Search forum posts by words.",
+     "input_schema": {"type": "object", "properties": {"query": {"type": "string"},
+                                                       "limit": {"type": "integer", "minimum": 1, "maximum": 50}},
+                      "required": ["query"]}},
+    {"name": "top_findings", "description": "The forum's top findings (by votes and replies).",
+     "input_schema": {"type": "object", "properties": {"limit": {"type": "integer", "minimum": 1, "maximum": 20}}}},
+    {"name": "read_post", "description": "One post with its replies.",
+     "input_schema": {"type": "object", "properties": {"post_id": {"type": "string"}}, "required": ["post_id"]}},
+    {"name": "post_finding", "description": "Share a finding on the forum. Reference the ideas it is about.",
+     "input_schema": {"type": "object", "properties": {
+         "title": {"type": "string"}, "body": {"type": "string"},
+         "idea_ids": {"type": "array", "items": {"type": "string"}},
+         "tags": {"type": "array", "items": {"type": "string"}},
+         "reply_to": {"type": "string"}}, "required": ["title", "body"]}},
+    {"name": "vote", "description": "Up-vote (1) or down-vote (-1) a post.",
+     "input_schema": {"type": "object", "properties": {"post_id": {"type": "string"},
+                                                       "value": {"type": "integer", "enum": [-1, 1]}},
+                      "required": ["post_id", "value"]}},
+    {"name": "leaderboard", "description": "Best dev-split scores so far in this session (PGR with standard error).",
+     "input_schema": {"type": "object", "properties": {"limit": {"type": "integer", "minimum": 1, "maximum": 50}}}},
+    {"name": "list_methods", "description": "The built-in weak-to-strong methods and their hyper-parameters.",
+     "input_schema": {"type": "object", "properties": {}}},
+    {"name": "read_method", "description": "Source code of a built-in method.",
+     "input_schema": {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}},
+    {"name": "write_method", "description": (
+        "Store Python code for a method: a module defining run(ctx) -> P(class 1) per eval row. ctx has "
+        "train_features, weak_soft_labels, eval_features, train_texts, eval_texts, seed, params, train_head(); "
+        "`from trainer.methods import METHODS` gives the built-ins. Returns its artifact hash."),
+     "input_schema": {"type": "object", "properties": {"code": {"type": "string"}, "name": {"type": "string"}},
+                      "required": ["code"]}},
+    {"name": "propose_idea", "description": (
+        "Submit an idea for scoring: a built-in method by name or your stored code (artifact hash), with "
+        "hyper-parameters, the hypothesis and why, the ideas it builds on and the posts it cites."),
+     "input_schema": {"type": "object", "properties": {
+         "title": {"type": "string"}, "hypothesis": {"type": "string"}, "why": {"type": "string"},
+         "builtin_method": {"type": "string"}, "method_artifact": {"type": "string"},
+         "params": {"type": "object"},
+         "parent_ideas": {"type": "array", "items": {"type": "string"}},
+         "cites_posts": {"type": "array", "items": {"type": "string"}}},
+                      "required": ["title", "hypothesis"]}},
+    {"name": "wait_for_score", "description": "Wait for an idea's dev score (or its failure).",
+     "input_schema": {"type": "object", "properties": {"idea_id": {"type": "string"},
+                                                       "timeout_s": {"type": "number", "minimum": 1, "maximum": 1800}},
+                      "required": ["idea_id"]}},
+    {"name": "note", "description": "Keep a private note for yourself (kept in the log).",
+     "input_schema": {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]}},
+]
+TOOL_NAMES = frozenset(t["name"] for t in TOOL_SPECS)
+
+
+def _summary(result: Any) -> str:
+    text = json.dumps(result, default=str)
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+class Toolbox:
+    def __init__(self, bus: Bus, session_id: str, agent_id: str, *, source: str | None = None) -> None:
+        self.bus = bus
+        self.session_id = session_id
+        self.agent_id = agent_id
+        self.source = source or agent_id
+        self.artifacts = ArtifactClient(bus, session_id=session_id, owner=agent_id, timeout=30.0)
+        self.outcomes: dict[str, Outcome] = {}
+        self.notes: list[str] = []
+        self.ideas = 0
+        self.session_over = asyncio.Event()
+        self._subs: list[Any] = []
+        self._handlers: dict[str, Callable[..., Awaitable[Any]]] = {
+            name: getattr(self, f"tool_{name}") for name in TOOL_NAMES
+        }
+        self.log = structlog.get_logger("agent").bind(agent_id=agent_id)
+
+    async def start(self) -> None:
+        prefix = f"aar.{self.session_id}"
+        for subject in ("score.published", "experiment.failed", "integrity.flagged", "session.draining",
+                        "session.ended"):
+            self._subs.append(await self.bus.nc.subscribe(f"{prefix}.{subject}", cb=self._on_event))
+
+    async def close(self) -> None:
+        for sub in self._subs:
+            await sub.unsubscribe()
+
+    async def _on_event(self, msg: Msg) -> None:
+        event = decode(msg.data, msg.subject)
+        if not isinstance(event, Event):
+            return
+        p = event.payload
+        if event.type.startswith("session."):
+            self.session_over.set()
+            for outcome in self.outcomes.values():
+                outcome.done.set()
+            return
+        idea = getattr(p, "idea_id", None)
+        outcome = self.outcomes.get(idea) if idea else None
+        if outcome is None:
+            return
+        if isinstance(p, ScorePublished) and p.purpose is Purpose.SCORE and p.split is Split.DEV:
+            outcome.score = {"accuracy": round(p.accuracy, 4), "accuracy_stderr": round(p.accuracy_stderr, 4),
+                             "weak_accuracy": round(p.weak_accuracy, 4), "ceiling_accuracy": round(p.ceiling_accuracy, 4),
+                             "pgr": None if p.pgr is None else round(p.pgr, 4),
+                             "pgr_stderr": None if p.pgr_stderr is None else round(p.pgr_stderr, 4),
+                             "n_seeds": p.n_seeds, "experiment_id": p.experiment_id}
+            outcome.done.set()
+        elif isinstance(p, ExperimentFailed) and not p.retryable:
+            outcome.failed = {"error_class": p.error_class, "message": p.message[:2000],
+                              "sandbox_violations": p.sandbox_violations}
+            outcome.done.set()
+        elif isinstance(p, IntegrityFlagged):
+            outcome.flags.append({"check": p.check.value, "severity": p.severity.value, "detail": p.detail})
+            if p.check.value == "rate_limit":
+                outcome.done.set()
+
+    # -- the dispatcher --------------------------------------------------------------
+
+    async def call(self, tool: str, arguments: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Run a tool; never raises for the agent's mistakes (they come back as ``{"error": ...}``)."""
+        args = dict(arguments or {})
+        started = time.monotonic()
+        error: str | None = None
+        handler = self._handlers.get(tool)
+        try:
+            if handler is None:
+                raise ToolError(f"unknown tool {tool!r}; tools: {sorted(TOOL_NAMES)}")
+            accepted = set(inspect.signature(handler).parameters)
+            unknown = set(args) - accepted
+            if unknown:
+                raise ToolError(f"{tool} takes {sorted(accepted)}, not {sorted(unknown)}")
+            result: dict[str, Any] = await handler(**args)
+        except (ToolError, QueryError, TypeError, ValueError) as exc:
+            error = str(exc) or type(exc).__name__
+            result = {"error": error}
+        recorded = {k: (v if len(json.dumps(v, default=str)) < 2000 else f"<{len(str(v))} chars>")
+                    for k, v in args.items()}
+        await self.bus.publish(Event.create(
+            AgentToolCalled(agent_id=self.agent_id, tool=tool[:100], arguments=json.loads(json.dumps(recorded, default=str)),
+                            ok=error is None, error=error, latency_s=round(time.monotonic() - started, 4),
+                            result_summary=_summary(result)),
+            session_id=self.session_id, source=self.source,
+        ))
+        return result
+
+    # -- forum -------------------------------------------------------------------
+
+    async def _forum(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        return dict(await self.bus.request("forum", name, {"session_id": self.session_id, **body}, timeout=10.0))
+
+    async def tool_read_forum(self, limit: int = 10) -> dict[str, Any]:
+        return await self._forum("list", {"limit": int(limit)})
+
+    async def tool_search_forum(self, query: str, limit: int = 10) -> dict[str, Any]:
+        return await self._forum("search", {"query": str(query), "limit": int(limit)})
+
+    async def tool_top_findings(self, limit: int = 5) -> dict[str, Any]:
+        return await self._forum("top", {"limit": int(limit)})
+
+    async def tool_read_post(self, post_id: str) -> dict[str, Any]:
+        return await self._forum("thread", {"post_id": str(post_id)})
+
+    async def tool_post_finding(
+        self, title: str, body: str, idea_ids: list[str] | None = None, tags: list[str] | None = None,
+        reply_to: str | None = None, experiment_ids: list[str] | None = None,
+    ) -> dict[str, Any]:
+        if not str(title).strip():
+            raise ToolError("a post needs a title")
+        post_id = "p-" + new_id()
+        await self.bus.publish(Event.create(
+            ForumPosted(post_id=post_id, agent_id=self.agent_id, title=str(title)[:300], body=str(body)[:20_000],
+                        reply_to=reply_to, idea_ids=list(idea_ids or []), experiment_ids=list(experiment_ids or []),
+                        tags=[str(t)[:50] for t in (tags or [])][:10]),
+            session_id=self.session_id, source=self.source,
+        ))
+        return {"post_id": post_id}
+
+    async def tool_vote(self, post_id: str, value: int) -> dict[str, Any]:
+        if value not in (-1, 1):
+            raise ToolError("a vote is 1 or -1")
+        await self.bus.publish(Event.create(
+            ForumVoted(post_id=str(post_id), agent_id=self.agent_id, value=value),
+            session_id=self.session_id, source=self.source,
+        ))
+        return {"ok": True}
+
+    # -- scores and methods ---------------------------------------------------------
+
+    async def tool_leaderboard(self, limit: int = 10) -> dict[str, Any]:
+        return dict(await self.bus.request(
+            "scorer", "leaderboard", {"session_id": self.session_id, "limit": int(limit)}, timeout=10.0))
+
+    async def tool_list_methods(self) -> dict[str, Any]:
+        from trainer.methods import METHODS
+        from trainer.methods.base import HeadConfig
+
+        head = {k: getattr(HeadConfig(), k) for k in HeadConfig.__dataclass_fields__}  # type: ignore[attr-defined]
+        return {"methods": [{"name": m.name, "summary": m.summary, "params": m.defaults} for m in METHODS.values()],
+                "head_params": head}
+
+    async def tool_read_method(self, name: str) -> dict[str, Any]:
+        from trainer.methods import get_method
+
+        try:
+            method = get_method(str(name))
+        except LookupError as exc:
+            raise ToolError(str(exc)) from None
+        return {"name": method.name, "params": method.defaults, "source": inspect.getsource(method.fn)}
+
+    async def tool_write_method(self, code: str, name: str = "method.py") -> dict[str, Any]:
+        data = str(code).encode()
+        if len(data) > MAX_CODE_BYTES:
+            raise ToolError(f"code of {len(data):,} bytes is over the {MAX_CODE_BYTES:,}-byte limit")
+        try:
+            compile(str(code), name, "exec")
+        except SyntaxError as exc:
+            raise ToolError(f"the code does not compile: {exc}") from None
+        if "def run" not in str(code):
+            raise ToolError("the module must define run(ctx)")
+        sha = await self.artifacts.put(data, "code", name=str(name)[:200], media_type="text/x-python")
+        return {"method_artifact": sha}
+
+    async def tool_propose_idea(
+        self, title: str, hypothesis: str, why: str = "", builtin_method: str | None = None,
+        method_artifact: str | None = None, params: dict[str, Any] | None = None,
+        parent_ideas: list[str] | None = None, cites_posts: list[str] | None = None,
+    ) -> dict[str, Any]:
+        if self.session_over.is_set():
+            raise ToolError("the session is over: no more ideas are scored")
+        if (builtin_method is None) == (method_artifact is None):
+            raise ToolError("give exactly one of builtin_method or method_artifact")
+        if builtin_method is not None:
+            from trainer.methods import METHODS
+
+            if builtin_method not in METHODS:
+                raise ToolError(f"unknown built-in method {builtin_method!r}; known: {sorted(METHODS)}")
+        idea_id = "i-" + new_id()
+        payload = IdeaProposed(
+            idea_id=idea_id, agent_id=self.agent_id, title=str(title)[:300] or "untitled",
+            hypothesis=str(hypothesis) or "(none)", why=str(why), parent_ideas=list(parent_ideas or []),
+            cites_posts=list(cites_posts or []), builtin_method=builtin_method, method_artifact=method_artifact,
+            params=dict(params or {}),
+        )
+        self.outcomes[idea_id] = Outcome(idea_id)
+        await self.bus.publish(Event.create(payload, session_id=self.session_id, source=self.source,
+                                            correlation_id=idea_id))
+        self.ideas += 1
+        return {"idea_id": idea_id}
+
+    async def tool_wait_for_score(self, idea_id: str, timeout_s: float = 900.0) -> dict[str, Any]:
+        outcome = self.outcomes.get(str(idea_id))
+        if outcome is None:
+            raise ToolError(f"no idea {idea_id!r} of yours is pending")
+        try:
+            await asyncio.wait_for(outcome.done.wait(), timeout=float(timeout_s))
+        except TimeoutError:
+            return {**outcome.as_dict(), "status": "timeout"}
+        result = outcome.as_dict()
+        if result["status"] == "pending" and self.session_over.is_set():
+            result["status"] = "session_over"
+        return result
+
+    async def tool_note(self, text: str) -> dict[str, Any]:
+        self.notes.append(str(text)[:5000])
+        return {"notes": len(self.notes)}
