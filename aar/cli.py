@@ -134,7 +134,7 @@ def up(
         def tick() -> None:
             now = time.monotonic()
             if (watch.version != shown["version"] and now - shown["at"] >= 2) or now - shown["at"] >= 30:
-                console.print(watch.line(), highlight=False)
+                console.print(watch.line(), highlight=False, soft_wrap=True)
                 shown.update(version=watch.version, at=now)
 
         try:
