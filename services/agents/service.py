@@ -73,11 +73,12 @@ async def run_agent(bus: Bus, assignment: Assignment, stop: asyncio.Event, *, so
 async def main() -> None:
     from services.runtime import service, service_id
 
-    agent_id = os.environ.get("AAR_AGENT_ID") or service_id("agent")
+    agent_id = os.environ.get("AAR_AGENT_ID") or "auto"  # auto: the orchestrator hands out the next slot
     async with service("agent") as (bus, stop, log):
         assignment = await fetch_assignment(bus, agent_id, stop)
         if assignment is None:
             return
+        agent_id = assignment.agent_id
         log.info("agent_assigned", agent_id=agent_id, direction=assignment.direction_key, backend=assignment.backend.value)
         reason = await run_agent(bus, assignment, stop, source=service_id("agent"))
         log.info("agent_stopped", agent_id=agent_id, reason=reason)

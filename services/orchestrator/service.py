@@ -49,6 +49,7 @@ class Orchestrator:
         self.outstanding: set[str] = set()
         self.cost_usd = 0.0
         self.stopped_agents: set[str] = set()
+        self.claimed: set[str] = set()
         self.reason: EndReason | None = None
         self.changed = asyncio.Event()
 
@@ -120,7 +121,16 @@ class Orchestrator:
         return f"{len(self.outstanding)} experiment(s) still running at the end" if self.outstanding else "drained"
 
     async def _assignment(self, data: bytes) -> dict[str, Any]:
-        agent_id = str(json.loads(data or b"{}").get("agent_id", ""))
+        """An agent's assignment. ``agent_id`` empty or "auto" (replicas of one compose
+        service): the next slot nobody has claimed yet."""
+        request = json.loads(data or b"{}")
+        agent_id = str(request.get("agent_id") or "auto")
+        if agent_id == "auto":
+            free = [a for a in self.assignments if a not in self.claimed]
+            if not free:
+                raise ValueError(f"all {len(self.assignments)} agent slots are taken (start the session with more agents)")
+            agent_id = free[0]
+        self.claimed.add(agent_id)
         if agent_id not in self.assignments:
             raise ValueError(f"no agent {agent_id!r} in this session; agents: {sorted(self.assignments)}")
         return self.assignments[agent_id].model_dump(mode="json")
