@@ -63,6 +63,9 @@ def up(
     unsafe_no_sandbox: Annotated[
         bool, typer.Option("--unsafe-no-sandbox", help="run agent code without bubblewrap (flagged in the log)")
     ] = False,
+    model: Annotated[str, typer.Option(help="Claude model (--backend claude)")] = "claude-sonnet-4-6",
+    max_usd_per_agent: Annotated[Optional[float], typer.Option(min=0, help="dollar budget per agent (Claude)")] = None,
+    seed: Annotated[int, typer.Option(help="seed of the offline agents and of direction assignment")] = 0,
 ) -> None:
     """Start the embedded stack and run one research session."""
     from services.orchestrator.config import SessionConfig
@@ -108,6 +111,7 @@ def up(
         session_id=session_id, name=name, agents=agents, trainers=trainers, backend=backend, dataset=dataset,
         weak_model=weak_model, strong_model=strong_model,
         max_experiments=max_experiments, max_usd=max_usd, max_wall_s=max_wall,
+        model=model, max_usd_per_agent=max_usd_per_agent, seed=seed,
         scoring=ScoringConfig(seeds=seeds, split_sizes=split_sizes, heldout=list(heldout or [])),
     )
     import os as _os

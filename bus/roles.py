@@ -79,7 +79,8 @@ ASKS: dict[Role, tuple[str, ...]] = {
 # Event subjects (after ``aar.<session>.``) each role may watch with a core subscription.
 WATCHES: dict[Role, tuple[str, ...]] = {
     # experiment.failed: an agent learns why its code failed (its own stderr, never labels).
-    Role.AGENT: ("session.>", "forum.>", "idea.>", "score.>", "integrity.>", "baseline.>", "experiment.failed"),
+    # score.published only: test, held-out and ablation scores (score.withheld) stay hidden from agents.
+    Role.AGENT: ("session.>", "forum.>", "idea.>", "score.published", "integrity.>", "baseline.>", "experiment.failed"),
     Role.ORCHESTRATOR: (">",),
     Role.FORUM: ("forum.>", "idea.>", "score.>"),
     Role.SCORER: (">",),

@@ -46,6 +46,7 @@ class EventType(StrEnum):
     EXPERIMENT_FAILED = "experiment.failed"
     BASELINE_COMPUTED = "baseline.computed"
     SCORE_PUBLISHED = "score.published"
+    SCORE_WITHHELD = "score.withheld"
     INTEGRITY_FLAGGED = "integrity.flagged"
     FORUM_POSTED = "forum.posted"
     FORUM_VOTED = "forum.voted"

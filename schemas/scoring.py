@@ -49,3 +49,9 @@ class ScorePublished(Payload):
     pgr_stderr: float | None = Field(default=None, ge=0)
     method_artifact: str | None = None
     builtin_method: str | None = None
+
+
+@event(EventType.SCORE_WITHHELD)
+class ScoreWithheld(ScorePublished):
+    """A score agents must not see: test split, held-out datasets, teacher ablations.
+    Same fields as ``score.published``; its own subject, which no agent may subscribe to."""

@@ -17,7 +17,7 @@ from schemas.forum import ForumModerated, ForumPosted, ForumVoted
 from schemas.idea import IdeaProposed
 from schemas.integrity import IntegrityCheck, IntegrityFlagged
 from schemas.recorder import RecorderDeadLettered, RecorderHealth, RecorderRejected
-from schemas.scoring import BaselineComputed, BaselineKind, ScorePublished
+from schemas.scoring import BaselineComputed, BaselineKind, ScorePublished, ScoreWithheld
 from schemas.session import AgentAssignment, Backend, EndReason, SessionDraining, SessionEnded, SessionStarted
 
 SHA = "ab" * 32
@@ -66,6 +66,11 @@ def sample_payload(event_type: EventType, n: int = 0) -> Payload:
         EventType.SCORE_PUBLISHED: ScorePublished(
             experiment_id="exp-" + i, idea_id="idea-" + i, agent_id="agent-1", dataset="rotten_tomatoes",
             split=Split.DEV, n_seeds=5, accuracy=0.8, accuracy_stderr=0.01, weak_accuracy=0.75,
+            ceiling_accuracy=0.84, pgr=0.55, pgr_stderr=0.1,
+        ),
+        EventType.SCORE_WITHHELD: ScoreWithheld(
+            experiment_id="exp-t" + i, idea_id="idea-" + i, agent_id="agent-1", dataset="rotten_tomatoes",
+            split=Split.TEST, n_seeds=5, accuracy=0.8, accuracy_stderr=0.01, weak_accuracy=0.75,
             ceiling_accuracy=0.84, pgr=0.55, pgr_stderr=0.1,
         ),
         EventType.INTEGRITY_FLAGGED: IntegrityFlagged(

@@ -8,9 +8,9 @@ import pytest
 
 from bus import Bus, NatsServer, PublishDenied, Role
 from bus.roles import PUBLISHES
-from schemas import EventType
+from schemas import Event, EventType
 
-from .conftest import settings
+from .conftest import settings, wait_until
 from .factories import sample_event
 
 pytestmark = pytest.mark.timeout(120)
@@ -29,7 +29,8 @@ def allowed(role: Role, event_type: EventType) -> bool:
 EXPECTED = {
     Role.AGENT: {"agent.started", "agent.llm_called", "agent.tool_called", "agent.stopped", "idea.proposed",
                  "forum.posted", "forum.voted"},
-    Role.SCORER: {"experiment.requested", "score.published", "baseline.computed", "integrity.flagged"},
+    Role.SCORER: {"experiment.requested", "score.published", "score.withheld", "baseline.computed",
+                  "integrity.flagged"},
     Role.TRAINER: {"experiment.started", "experiment.progress", "experiment.finished", "experiment.failed",
                    "integrity.flagged"},
     Role.ORCHESTRATOR: {"session.started", "session.draining", "session.ended"},
@@ -97,3 +98,33 @@ async def test_workers_share_a_durable_queue_and_heartbeats_prevent_redelivery(
     finally:
         for w in workers:
             await w.close()
+
+
+async def test_agents_cannot_read_withheld_scores(nats_server, admin) -> None:  # type: ignore[no-untyped-def]
+    """Test-split, held-out and ablation scores travel as score.withheld: the server
+    refuses an agent's subscription to them, while dev scores reach it."""
+    from schemas.experiment import Split
+    from schemas.scoring import ScorePublished, ScoreWithheld
+
+    agent = await Bus.connect(settings(nats_server, Role.AGENT), name="agent")
+    got: list[str] = []
+    try:
+        async def on(msg) -> None:  # type: ignore[no-untyped-def]
+            got.append(msg.subject)
+
+        await agent.nc.subscribe("aar.s-w.score.published", cb=on)
+        await agent.nc.subscribe("aar.s-w.score.withheld", cb=on)
+        await agent.nc.flush()
+        fields = dict(experiment_id="x", dataset="rotten_tomatoes", n_seeds=1, accuracy=0.8, accuracy_stderr=0.0,
+                      weak_accuracy=0.7, ceiling_accuracy=0.9, pgr=0.5)
+        await admin.publish(Event.create(ScoreWithheld(split=Split.TEST, **fields), session_id="s-w", source="t"))
+        await admin.publish(Event.create(ScorePublished(split=Split.DEV, **fields), session_id="s-w", source="t"))
+        await wait_until(lambda: _true(bool(got)), 5, "the dev score")
+        await asyncio.sleep(0.5)
+        assert got == ["aar.s-w.score.published"]
+    finally:
+        await agent.close()
+
+
+async def _true(value: bool) -> bool:
+    return value

@@ -16,7 +16,7 @@ class Assignment(BaseModel):
     direction_key: str = ""
     backend: Backend = Backend.OFFLINE
     seed: int = 0
-    model: str = "claude-sonnet-4-5"  # Claude backend
+    model: str = "claude-sonnet-4-6"  # Claude backend
     dataset: str = "rotten_tomatoes"
     max_usd_per_agent: float | None = Field(default=None, ge=0)
     max_ideas: int | None = Field(default=None, ge=1, description="ideas this agent may propose (None: no limit)")

@@ -62,7 +62,7 @@ async def run_agent(bus: Bus, assignment: Assignment, stop: asyncio.Event, *, so
     finally:
         stopper.cancel()
         await toolbox.close()
-    cost = float(getattr(toolbox, "cost_usd", 0.0))
+    cost = toolbox.cost_usd
     await bus.publish(Event.create(
         AgentStopped(agent_id=assignment.agent_id, reason=reason[:500], ideas=toolbox.ideas, cost_usd=cost),
         session_id=assignment.session_id, source=source,

@@ -122,6 +122,7 @@ class Toolbox:
         self.outcomes: dict[str, Outcome] = {}
         self.notes: list[str] = []
         self.ideas = 0
+        self.cost_usd = 0.0  # LLM spend (the Claude backend keeps it up to date)
         self.session_over = asyncio.Event()
         self._subs: list[Any] = []
         self._handlers: dict[str, Callable[..., Awaitable[Any]]] = {

@@ -31,7 +31,7 @@ class SessionConfig(BaseModel):
     max_ideas_per_agent: int | None = Field(default=None, ge=1)
     drain_timeout_s: float = Field(default=300.0, ge=0, description="how long scheduled evaluations may finish")
     seed: int = 0
-    model: str = "claude-sonnet-4-5"
+    model: str = "claude-sonnet-4-6"
     scoring: ScoringConfig = Field(default_factory=ScoringConfig)
 
     def to_env(self) -> dict[str, str]:

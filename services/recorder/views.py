@@ -133,7 +133,7 @@ VIEWS: dict[str, str] = {
                CAST(payload->>'pgr_stderr' AS DOUBLE) AS pgr_stderr,
                payload->>'method_artifact' AS method_artifact,
                payload->>'builtin_method' AS builtin_method
-        FROM events WHERE type = 'score.published'
+        FROM events WHERE type IN ('score.published', 'score.withheld')
     """,
     "forum_posts": """
         WITH votes AS (

@@ -9,7 +9,8 @@ Consumes every event through its durable consumer ``scorer`` and:
 - ``idea.proposed``: within the agent's rate limit, publishes
   ``experiment.requested`` (dev split, all seeds); over it, ``integrity.flagged``;
 - ``experiment.finished``: fetches the predictions (re-hashed on the way), scores
-  them against gold, publishes ``score.published`` (aggregates only) and, for an idea
+  them against gold, publishes ``score.published`` (dev; aggregates only; test,
+  held-out and ablation scores go to ``score.withheld``, which agents cannot read) and, for an idea
   among the best on dev, schedules its test, held-out and teacher-ablation runs;
 - ablation results: ``integrity.flagged`` when shuffling the weak labels does not
   remove the idea's gain (the method ignores its teacher); test results:
@@ -41,7 +42,7 @@ from schemas.artifact import ArtifactKind
 from schemas.experiment import ExperimentFailed, ExperimentFinished, ExperimentRequested, Purpose, Split
 from schemas.idea import IdeaProposed
 from schemas.integrity import IntegrityCheck, IntegrityFlagged, Severity
-from schemas.scoring import BaselineComputed, BaselineKind, ScorePublished
+from schemas.scoring import BaselineComputed, BaselineKind, ScorePublished, ScoreWithheld
 from schemas.session import SessionDraining, SessionEnded, SessionStarted
 from services.artifacts.arrays import MEDIA_TYPE, pack_seeds, unpack_seeds
 from services.artifacts.client import ArtifactClient
@@ -198,7 +199,8 @@ class Scorer:
         if not found:
             return None
         state = await self.on_session_started(found[0])
-        for ev in await self._events(f"{where} AND type IN ('experiment.requested', 'score.published') ORDER BY time"):
+        types = "('experiment.requested', 'score.published', 'score.withheld')"
+        for ev in await self._events(f"{where} AND type IN {types} ORDER BY time"):
             if isinstance(ev, Event) and isinstance(ev.payload, ExperimentRequested):
                 state.requests[ev.payload.experiment_id] = ev.payload
                 if ev.payload.purpose is not Purpose.SCORE and ev.payload.idea_id:
@@ -336,6 +338,8 @@ class Scorer:
             weak_accuracy=p.weak, ceiling_accuracy=p.ceiling, pgr=p.value, pgr_stderr=p.se,
             method_artifact=req.method_artifact, builtin_method=req.builtin_method,
         )
+        if req.purpose is not Purpose.SCORE or req.split is not Split.DEV:
+            score = ScoreWithheld(**score.model_dump())  # test / held-out / ablation: never shown to agents
         state.scores[req.experiment_id] = score
         await self._emit(event, score, derived_id(event.id, "score"), correlation=req.idea_id)
         self.scored += 1
