@@ -194,3 +194,12 @@ def test_up_refuses_bad_options_before_starting_anything(home: AarHome, monkeypa
     assert result.exit_code == 2
     assert message in " ".join(result.output.split())
     assert not home.run_file.exists() and not (home.nats / "jetstream").exists()
+
+
+def test_up_with_the_claude_backend_needs_an_api_key(home: AarHome, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("AAR_HOME", str(home.root))
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    result = runner.invoke(app, ["up", "--backend", "claude"])
+    assert result.exit_code == 2
+    assert "ANTHROPIC_API_KEY" in result.output
+    assert not home.run_file.exists()
