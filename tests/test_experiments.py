@@ -239,3 +239,39 @@ async def test_a_killed_trainer_job_finishes_exactly_once_and_rate_limits_hold(t
     limited = await st.sql(
         "SELECT payload->>'idea_id' FROM events WHERE type = 'integrity.flagged' AND payload->>'check' = 'rate_limit'")
     assert limited == [["idea-over-limit"]]
+
+
+@pytest.fixture
+async def unsafe_stack(nats_server: NatsServer, home: AarHome, admin: Bus) -> AsyncIterator[Stack]:
+    procs, st = await _stack(nats_server, home, admin, ["--unsafe-no-sandbox"], 1)
+    st.procs = procs  # type: ignore[attr-defined]
+    try:
+        yield st
+    finally:
+        await st.agent.close()
+        for p in reversed(procs):
+            p.stop()
+
+
+async def test_unsafe_runs_are_flagged_and_a_restarted_scorer_rebuilds_from_the_log(unsafe_stack: Stack) -> None:
+    st = unsafe_stack
+    await st.start_session(ScoringConfig(seeds=2, split_sizes=SIZES, promote_top=0))
+    await st.wait_rows("SELECT 1 FROM events WHERE type = 'baseline.computed'", 4, 240, "baselines")
+    code = await ArtifactClient(st.agent, session_id=st.session_id, owner="agent-1").put(SLOW_METHOD.encode(), "code")
+    await st.propose("idea-unsafe", "agent-1", method_artifact=code)
+    await st.wait_rows("SELECT 1 FROM events WHERE type = 'experiment.started'", 1, 60, "the job to start")
+
+    # The scorer dies while the job runs; a new one must score the result from what the log says.
+    scorer = next(p for p in st.procs if p.module == "services.scorer")  # type: ignore[attr-defined]
+    scorer.kill()
+    scorer.start()
+    rows = await st.wait_rows("SELECT idea_id, accuracy FROM scores", 1, 180, "the score from the restarted scorer")
+    assert rows[0][0] == "idea-unsafe" and 0.5 < rows[0][1] <= 1.0
+    assert "session_rebuilt" in scorer.log()
+
+    flags = await st.sql("SELECT payload->>'check', payload->>'idea_id' FROM events WHERE type = 'integrity.flagged'")
+    assert flags == [["unsafe_no_sandbox", "idea-unsafe"]]
+    started = await st.sql("SELECT CAST(payload->>'sandboxed' AS BOOLEAN) FROM events WHERE type = 'experiment.started'")
+    assert started == [[False]]
+    baselines = await st.sql("SELECT count(*) FROM events WHERE type = 'baseline.computed'")
+    assert baselines == [[4]]  # re-published on rebuild with the same ids: stored once
