@@ -2,6 +2,7 @@
 time per 5-seed experiment on cached features, scorer latency.
 
     .venv/bin/python bench/trainer.py [--backbone minilm|mpnet] [--n 256] [--seeds 5]
+                                      [--session-strong minilm|mpnet] [--skip-session]
 
 (a) features   The same ``--n`` texts (a fixed random sample of the dataset's pool) are
                embedded by ``trainer.features.embed_texts`` (no cache; sorts by length,
@@ -19,9 +20,23 @@ time per 5-seed experiment on cached features, scorer latency.
                ``experiment_5seeds_s`` is that wall time (the weak teacher trained
                inside ``method_inputs`` included; feature extraction excluded), scaled
                to 5 seeds when ``--seeds`` differs.
-(c) scorer     ``experiment.finished`` -> ``score.published`` latency. Reported as
-               null with the reason (never a made-up number) until this bench drives
-               the scorer service.
+(c) scorer     ``experiment.finished`` -> ``score.published`` latency in a real session:
+               ``aar up --agents 2 --max-experiments 8 --strong-model <--session-strong>
+               --sizes 20,400,400,200 --seeds 5 --session bench`` (plus ``--max-wall``
+               under ``--session-timeout``) runs as a subprocess in a fresh temporary
+               AAR_HOME (only fetched backbones are reused, through a symlink). Then, from
+               its event log (DuckDB, read-only), every ``score.published`` is joined to the
+               ``experiment.finished`` it answers (its ``causation_id``) and the difference
+               of their ``time`` columns is taken. ``score_latency_ms`` is the p50, with
+               ``score_latency_p95_ms``, max and ``score_latency_n``. The latency includes
+               the publish and delivery of ``experiment.finished`` (and any queueing in the
+               scorer's consumer), the scorer fetching the predictions artifact over NATS,
+               scoring all seeds and building ``score.published``. Each ``time`` is stamped
+               when its event is created, just before it is published, so the scorer's own
+               publish round trip falls outside the figure. The two times come from two
+               processes (trainer, scorer) on the same host's clock. When the
+               session fails or yields no pair: null and the reason, never a made-up
+               number. ``--skip-session`` skips (c).
 
 Progress goes to stderr; readable figures and then ONE JSON line go to stdout.
 Features are cached in ``AAR_HOME/cache/features`` (default ./.aar), like the trainer.
@@ -33,8 +48,12 @@ import argparse
 import json
 import os
 import platform
+import shutil
+import signal
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -214,15 +233,144 @@ def bench_experiment(args: argparse.Namespace) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- (c) scorer
 
+SESSION_NAME = "bench"
+SESSION_ARGS = ("--agents", "2", "--max-experiments", "8", "--sizes", "20,400,400,200", "--seeds", "5")
+LATENCY_INCLUDES = ("the trainer's publish of experiment.finished and its delivery to the scorer's consumer "
+                    "(queueing behind other events included), the scorer fetching the predictions artifact "
+                    "over NATS (re-hashed), scoring every seed against gold and building score.published; "
+                    "both times are stamped when each event is created, just before its publish, so the "
+                    "scorer's own publish round trip is not in it; the two times come from two processes "
+                    "(trainer, scorer) on the same host's clock")
+
+# Each score.published joined to the experiment.finished it answers (causation_id).
+PAIRS_SQL = """
+SELECT f.id AS finished_id, s.id AS score_id, s.payload->>'experiment_id' AS experiment_id,
+       date_diff('microsecond', f.time, s.time) / 1000.0 AS latency_ms
+FROM events s JOIN events f ON s.causation_id = f.id
+WHERE s.type = 'score.published' AND f.type = 'experiment.finished' AND s.session_id = ?
+ORDER BY s.time
+"""
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        text = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return "(no output)"
+    return "\n".join(text[-lines:]) or "(no output)"
+
+
+def _stop(proc: subprocess.Popen[bytes], grace_s: float = 60.0) -> None:
+    """Stop the ``aar up`` we started: SIGINT (it shuts its services down), then SIGKILL its group."""
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGINT)
+        proc.wait(timeout=grace_s)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+
+
+def latencies(db: Path, session_name: str) -> tuple[str | None, list[float], dict[str, Any]]:
+    """(session id, latencies in ms, facts about the session) read from the log, read-only."""
+    import duckdb
+
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        row = con.execute(
+            "SELECT session_id FROM events WHERE type = 'session.started' AND payload->>'name' = ? "
+            "ORDER BY time DESC LIMIT 1", [session_name]).fetchone()
+        if row is None:  # a fresh home holds one session whatever its name field is called
+            row = con.execute("SELECT session_id FROM events WHERE type = 'session.started' "
+                              "ORDER BY time DESC LIMIT 1").fetchone()
+        if row is None:
+            return None, [], {}
+        session_id = row[0]
+        ms = [float(r[3]) for r in con.execute(PAIRS_SQL, [session_id]).fetchall()]
+        counts = dict(con.execute(
+            "SELECT type, count(*) FROM events WHERE session_id = ? AND type IN "
+            "('experiment.finished', 'experiment.failed', 'score.published', 'score.withheld') GROUP BY 1",
+            [session_id]).fetchall())
+        ended = con.execute("SELECT payload->>'reason' FROM events WHERE session_id = ? AND type = 'session.ended' "
+                            "LIMIT 1", [session_id]).fetchone()
+        return session_id, ms, {"counts": counts, "end_reason": ended[0] if ended else None}
+    finally:
+        con.close()
+
 
 def bench_scorer(args: argparse.Namespace) -> dict[str, Any]:
-    """Never a made-up figure: null and the reason until a measurement exists."""
-    if not (ROOT / "services" / "scorer" / "__main__.py").is_file():
-        note = "not measured: scorer service not present"
-    else:
-        note = ("not measured: services/scorer exists but this bench does not drive it yet "
-                "(needs session.started -> experiment.finished through a running stack)")
-    return {"score_latency_ms": None, "score_latency_note": note}
+    """A real ``aar up`` session in a fresh AAR_HOME, then latencies from its event log.
+    Null and the reason whenever there is no measurement: never a made-up figure."""
+    none = {"score_latency_ms": None, "score_latency_p95_ms": None, "score_latency_n": 0}
+    if args.skip_session:
+        return {**none, "score_latency_note": "not measured: --skip-session"}
+    tmp = Path(tempfile.mkdtemp(prefix="aar-bench-"))
+    home = tmp / "aar"
+    (home / "cache").mkdir(parents=True)
+    # Fetched backbones (mpnet) are reused from the usual AAR_HOME rather than fetched again;
+    # everything else (log, artifacts, features, NATS store) starts empty.
+    models_dir = Path(os.environ.get("AAR_HOME", ROOT / ".aar")).expanduser().resolve() / "cache" / "models"
+    if models_dir.is_dir():
+        (home / "cache" / "models").symlink_to(models_dir, target_is_directory=True)
+    cmd = [sys.executable, "-m", "aar.cli", "up", *SESSION_ARGS, "--strong-model", args.session_strong,
+           "--session", SESSION_NAME, "--max-wall", str(max(60, args.session_timeout - 90))]
+    shown = "aar up " + " ".join(cmd[4:])
+    out_path = tmp / "aar-up.out"
+    log(f"(c) {shown}  (AAR_HOME={home}, output in {out_path}, timeout {args.session_timeout} s)")
+    started = time.perf_counter()
+    failure: str | None = None
+    with out_path.open("wb") as out:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "AAR_HOME": str(home)}, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            rc = proc.wait(timeout=args.session_timeout)
+        except subprocess.TimeoutExpired:
+            _stop(proc)
+            rc = proc.returncode
+            failure = f"session did not finish within {args.session_timeout} s (stopped)"
+        except BaseException:
+            _stop(proc)
+            raise
+    session_s = time.perf_counter() - started
+    if failure is None and rc != 0:
+        failure = f"aar up exited with {rc}"
+    details: dict[str, Any] = {"command": shown, "session_s": round(session_s, 1), "aar_home": str(home),
+                               "strong_model": args.session_strong}
+    session_id, ms, facts = None, [], {}
+    if failure is None:
+        try:
+            session_id, ms, facts = latencies(home / "events.duckdb", SESSION_NAME)
+        except Exception as exc:  # noqa: BLE001 - reported, never replaced by a number
+            failure = f"could not read the event log: {type(exc).__name__}: {exc}"
+        if failure is None and session_id is None:
+            failure = "no session.started in the event log"
+        elif failure is None and not ms:
+            failure = f"no experiment.finished -> score.published pair in the log ({facts.get('counts')})"
+    details.update(session_id=session_id, **facts)
+    if failure is not None:
+        log(f"(c) failed: {failure}\n--- last lines of aar up ({out_path}) ---\n{_tail(out_path)}")
+        return {**none, "score_latency_note": f"not measured: {failure}; aar up output kept in {out_path}",
+                "scorer": details}
+    p50 = statistics.median(ms)
+    p95 = float(np.percentile(ms, 95))
+    details.update(latencies_ms=[round(x, 1) for x in ms], p50_ms=round(p50, 1), p95_ms=round(p95, 1),
+                   max_ms=round(max(ms), 1), min_ms=round(min(ms), 1), n=len(ms))
+    if not args.keep_session_home:
+        shutil.rmtree(tmp, ignore_errors=True)
+        details["aar_home"] = None
+    return {
+        "score_latency_ms": round(p50, 1),
+        "score_latency_p95_ms": round(p95, 1),
+        "score_latency_max_ms": round(max(ms), 1),
+        "score_latency_n": len(ms),
+        "score_latency_note": f"experiment.finished -> score.published, p50 of {len(ms)} pairs; includes "
+                              + LATENCY_INCLUDES,
+        "scorer": details,
+    }
 
 
 # --------------------------------------------------------------------------- main
@@ -240,9 +388,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sizes", default="1000,1000,1000,1000", help="A,B,dev,test splits in (b)")
     p.add_argument("--batch-size", type=int, default=32, help="both encoders in (a) (the trainer's default)")
     p.add_argument("--repeats", type=int, default=3, help="timed runs of each encoder in (a); the median is kept")
+    p.add_argument("--skip-session", action="store_true", help="skip (c), the aar up session")
+    p.add_argument("--session-strong", default="minilm", choices=["minilm", "mpnet"],
+                   help="strong model of the (c) session (default minilm: no MPNet fetch or extraction)")
+    p.add_argument("--session-timeout", type=int, default=900,
+                   help="seconds before the (c) session is stopped and reported as failed")
+    p.add_argument("--keep-session-home", action="store_true",
+                   help="keep the temporary AAR_HOME of (c) (it is kept anyway when the session fails)")
     args = p.parse_args(argv)
     if args.n < 1 or args.seeds < 1 or args.repeats < 1 or args.batch_size < 1:
         p.error("--n, --seeds, --repeats and --batch-size must be >= 1")
+    if args.session_timeout < 120:
+        p.error("--session-timeout must be >= 120")
     return args
 
 
@@ -272,7 +429,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if scorer["score_latency_ms"] is None:
         print(f"(c) score_latency_ms: null   {scorer['score_latency_note']}")
     else:
-        print(f"(c) score_latency_ms            {scorer['score_latency_ms']:8.1f} ms")
+        d = scorer["scorer"]
+        print(f"(c) scorer, session {d['session_id']} ({d['strong_model']}; {d['session_s']:.0f} s, "
+              f"ended: {d['end_reason']}; events {d['counts']})")
+        print(f"    score_latency_ms (p50)         {scorer['score_latency_ms']:8.1f} ms   "
+              f"(p95 {scorer['score_latency_p95_ms']:.1f} ms, max {scorer['score_latency_max_ms']:.1f} ms, "
+              f"n {scorer['score_latency_n']})")
+        print(f"    experiment.finished -> score.published; includes {LATENCY_INCLUDES}")
     print(f"total {time.perf_counter() - started:.0f} s")
     out = {
         "feature_over_bare": round(feats["feature_over_bare"], 3),
@@ -280,7 +443,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "bare_sentences_per_s": round(feats["bare_sentences_per_s"], 1),
         "bare_sorted_sentences_per_s": round(feats["bare_sorted_sentences_per_s"], 1),
         "experiment_5seeds_s": round(exp["experiment_5seeds_s"], 3),
-        **scorer,
+        "score_latency_ms": scorer["score_latency_ms"],
+        "score_latency_p95_ms": scorer["score_latency_p95_ms"],
+        "score_latency_n": scorer["score_latency_n"],
+        "score_latency_note": scorer["score_latency_note"],
         "backbone": feats["backbone"],
         "n": feats["n_texts"],
         "seeds": exp["seeds"],
@@ -288,6 +454,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "max_abs_diff": feats["max_abs_diff"],
         "features": feats,
         "experiment": exp,
+        "scorer": scorer.get("scorer"),
     }
     print(json.dumps(out), flush=True)
     return 0
