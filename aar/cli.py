@@ -105,6 +105,17 @@ def up(
     except UnknownNameError as exc:
         err.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from None
+    # Backbones first, in the foreground: a download shows its progress here and a
+    # failure (no network, a corrupt file) is a clear error before anything starts.
+    from trainer.errors import TrainerError
+    from trainer.models import model_path
+
+    try:
+        for name_ in dict.fromkeys((weak_model, strong_model)):
+            model_path(name_, home, progress=True)
+    except (TrainerError, OSError) as exc:
+        err.print(f"[red]cannot prepare backbone {name_!r}: {exc}[/red]")
+        raise typer.Exit(1) from None
     session_id = new_session_id()
     name = session or session_id
     config = SessionConfig(
@@ -295,6 +306,8 @@ def run_service(
 
 
 app.add_typer(__import__("aar.models_cmd", fromlist=["app"]).app, name="models")  # aar models list|fetch
+app.command("nats-config")(__import__("aar.compose_cmds", fromlist=["x"]).nats_config)  # docs/compose.md
+app.command("healthcheck")(__import__("aar.compose_cmds", fromlist=["x"]).healthcheck)
 
 if __name__ == "__main__":  # pragma: no cover
     app()

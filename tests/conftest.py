@@ -129,7 +129,22 @@ async def recorded_count(bus: Bus, sql: str = "SELECT count(*) FROM events") -> 
     return int(result["rows"][0][0])
 
 
+def _hub_reachable() -> bool:
+    import socket
+
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=2).close()
+        return True
+    except OSError:
+        return False
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    network = [item for item in items if item.get_closest_marker("network")]
+    if network and not _hub_reachable():
+        skip = pytest.mark.skip(reason="needs the model/dataset hub (huggingface.co is not reachable from here)")
+        for item in network:
+            item.add_marker(skip)
     gpu = [item for item in items if item.get_closest_marker("gpu")]
     if not gpu:
         return
