@@ -109,9 +109,9 @@ def test_up_runs_a_session_and_records_it(home: AarHome) -> None:
     row = json.loads(listed.stdout)
     assert row["name"] == "smoke" and row["end_reason"] == "wall_clock"
     types = aar("audit", "SELECT type FROM events ORDER BY time, id", "-f", "csv", home=home).stdout.splitlines()
-    assert types[:2] == ["type", "session.started"] and types[-1] == "session.ended"
-    # The scorer may have published baselines in those 2 seconds; nothing else happens without agents.
-    assert set(types[2:-1]) <= {"baseline.computed"}
+    assert types[:2] == ["type", "session.started"] and types.count("session.ended") == 1
+    # The scorer may publish baselines (even while the session winds down); nothing else happens without agents.
+    assert set(types[1:]) <= {"session.started", "session.draining", "session.ended", "baseline.computed"}
 
 
 @pytest.mark.slow
