@@ -240,10 +240,20 @@ def _audit_or_exit(sql: str) -> dict[str, object]:
 
 @app.command()
 def audit(
-    sql: Annotated[str, typer.Argument(help="a read-only SELECT over events and the views")],
+    sql: Annotated[Optional[str], typer.Argument(help="a read-only SELECT over events and the views")] = None,
     format: Annotated[OutputFormat, typer.Option("--format", "-f")] = OutputFormat.TABLE,
+    list_: Annotated[bool, typer.Option("--list", help="list the named audit queries")] = False,
+    named: Annotated[Optional[str], typer.Option("--named", help="run a named audit query (see --list)")] = None,
+    session: Annotated[Optional[str], typer.Option("--session", help="--named: only this session")] = None,
 ) -> None:
-    """Run read-only SQL over the event log."""
+    """Run read-only SQL over the event log (or a named audit query: --list, --named)."""
+    if list_ or named is not None:
+        from .replay_cmds import named_audit
+
+        return named_audit(list_, named, session, format, _audit_or_exit, _print_result)
+    if sql is None:
+        err.print("[red]give a SELECT, --named NAME or --list[/red]")
+        raise typer.Exit(2)
     _print_result(_audit_or_exit(sql), format)
 
 
@@ -306,6 +316,7 @@ def run_service(
 
 
 app.add_typer(__import__("aar.models_cmd", fromlist=["app"]).app, name="models")  # aar models list|fetch
+__import__("aar.replay_cmds", fromlist=["register"]).register(app)  # aar replay, aar export
 app.command("nats-config")(__import__("aar.compose_cmds", fromlist=["x"]).nats_config)  # docs/compose.md
 app.command("healthcheck")(__import__("aar.compose_cmds", fromlist=["x"]).healthcheck)
 
