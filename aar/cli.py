@@ -295,7 +295,7 @@ def lineage(
 
 
 SERVICE_MODULES = {
-    name: f"services.{name}" for name in ("recorder", "orchestrator", "artifacts", "forum", "scorer", "trainer")
+    name: f"services.{name}" for name in ("recorder", "orchestrator", "artifacts", "forum", "scorer", "trainer", "agents")
 }
 
 

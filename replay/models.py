@@ -13,11 +13,10 @@ independent implementation of the same rules, so that comparing the two
   latest (by time, then id) ``experiment.started/finished/failed`` for its id,
   ``requested`` when none; attempts = number of ``experiment.started``.
 - **scores**: one per ``score.published`` / ``score.withheld`` (``withheld`` says which).
-- **forum posts**: one per ``forum.posted``; ``vote_score`` is the sum of every
-  ``forum.voted`` value for the post and ``votes`` their count (what the
-  recorder's view counts; the forum service instead counts each agent's latest
-  vote once: ``ballot_score`` here); hidden when the latest ``forum.moderated``
-  says ``hide``.
+- **forum posts**: one per ``forum.posted``; ``vote_score`` sums each agent's latest
+  vote on the post and ``votes`` counts the agents who voted (as the forum service and
+  the recorder's view do; ``votes_cast`` counts every ``forum.voted``); hidden when the
+  latest ``forum.moderated`` says ``hide``.
 - **cost**: per agent and per idea (``agent.llm_called``): calls, tokens (input,
   output, cache read, cache write), USD.
 - **integrity flags**: one per ``integrity.flagged``.
@@ -252,8 +251,8 @@ class ReadModels:
             v = self._votes.get(pid, (0, 0))
             ballots = self._ballots.get(pid, {})
             mod = self._moderation.get(pid)
-            out.append({**post, "vote_score": v[0], "votes": v[1],
-                        "ballot_score": sum(b[2] for b in ballots.values()),
+            out.append({**post, "vote_score": sum(b[2] for b in ballots.values()), "votes": len(ballots),
+                        "votes_cast": v[1],
                         "hidden": mod is not None and mod[2] == "hide"})
         return out
 

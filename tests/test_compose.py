@@ -133,7 +133,8 @@ def test_services_run_what_aar_up_runs(services: dict[str, dict[str, Any]]) -> N
     for name in ("recorder", "artifacts", "forum", "scorer", "orchestrator", "trainer"):
         args = argv(services[name]["command"])
         assert args[:3] == ["aar", "service", name] and SERVICE_MODULES[name] == by_role[name]
-    assert argv(services["agent"]["command"]) == ["python", "-m", by_role["agent"]]
+    assert argv(services["agent"]["command"]) == ["aar", "service", "agents"]
+    assert SERVICE_MODULES["agents"] == by_role["agent"]
 
 
 def test_each_service_connects_as_its_own_role_with_only_its_password(services: dict[str, dict[str, Any]]) -> None:

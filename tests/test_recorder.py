@@ -56,9 +56,9 @@ async def test_every_event_type_lands_in_duckdb_with_columns_and_views(
     assert read_db(home, "SELECT experiment_id, status, trainer_id, runtime_s FROM experiments") == [
         ("exp-0", "finished", "trainer-1", 3.2)
     ]
-    assert read_db(home, "SELECT experiment_id, accuracy, pgr, weak_accuracy, ceiling_accuracy FROM scores") == [
-        ("exp-0", 0.8, 0.55, 0.75, 0.84)
-    ]
+    assert read_db(
+        home, "SELECT experiment_id, split, accuracy, pgr, weak_accuracy, ceiling_accuracy FROM scores ORDER BY 1"
+    ) == [("exp-0", "dev", 0.8, 0.55, 0.75, 0.84), ("exp-t0", "test", 0.8, 0.55, 0.75, 0.84)]
     assert read_db(home, "SELECT post_id, vote_score, hidden, idea_ids FROM forum_posts") == [
         ("post-0", 1, True, ["idea-0"])
     ]

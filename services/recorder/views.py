@@ -97,12 +97,13 @@ VIEWS: dict[str, str] = {
                    CAST(payload->>'shuffle_weak_labels' AS BOOLEAN) AS shuffle_weak_labels
             FROM events WHERE type = 'experiment.requested'
         ), status AS (
-            SELECT payload->>'experiment_id' AS experiment_id, type, time, payload,
-                   row_number() OVER (PARTITION BY payload->>'experiment_id' ORDER BY time DESC, id DESC) AS rn
+            SELECT session_id, payload->>'experiment_id' AS experiment_id, type, time, payload,
+                   row_number() OVER (PARTITION BY session_id, payload->>'experiment_id'
+                                      ORDER BY time DESC, id DESC) AS rn
             FROM events
             WHERE type IN ('experiment.started', 'experiment.finished', 'experiment.failed')
         ), attempts AS (
-            SELECT payload->>'experiment_id' AS experiment_id, count(*) AS attempts
+            SELECT session_id, payload->>'experiment_id' AS experiment_id, count(*) AS attempts
             FROM events WHERE type = 'experiment.started' GROUP BY ALL
         )
         SELECT req.*,
@@ -116,8 +117,9 @@ VIEWS: dict[str, str] = {
                status.payload->>'message' AS error_message,
                coalesce(attempts.attempts, 0) AS attempts
         FROM req
-        LEFT JOIN status ON status.experiment_id = req.experiment_id AND status.rn = 1
-        LEFT JOIN attempts ON attempts.experiment_id = req.experiment_id
+        LEFT JOIN status ON status.session_id = req.session_id AND status.experiment_id = req.experiment_id
+                         AND status.rn = 1
+        LEFT JOIN attempts ON attempts.session_id = req.session_id AND attempts.experiment_id = req.experiment_id
     """,
     "scores": """
         SELECT payload->>'experiment_id' AS experiment_id, session_id, id AS event_id, time,
@@ -136,15 +138,17 @@ VIEWS: dict[str, str] = {
         FROM events WHERE type IN ('score.published', 'score.withheld')
     """,
     "forum_posts": """
-        WITH votes AS (
-            SELECT payload->>'post_id' AS post_id, sum(CAST(payload->>'value' AS INTEGER)) AS score,
-                   count(*) AS votes
+        WITH ballots AS (  -- one vote per agent per post: the latest counts (as in the forum service)
+            SELECT session_id, payload->>'post_id' AS post_id, payload->>'agent_id' AS voter,
+                   arg_max(CAST(payload->>'value' AS INTEGER), (time, id)) AS value
             FROM events WHERE type = 'forum.voted' GROUP BY ALL
+        ), votes AS (
+            SELECT session_id, post_id, sum(value) AS score, count(*) AS votes FROM ballots GROUP BY ALL
         ), moderation AS (
-            SELECT payload->>'post_id' AS post_id, arg_max(payload->>'action', time) AS action
+            SELECT session_id, payload->>'post_id' AS post_id, arg_max(payload->>'action', (time, id)) AS action
             FROM events WHERE type = 'forum.moderated' GROUP BY ALL
         )
-        SELECT payload->>'post_id' AS post_id, session_id, id AS event_id, time,
+        SELECT payload->>'post_id' AS post_id, events.session_id, id AS event_id, time,
                payload->>'agent_id' AS agent_id, payload->>'title' AS title, payload->>'body' AS body,
                payload->>'reply_to' AS reply_to,
                from_json(payload->'idea_ids', '["VARCHAR"]') AS idea_ids,
@@ -153,8 +157,9 @@ VIEWS: dict[str, str] = {
                coalesce(votes.score, 0) AS vote_score, coalesce(votes.votes, 0) AS votes,
                coalesce(moderation.action, 'visible') = 'hide' AS hidden
         FROM events
-        LEFT JOIN votes ON votes.post_id = payload->>'post_id'
-        LEFT JOIN moderation ON moderation.post_id = payload->>'post_id'
+        LEFT JOIN votes ON votes.session_id = events.session_id AND votes.post_id = payload->>'post_id'
+        LEFT JOIN moderation ON moderation.session_id = events.session_id
+                             AND moderation.post_id = payload->>'post_id'
         WHERE type = 'forum.posted'
     """,
     "llm_calls": """
