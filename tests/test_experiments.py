@@ -7,12 +7,13 @@ ceiling); features are shared between tests through one cache folder."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
 import signal
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,7 @@ class Stack:
     admin: Bus
     agent: Bus
     trainers: list[ServiceProcess]
+    procs: list[ServiceProcess] = field(default_factory=list)
     session_id: str = "s-test"
 
     async def sql(self, query: str) -> list[list[Any]]:
@@ -99,7 +101,11 @@ class Stack:
         ))
 
 
-async def _stack(nats_server: NatsServer, home: AarHome, admin: Bus, trainer_args: list[str], n_trainers: int):  # type: ignore[no-untyped-def]
+@contextlib.asynccontextmanager
+async def running_stack(  # type: ignore[no-untyped-def]
+    nats_server: NatsServer, home: AarHome, admin: Bus, trainer_args: list[str], n_trainers: int = 1
+):
+    """Recorder, artifacts, scorer and ``n_trainers`` trainers as processes, plus an agent connection."""
     procs = [
         ServiceProcess("services.recorder", Role.RECORDER, nats_server, home).start(),
         ServiceProcess("services.artifacts", Role.ARTIFACTS, nats_server, home).start(),
@@ -109,24 +115,27 @@ async def _stack(nats_server: NatsServer, home: AarHome, admin: Bus, trainer_arg
         ServiceProcess("services.trainer", Role.TRAINER, nats_server, home, args=trainer_args, name=f"trainer-{i}").start()
         for i in range(n_trainers)
     ]
+    procs += trainers
 
     async def ready() -> bool:
         return await recorder_health(admin) is not None
 
-    await wait_until(ready, 30, "the recorder")
-    agent = await Bus.connect(settings(nats_server, Role.AGENT), name="agent")
-    return procs + trainers, Stack(nats_server, home, admin, agent, trainers)
+    agent = None
+    try:
+        await wait_until(ready, 30, "the recorder")
+        agent = await Bus.connect(settings(nats_server, Role.AGENT), name="agent")
+        yield Stack(nats_server, home, admin, agent, trainers, procs=procs)
+    finally:
+        if agent is not None:
+            await agent.close()
+        for p in reversed(procs):
+            p.stop()
 
 
 @pytest.fixture
 async def stack(nats_server: NatsServer, home: AarHome, admin: Bus) -> AsyncIterator[Stack]:
-    procs, st = await _stack(nats_server, home, admin, ["--ack-wait", "20"], 1)
-    try:
+    async with running_stack(nats_server, home, admin, ["--ack-wait", "20"]) as st:
         yield st
-    finally:
-        await st.agent.close()
-        for p in reversed(procs):
-            p.stop()
 
 
 def _label_lookup_method() -> str:
@@ -194,13 +203,8 @@ async def test_ideas_are_scored_promoted_and_checked(stack: Stack) -> None:
 
 @pytest.fixture
 async def two_trainers(nats_server: NatsServer, home: AarHome, admin: Bus) -> AsyncIterator[Stack]:
-    procs, st = await _stack(nats_server, home, admin, ["--ack-wait", "3"], 2)
-    try:
+    async with running_stack(nats_server, home, admin, ["--ack-wait", "3"], 2) as st:
         yield st
-    finally:
-        await st.agent.close()
-        for p in reversed(procs):
-            p.stop()
 
 
 SLOW_METHOD = (
@@ -243,14 +247,8 @@ async def test_a_killed_trainer_job_finishes_exactly_once_and_rate_limits_hold(t
 
 @pytest.fixture
 async def unsafe_stack(nats_server: NatsServer, home: AarHome, admin: Bus) -> AsyncIterator[Stack]:
-    procs, st = await _stack(nats_server, home, admin, ["--unsafe-no-sandbox"], 1)
-    st.procs = procs  # type: ignore[attr-defined]
-    try:
+    async with running_stack(nats_server, home, admin, ["--unsafe-no-sandbox"]) as st:
         yield st
-    finally:
-        await st.agent.close()
-        for p in reversed(procs):
-            p.stop()
 
 
 async def test_unsafe_runs_are_flagged_and_a_restarted_scorer_rebuilds_from_the_log(unsafe_stack: Stack) -> None:
@@ -262,7 +260,7 @@ async def test_unsafe_runs_are_flagged_and_a_restarted_scorer_rebuilds_from_the_
     await st.wait_rows("SELECT 1 FROM events WHERE type = 'experiment.started'", 1, 60, "the job to start")
 
     # The scorer dies while the job runs; a new one must score the result from what the log says.
-    scorer = next(p for p in st.procs if p.module == "services.scorer")  # type: ignore[attr-defined]
+    scorer = next(p for p in st.procs if p.module == "services.scorer")
     scorer.kill()
     scorer.start()
     rows = await st.wait_rows("SELECT idea_id, accuracy FROM scores", 1, 180, "the score from the restarted scorer")
