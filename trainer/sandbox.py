@@ -188,6 +188,10 @@ def _bwrap_mounts(job: Path | None) -> list[str]:
     for etc in ("/etc/ld.so.cache", "/etc/localtime"):
         args += ["--ro-bind-try", etc, etc]
     args += ["--proc", "/proc", "--dev", "/dev"]
+    if job is not None:
+        # /tmp first: the interpreter's prefix (a venv) may itself live under /tmp, and a
+        # later mount on /tmp would hide it.
+        args += ["--bind", str(job / "work" / "tmp"), "/tmp"]
     for prefix in sorted(_python_prefixes()):
         args += ["--ro-bind", prefix, prefix]
     for hidden in hidden_data_paths():  # after the prefixes: an empty tmpfs over each
@@ -203,9 +207,6 @@ def _bwrap_mounts(job: Path | None) -> list[str]:
             "--bind",
             str(job / "work"),
             f"{_SANDBOX_ROOT}/work",
-            "--bind",
-            str(job / "work" / "tmp"),
-            "/tmp",
             "--chdir",
             f"{_SANDBOX_ROOT}/work",
         ]

@@ -154,3 +154,13 @@ def test_without_bwrap_untrusted_code_is_refused(ctx, monkeypatch: pytest.Monkey
         run_untrusted(GOOD, ctx)
     result = run_untrusted(GOOD, ctx, unsafe_no_sandbox=True)
     assert result.ok and not result.sandboxed, result.stderr
+
+
+def test_tmp_is_mounted_before_the_interpreter_so_a_venv_under_tmp_stays_visible(tmp_path: Path) -> None:
+    args = sandbox._bwrap_mounts(tmp_path / "job")
+    tmp_at = next(i for i in range(len(args) - 2) if args[i] == "--bind" and args[i + 2] == "/tmp")
+    for prefix in sandbox._python_prefixes():
+        at = next(i for i in range(len(args) - 2) if args[i] == "--ro-bind" and args[i + 1] == prefix)
+        assert tmp_at < at, f"/tmp is mounted over the interpreter prefix {prefix}"
+    hidden = [i for i, a in enumerate(args) if a == "--tmpfs"]
+    assert all(i > tmp_at for i in hidden)
