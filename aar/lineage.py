@@ -13,16 +13,14 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from services.recorder.audit import sql_literal
+
 Query = Callable[[str], dict[str, Any]]
 
 
 class LineageError(LookupError):
     def __str__(self) -> str:
         return str(self.args[0])
-
-
-def _q(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
 
 
 def _rows(query: Query, sql: str) -> list[dict[str, Any]]:
@@ -32,7 +30,7 @@ def _rows(query: Query, sql: str) -> list[dict[str, Any]]:
 
 def resolve(query: Query, any_id: str) -> tuple[str, str, str]:
     """(session_id, idea_id, what the id was) for an idea, experiment or score event id."""
-    i = _q(any_id)
+    i = sql_literal(any_id)
     found = _rows(query, f"""
         SELECT session_id, idea_id, 'idea' AS kind FROM ideas WHERE idea_id = {i}
         UNION ALL SELECT session_id, idea_id, 'experiment' FROM experiments WHERE experiment_id = {i}
@@ -45,7 +43,7 @@ def resolve(query: Query, any_id: str) -> tuple[str, str, str]:
 
 def lineage(query: Query, any_id: str, max_depth: int = 20) -> dict[str, Any]:
     session_id, idea_id, kind = resolve(query, any_id)
-    s = _q(session_id)
+    s = sql_literal(session_id)
 
     def idea(iid: str) -> dict[str, Any] | None:
         rows = _rows(query, f"""
@@ -55,7 +53,7 @@ def lineage(query: Query, any_id: str, max_depth: int = 20) -> dict[str, Any]:
                    (SELECT round(max(pgr), 4) FROM scores sc WHERE sc.idea_id = i.idea_id AND sc.session_id = {s}
                       AND sc.purpose = 'score' AND sc.split = 'dev') AS dev_pgr
             FROM ideas i LEFT JOIN agents a ON a.agent_id = i.agent_id AND a.session_id = i.session_id
-            WHERE i.session_id = {s} AND i.idea_id = {_q(iid)}""")
+            WHERE i.session_id = {s} AND i.idea_id = {sql_literal(iid)}""")
         return rows[0] if rows else None
 
     root = idea(idea_id)
@@ -78,25 +76,25 @@ def lineage(query: Query, any_id: str, max_depth: int = 20) -> dict[str, Any]:
     cited = list(root["cites_posts"] or [])
     posts = _rows(query, f"""
         SELECT post_id, agent_id, title, reply_to, idea_ids, vote_score FROM forum_posts
-        WHERE session_id = {s} AND list_contains([{', '.join(_q(p) for p in cited) or "''"}], post_id)""") if cited else []
+        WHERE session_id = {s} AND list_contains([{', '.join(sql_literal(p) for p in cited) or "''"}], post_id)""") if cited else []
     experiments = _rows(query, f"""
         SELECT experiment_id, purpose, split, dataset, status, trainer_id, round(runtime_s, 2) AS runtime_s,
                attempts, predictions_artifact, error_class
-        FROM experiments WHERE session_id = {s} AND idea_id = {_q(idea_id)} ORDER BY requested_at""")
+        FROM experiments WHERE session_id = {s} AND idea_id = {sql_literal(idea_id)} ORDER BY requested_at""")
     scores = _rows(query, f"""
         SELECT event_id, experiment_id, purpose, split, dataset, n_seeds, round(accuracy, 4) AS accuracy,
                round(weak_accuracy, 4) AS weak, round(ceiling_accuracy, 4) AS ceiling,
                round(pgr, 4) AS pgr, round(pgr_stderr, 4) AS pgr_se
-        FROM scores WHERE session_id = {s} AND idea_id = {_q(idea_id)} ORDER BY time""")
+        FROM scores WHERE session_id = {s} AND idea_id = {sql_literal(idea_id)} ORDER BY time""")
     flags = _rows(query, f"""
         SELECT "check", severity, detail FROM integrity_flags
-        WHERE session_id = {s} AND idea_id = {_q(idea_id)} ORDER BY time""")
+        WHERE session_id = {s} AND idea_id = {sql_literal(idea_id)} ORDER BY time""")
     artifact = None
     if root["method_artifact"]:
         found = _rows(query, f"""
             SELECT payload->>'sha256' AS sha256, CAST(payload->>'size' AS BIGINT) AS size, payload->>'owner' AS owner,
                    payload->>'name' AS name
-            FROM events WHERE type = 'artifact.stored' AND payload->>'sha256' = {_q(root['method_artifact'])} LIMIT 1""")
+            FROM events WHERE type = 'artifact.stored' AND payload->>'sha256' = {sql_literal(root['method_artifact'])} LIMIT 1""")
         artifact = found[0] if found else {"sha256": root["method_artifact"], "missing": True}
     return {"session_id": session_id, "resolved_from": kind, "idea": root, "ancestors": ancestors,
             "cited_posts": posts, "artifact": artifact, "experiments": experiments, "scores": scores, "flags": flags}

@@ -9,15 +9,13 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from services.recorder.audit import sql_literal
+
 Query = Callable[[str], dict[str, Any]]
 
 
-def _q(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
-
-
 def best_ideas_sql(session_id: str, limit: int = 8) -> str:
-    s = _q(session_id)
+    s = sql_literal(session_id)
     return f"""
         WITH dev AS (
             SELECT idea_id, agent_id, pgr, pgr_stderr, accuracy FROM scores
@@ -45,7 +43,7 @@ def best_ideas_sql(session_id: str, limit: int = 8) -> str:
 
 
 def totals_sql(session_id: str) -> str:
-    s = _q(session_id)
+    s = sql_literal(session_id)
     return f"""
         SELECT
           (SELECT count(*) FROM ideas WHERE session_id = {s}) AS ideas,

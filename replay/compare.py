@@ -12,13 +12,11 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+from services.recorder.audit import sql_literal
+
 from .models import ReadModels
 
 Query = Callable[[str], dict[str, Any]]
-
-
-def _q(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
 
 
 def connection_query(con: Any) -> Query:
@@ -70,7 +68,7 @@ def _same(a: Any, b: Any) -> bool:
 
 def view_rows(query: Query, view: str, session_id: str, where: str = "") -> list[dict[str, Any]]:
     _, cols = VIEW_COLUMNS[view]
-    result = query(f"SELECT {', '.join(cols)} FROM {view} WHERE session_id = {_q(session_id)} {where}")
+    result = query(f"SELECT {', '.join(cols)} FROM {view} WHERE session_id = {sql_literal(session_id)} {where}")
     return [dict(zip(result["columns"], r)) for r in result["rows"]]
 
 
@@ -104,7 +102,7 @@ def compare(models: ReadModels, query: Query, session_id: str) -> list[str]:
                     diffs.append(f"{view}: {key}={k} field {col}: view {live[k][col]!r} != replay {mine[k][col]!r}")
     # sessions (one row)
     s = query(f"""SELECT session_id, epoch_us(first_event) AS first_event_us, epoch_us(last_event) AS last_event_us,
-                  events, name, backend, dataset, end_reason, scores FROM sessions WHERE session_id = {_q(session_id)}""")
+                  events, name, backend, dataset, end_reason, scores FROM sessions WHERE session_id = {sql_literal(session_id)}""")
     live_s = dict(zip(s["columns"], s["rows"][0])) if s["rows"] else {}
     mine_s = models.session_row()
     for col in live_s:
@@ -115,7 +113,7 @@ def compare(models: ReadModels, query: Query, session_id: str) -> list[str]:
         r = query(f"""SELECT {by} AS k, count(*) AS calls, sum(input_tokens) AS input_tokens,
                       sum(output_tokens) AS output_tokens, sum(cache_read_tokens) AS cache_read_tokens,
                       sum(cache_write_tokens) AS cache_write_tokens, sum(cost_usd) AS cost_usd
-                      FROM llm_calls WHERE session_id = {_q(session_id)} GROUP BY 1""")
+                      FROM llm_calls WHERE session_id = {sql_literal(session_id)} GROUP BY 1""")
         live_c = {row[0]: dict(zip(r["columns"][1:], row[1:])) for row in r["rows"]}
         if set(live_c) != set(table):
             diffs.append(f"cost by {by}: keys differ: view {sorted(map(str, live_c))} != replay {sorted(map(str, table))}")

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from aar.paths import AarHome
+from services.recorder.audit import sql_literal
 
 COLUMNS = ("id", "type", "session_id", "time_us", "correlation_id", "causation_id", "payload", "source",
            "schema_version", "stream_seq")
@@ -59,10 +60,6 @@ class UnknownSession(LookupError):
         return str(self.args[0])
 
 
-def _q(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
-
-
 @dataclass(frozen=True, slots=True)
 class Until:
     """Where a replay stops: an event id (inclusive) or a time (inclusive)."""
@@ -83,14 +80,14 @@ class Until:
 
 def rows_from_connection(con: Any, session_id: str | None, *, until: Until | None = None) -> list[Row]:
     """All rows of a session (every session when None) from a DuckDB connection, ordered."""
-    where = [] if session_id is None else [f"session_id = {_q(session_id)}"]
+    where = [] if session_id is None else [f"session_id = {sql_literal(session_id)}"]
     if until is not None and until.time_us is not None:
         where.append(f"epoch_us(time) <= {int(until.time_us)}")
     elif until is not None and until.event_id is not None:
-        found = con.execute(f"SELECT epoch_us(time) FROM events WHERE id = {_q(until.event_id)}").fetchall()
+        found = con.execute(f"SELECT epoch_us(time) FROM events WHERE id = {sql_literal(until.event_id)}").fetchall()
         if not found:
             raise UnknownSession(f"no event with id {until.event_id!r}")
-        where.append(f"(epoch_us(time), id) <= ({int(found[0][0])}, {_q(until.event_id)})")
+        where.append(f"(epoch_us(time), id) <= ({int(found[0][0])}, {sql_literal(until.event_id)})")
     sql = _SELECT + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY time, id"
     table = con.sql(sql).to_arrow_table()
     cols = [table.column(name).to_pylist() for name in COLUMNS]
@@ -102,14 +99,14 @@ Query = Callable[[str], dict[str, Any]]
 
 def rows_from_audit(query: Query, session_id: str, *, until: Until | None = None, page: int = PAGE) -> list[Row]:
     """The same rows through read-only audit SQL (the recorder while a stack runs), paged."""
-    where = f"session_id = {_q(session_id)}"
+    where = f"session_id = {sql_literal(session_id)}"
     if until is not None and until.time_us is not None:
         where += f" AND epoch_us(time) <= {int(until.time_us)}"
     elif until is not None and until.event_id is not None:
-        found = query(f"SELECT epoch_us(time) FROM events WHERE id = {_q(until.event_id)}")["rows"]
+        found = query(f"SELECT epoch_us(time) FROM events WHERE id = {sql_literal(until.event_id)}")["rows"]
         if not found:
             raise UnknownSession(f"no event with id {until.event_id!r}")
-        where += f" AND (epoch_us(time), id) <= ({int(found[0][0])}, {_q(until.event_id)})"
+        where += f" AND (epoch_us(time), id) <= ({int(found[0][0])}, {sql_literal(until.event_id)})"
     out: list[Row] = []
     after = ""
     while True:
@@ -119,7 +116,7 @@ def rows_from_audit(query: Query, session_id: str, *, until: Until | None = None
         if len(rows) < page:
             return out
         last = rows[-1]
-        after = f" AND (epoch_us(time), id) > ({int(last.time_us)}, {_q(last.id)})"
+        after = f" AND (epoch_us(time), id) > ({int(last.time_us)}, {sql_literal(last.id)})"
 
 
 def load_session(session_id: str, *, until: Until | None = None, home: AarHome | None = None) -> list[Row]:

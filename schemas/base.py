@@ -3,6 +3,8 @@ identifiers, and the payload base class."""
 
 from __future__ import annotations
 
+import hashlib
+
 import math
 import re
 from enum import StrEnum
@@ -102,6 +104,12 @@ def _json_safe(value: Any, depth: int = 0) -> Any:
 
 
 JsonObject = Annotated[dict[str, Any], AfterValidator(_json_safe)]
+
+
+def derived_id(prefix: str, *parts: object) -> str:
+    """A stable event id derived from what caused the event: publishing it again (a
+    redelivered job, a restarted service) is deduplicated by JetStream and the recorder."""
+    return prefix + hashlib.sha256("/".join(map(str, parts)).encode()).hexdigest()[:40]
 
 
 def new_id() -> str:

@@ -16,6 +16,12 @@ class Split(StrEnum):
     HELDOUT = "heldout"
 
 
+def dataset_split(split: Split) -> str:
+    """The dataset split an evaluation reads: dev for dev; test for test and for a
+    held-out dataset (scored on its own test split)."""
+    return "dev" if split is Split.DEV else "test"
+
+
 class Purpose(StrEnum):
     SCORE = "score"
     ABLATION = "ablation"

@@ -121,6 +121,12 @@ def _arm(values: float | Sequence[float] | np.ndarray, n_eval: int | None) -> tu
     return mean, math.sqrt(var), int(x.size)
 
 
+def mean_se(values: float | Sequence[float]) -> tuple[float, float]:
+    """Mean over seeds and its standard error (the seed spread only)."""
+    mean, se, _ = _arm(values, None)
+    return mean, se
+
+
 def pgr(
     student_acc: float | Sequence[float],
     weak_acc: float | Sequence[float],

@@ -13,10 +13,10 @@ from bus import Bus
 from bus.client import query_subject
 from schemas import Event
 from schemas.artifact import ArtifactKind, ArtifactStored
-from schemas.base import is_subject_token
+from schemas.base import derived_id, is_subject_token
 
 from .client import H_ERROR, H_KIND, H_MEDIA, H_NAME, H_NEW, H_OWNER, H_SESSION, H_SHA
-from .store import ArtifactError, BlobStore, sha256
+from .store import ArtifactError, BlobStore
 
 SYSTEM_SESSION = "system"
 
@@ -73,7 +73,7 @@ class ArtifactService:
                 ),
                 session_id=session,
                 source=self.source,
-                id="art-" + sha256(f"{session}/{digest}".encode())[:40],
+                id=derived_id("art-", session, digest),
             )
         )
         self.log.info("artifact_put", sha256=digest, size=len(msg.data), kind=kind.value, new=new)

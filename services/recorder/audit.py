@@ -28,6 +28,11 @@ class AuditResult(BaseModel):
     truncated: bool = False
 
 
+def sql_literal(value: str) -> str:
+    """``value`` as a SQL string literal (quotes doubled)."""
+    return "'" + value.replace("'", "''") + "'"
+
+
 def check_read_only(sql: str) -> str:
     """Return the single SELECT statement in ``sql`` or raise :class:`AuditRefused`."""
     try:

@@ -38,6 +38,8 @@ from aar.paths import AarHome
 from bus import Bus
 from bus.client import QueryError
 from schemas import Event, decode
+from schemas.base import derived_id as base_derived_id
+from services.recorder.audit import sql_literal
 from schemas.artifact import ArtifactKind
 from schemas.experiment import ExperimentFailed, ExperimentFinished, ExperimentRequested, Purpose, Split
 from schemas.idea import IdeaProposed
@@ -46,6 +48,7 @@ from schemas.scoring import BaselineComputed, BaselineKind, ScorePublished, Scor
 from schemas.session import SessionDraining, SessionEnded, SessionStarted
 from services.artifacts.arrays import MEDIA_TYPE, pack_seeds, unpack_seeds
 from services.artifacts.client import ArtifactClient
+from trainer import w2s
 
 from .config import ScoringConfig
 from .policy import RateLimiter
@@ -55,11 +58,7 @@ DURABLE = "scorer"
 
 
 def derived_id(*parts: object) -> str:
-    return "s-" + hashlib.sha256("/".join(map(str, parts)).encode()).hexdigest()[:40]
-
-
-def _sql_str(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
+    return base_derived_id("s-", *parts)
 
 
 @dataclass(slots=True)
@@ -153,14 +152,13 @@ class Scorer:
         truth = await self._truth(state, main)
         for split, base in truth.baselines.items():
             for kind, accs in ((BaselineKind.WEAK, base.weak_acc), (BaselineKind.CEILING, base.ceiling_acc)):
-                mean = sum(accs) / len(accs)
-                sd = math.sqrt(sum((a - mean) ** 2 for a in accs) / (len(accs) - 1)) if len(accs) > 1 else 0.0
+                mean, se = w2s.mean_se(accs)
                 await self._emit(
                     event,
                     BaselineComputed(
                         kind=kind, dataset=main.dataset, split=Split(split), weak_model=main.weak_model,
                         strong_model=main.strong_model, seeds=list(base.seeds), accuracies=list(accs),
-                        mean=mean, stderr=sd / math.sqrt(len(accs)),
+                        mean=mean, stderr=se,
                     ),
                     derived_id(event.id, "baseline", kind.value, split),
                 )
@@ -194,7 +192,7 @@ class Scorer:
         """The session's state; rebuilt from the log after a restart."""
         if session_id in self.sessions:
             return self.sessions[session_id]
-        where = f"session_id = {_sql_str(session_id)}"
+        where = f"session_id = {sql_literal(session_id)}"
         found = await self._events(f"{where} AND type = 'session.started' LIMIT 1")
         if not found:
             return None
@@ -331,7 +329,7 @@ class Scorer:
         scored = truth.score(predictions, req.split, list(req.seeds))
         p = scored.pgr
         k = len(scored.accuracies)
-        acc_se = (math.sqrt(sum((a - p.student) ** 2 for a in scored.accuracies) / (k - 1) / k) if k > 1 else 0.0)
+        _, acc_se = w2s.mean_se(scored.accuracies)
         score = ScorePublished(
             experiment_id=req.experiment_id, idea_id=req.idea_id, agent_id=req.agent_id, purpose=req.purpose,
             dataset=req.dataset, split=req.split, n_seeds=k, accuracy=p.student, accuracy_stderr=acc_se,

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from aar.paths import AarHome
-from schemas.experiment import Split
+from schemas.experiment import Split, dataset_split
 from trainer import w2s
 from trainer.data import SplitSizes
 from trainer.pipeline import Baselines, Prepared, baselines, prepare
@@ -30,10 +30,6 @@ class Setup:
     @property
     def split_sizes(self) -> dict[str, int]:
         return dict(self.sizes)
-
-
-def eval_split(split: Split) -> str:
-    return "dev" if split is Split.DEV else "test"
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +64,7 @@ class GroundTruth:
 
     def score(self, predictions: dict[int, np.ndarray], split: Split, seeds: list[int]) -> Scored:
         """Accuracy per seed on the eval split and PGR against this setup's baselines."""
-        name = eval_split(split)
+        name = dataset_split(split)
         gold = self.prep.dataset.split(name).labels
         missing = [s for s in seeds if s not in predictions]
         if missing:

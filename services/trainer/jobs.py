@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from aar.paths import AarHome
-from schemas.experiment import ExperimentRequested, Split
+from schemas.experiment import ExperimentRequested, dataset_split
 from trainer.data import DEFAULT_SPLIT_SEED, SplitSizes, get_dataset
 from trainer.features import split_features
 from trainer.methods import MethodContext, run_method
@@ -45,11 +45,6 @@ class JobOutcome:
     observations: list[dict[str, str]] = field(default_factory=list)
 
 
-def eval_split(split: Split) -> str:
-    """Held-out datasets are scored on their own test split."""
-    return "dev" if split is Split.DEV else "test"
-
-
 @dataclass(slots=True)
 class Inputs:
     train_features: np.ndarray
@@ -61,7 +56,7 @@ class Inputs:
 def load_inputs(req: ExperimentRequested, home: AarHome | None = None) -> Inputs:
     sizes = SplitSizes(**req.split_sizes) if req.split_sizes else None
     ds = get_dataset(req.dataset, sizes, DEFAULT_SPLIT_SEED if req.split_seed is None else req.split_seed)
-    train, evaluate = ds.B, ds.split(eval_split(req.split))
+    train, evaluate = ds.B, ds.split(dataset_split(req.split))
     return Inputs(
         train_features=split_features(req.strong_model, train, home=home, progress=False),
         eval_features=split_features(req.strong_model, evaluate, home=home, progress=False),

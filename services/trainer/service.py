@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import hashlib
 from typing import Any
 
 import structlog
@@ -25,6 +24,7 @@ from aar.paths import AarHome
 from bus import Bus
 from bus.client import QueryError
 from schemas import Event, decode
+from schemas.base import derived_id as base_derived_id
 from schemas.artifact import ArtifactKind
 from schemas.experiment import (
     ExperimentFailed,
@@ -46,7 +46,7 @@ FILTER = "aar.*.experiment.requested"
 
 def derived_id(*parts: object) -> str:
     """A stable event id for a result, so a re-run job publishes the same ids."""
-    return "t-" + hashlib.sha256("/".join(map(str, parts)).encode()).hexdigest()[:40]
+    return base_derived_id("t-", *parts)
 
 
 class TrainerWorker:
