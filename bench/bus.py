@@ -10,17 +10,20 @@ Phases, each timed separately (fresh temp ``AAR_HOME`` and nats-server per stack
 2. e2e      stack B, recorder process running: N fresh events published the same
             way; time from the first publish until the recorder's ``health`` query
             counts all N as committed.
-3. latency  stack B: events created one at a time right before ``Bus.publish`` on a
-            fixed schedule (``--rate`` events/s for ``--duration`` s, acks not
-            awaited before the next publish). After a graceful SIGTERM of the
-            recorder the DuckDB file is read: latency = ``recorded_at - time``
-            (``recorded_at`` is taken when the recorder *starts* writing the
-            batch) and, conservatively, end-of-batch (the recorder's
-            ``batch_committed`` log line, written after commit and acks) - ``time``.
-
-            ``--tick-ms T`` sends the events due every T ms with one ``publish_many``
-            instead: a cheaper publisher for small machines, where one publish per
-            event costs ~0.4 ms of CPU and may not hold 2,000/s (the table warns).
+3. latency  stack B: a fixed schedule of ``--rate`` events/s for ``--duration`` s.
+            Every ``--tick-ms`` (default 5) the events due are created and sent
+            with one ``publish_many`` (acks not awaited before the next tick), as
+            many services publishing a few events each would offer them.
+            ``--tick-ms 0`` creates and ``Bus.publish``-es each event on its own
+            slot instead: ~0.4 ms of publisher CPU per event, which on 2 cores
+            shared with nats-server and the recorder cannot hold 2,000/s (the
+            table warns). After a graceful SIGTERM of the recorder the DuckDB
+            file is read: latency = ``recorded_at - time`` (``recorded_at`` is
+            taken when the recorder *starts* writing the batch) and,
+            conservatively, end-of-batch (the recorder's ``batch_committed`` log
+            line, written after commit and acks) - ``time``; and the same
+            end-of-batch measured from the event's schedule slot (adds the
+            publisher's lag: up to one tick). The p99 target must hold for both.
 
 Recorder RSS (with children) is sampled every 100 ms from its start to its exit.
 CPU seconds of the publisher (this process), nats-server, the recorder and
@@ -629,6 +632,17 @@ async def phase_e2e_and_latency(args: argparse.Namespace, procs: Processes, home
             f"(publishing alone took {published_at[0]:.2f}s); {cpu.summary()}")
         events.clear()  # free the memory before the latency phase
 
+        # The recorder checkpoints its WAL when idle, blocking writes meanwhile: wait for
+        # that, so that phase 3 measures a steady load, not the tail of phase 2's burst.
+        # (How long it took is reported: events arriving during it would wait that long.)
+        report["wal_bytes_after_burst"] = h.get("wal_bytes")
+        t = time.perf_counter()
+        while time.perf_counter() - t < 120 and int((await health(bus)).get("wal_bytes", 0)) > 1_000_000:
+            await asyncio.sleep(0.05)
+        report["burst_checkpoint_wait_s"] = time.perf_counter() - t
+        say(f"  WAL after the burst {fmt(h.get('wal_bytes'))} B, checkpointed within "
+            f"{report['burst_checkpoint_wait_s']:.2f}s")
+
         # -- phase 3: latency at a fixed offered load ------------------------
         base = count
         lat_session = f"bench-lat-{new_id()}"
@@ -670,7 +684,7 @@ async def phase_e2e_and_latency(args: argparse.Namespace, procs: Processes, home
         report["recorder_stop_s"] = time.perf_counter() - t
         sampler.sample()
         sampler.stop()
-        analyse_db(aar_home / "events.duckdb", lat_session, log_path, report)
+        analyse_db(aar_home / "events.duckdb", lat_session, log_path, report, paced.lag)
     finally:
         await bus.close()
         srv.stop()
@@ -814,6 +828,19 @@ def quantile(sorted_values: Sequence[float], q: float) -> float:
     return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
 
 
+def log_records(log_path: Path, event: str) -> list[dict[str, Any]]:
+    """The recorder's JSON log lines of one ``event``, each with ``_t`` (epoch s)."""
+    out = []
+    for line in log_path.read_text(errors="replace").splitlines():
+        if f'"{event}"' not in line:
+            continue
+        with contextlib.suppress(ValueError, KeyError):
+            rec = json.loads(line)
+            rec["_t"] = datetime.fromisoformat(rec["timestamp"].replace("Z", "+00:00")).timestamp()
+            out.append(rec)
+    return out
+
+
 def batch_ends(log_path: Path) -> tuple[list[float], list[dict[str, Any]]]:
     """Timestamps (epoch s) of the recorder's ``batch_committed`` lines: each is
     written after the batch's commit *and* acks."""
@@ -829,11 +856,15 @@ def batch_ends(log_path: Path) -> tuple[list[float], list[dict[str, Any]]]:
     return ends, batches
 
 
-def analyse_db(db: Path, lat_session: str, log_path: Path, report: dict[str, Any]) -> None:
+def analyse_db(db: Path, lat_session: str, log_path: Path, report: dict[str, Any],
+               lag: Sequence[float]) -> None:
+    """Latency figures from the recorded file. ``lag``: how late the publisher created
+    each event (in creation order) after its schedule slot, in s."""
     con = duckdb.connect(str(db), read_only=True)
     try:
+        # creation order: the order of ``lag`` (one publisher, events made one by one)
         rows = con.execute(
-            "SELECT epoch_us(time), epoch_us(recorded_at) FROM events WHERE session_id = ? ORDER BY stream_seq",
+            "SELECT epoch_us(time), epoch_us(recorded_at) FROM events WHERE session_id = ? ORDER BY time, stream_seq",
             [lat_session],
         ).fetchall()
         per_batch = con.execute(
@@ -852,16 +883,25 @@ def analyse_db(db: Path, lat_session: str, log_path: Path, report: dict[str, Any
     report["max_recorded_at_ms"] = start_ms[-1] if start_ms else float("nan")
     ends, batches = batch_ends(log_path)
     commit_ms: list[float] = []
-    for t, r in rows:
+    slot_ms: list[float] = []
+    for i, (t, r) in enumerate(rows):
         k = bisect.bisect_left(ends, r / 1e6)  # the first batch end at or after this batch's start
         if k < len(ends):
             commit_ms.append((ends[k] - t / 1e6) * 1000)
+            if len(rows) == len(lag):
+                slot_ms.append(commit_ms[-1] + lag[i] * 1000)
     commit_ms.sort()
+    slot_ms.sort()
+    report["p50_from_slot_ms"] = quantile(slot_ms, 0.5)
+    report["p99_from_slot_ms"] = quantile(slot_ms, 0.99)
     report["p50_ms"] = quantile(commit_ms, 0.5)
     report["p99_ms"] = quantile(commit_ms, 0.99)
     report["max_ms"] = commit_ms[-1] if commit_ms else float("nan")
     report["latency_matched"] = len(commit_ms)
     first = rows[0][1] / 1e6 if rows else float("inf")
+    ckpts = [c for c in log_records(log_path, "checkpointed") if c["_t"] >= rows[0][0] / 1e6] if rows else []
+    report["latency_checkpoints"] = len(ckpts)
+    report["latency_checkpoint_ms_max"] = max((float(c["ms"]) for c in ckpts), default=0.0)
     lat_batches = [b for end, b in zip(ends, batches, strict=True) if end >= first]
     if lat_batches:
         ms = sorted(float(b["ms"]) for b in lat_batches)
@@ -878,6 +918,11 @@ def analyse_db(db: Path, lat_session: str, log_path: Path, report: dict[str, Any
 # -- report ----------------------------------------------------------------
 
 
+def p99_pass(r: dict[str, Any]) -> bool:
+    """The latency target holds from the event's creation and from its schedule slot."""
+    return max(r.get("p99_ms", float("inf")), r.get("p99_from_slot_ms", float("inf"))) < TARGET_P99_MS
+
+
 def fmt(v: Any, spec: str = ",.0f") -> str:
     if isinstance(v, float | int) and v == v:
         return format(v, spec)
@@ -887,7 +932,7 @@ def fmt(v: Any, spec: str = ",.0f") -> str:
 def print_table(report: dict[str, Any]) -> None:
     r = report
     e2e_ok = r.get("e2e_over_raw", 0) >= TARGET_E2E_OVER_RAW
-    p99_ok = r.get("p99_ms", float("inf")) < TARGET_P99_MS
+    p99_ok = p99_pass(r)
     mode = f"publish_many every {r['tick_ms']:g} ms" if r.get("tick_ms") else "one Bus.publish per event"
     held = "" if r.get("achieved_rate", 0) >= 0.98 * r.get("offered_rate", 0) else "  WARNING: schedule not held"
     rows = [
@@ -911,6 +956,13 @@ def print_table(report: dict[str, Any]) -> None:
          f"{fmt(r.get('p50_recorded_at_ms'), '.1f')} / {fmt(r.get('p99_recorded_at_ms'), '.1f')} ms"),
         ("publish -> committed+acked p50/p99", f"{fmt(r.get('p50_ms'), '.1f')} / {fmt(r.get('p99_ms'), '.1f')} ms  "
                                                f"target p99 < {TARGET_P99_MS:.0f} ms  {'PASS' if p99_ok else 'FAIL'}"),
+        ("schedule slot -> committed+acked p50/p99",
+         f"{fmt(r.get('p50_from_slot_ms'), '.1f')} / {fmt(r.get('p99_from_slot_ms'), '.1f')} ms  "
+         f"target p99 < {TARGET_P99_MS:.0f} ms  {'PASS' if p99_ok else 'FAIL'}"),
+        ("WAL after phase 2 / wait for its checkpoint",
+         f"{fmt(r.get('wal_bytes_after_burst'))} B / {fmt(r.get('burst_checkpoint_wait_s'), '.2f')} s"),
+        ("recorder checkpoints (latency phase)",
+         f"{fmt(r.get('latency_checkpoints'))}, longest {fmt(r.get('latency_checkpoint_ms_max'), '.1f')} ms"),
         ("recorder batch ms p50/p99 (latency phase)",
          f"{fmt(r.get('latency_batch_ms_p50'), '.1f')} / {fmt(r.get('latency_batch_ms_p99'), '.1f')} ms, "
          f"batch size p50 {fmt(r.get('latency_batch_size_p50'))}"),
@@ -950,9 +1002,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--events", type=int, default=200_000, help="events per throughput phase (default 200000)")
     p.add_argument("--rate", type=float, default=2000.0, help="offered load of the latency phase, events/s")
     p.add_argument("--duration", type=float, default=10.0, help="seconds of the latency phase")
-    p.add_argument("--tick-ms", type=float, default=0.0,
-                   help="latency phase: 0 = one Bus.publish per event on its own slot (default); "
-                        "T > 0 = every T ms, one publish_many of the events due (cheaper publisher)")
+    p.add_argument("--tick-ms", type=float, default=5.0,
+                   help="latency phase: every T ms, one publish_many of the events due (default 5); "
+                        "0 = one Bus.publish per event on its own slot (costly publisher)")
     p.add_argument("--chunk", type=int, default=1000, help="events per publish_many call")
     p.add_argument("--concurrency", type=int, default=4, help="publish_many calls in flight (<= 4000 msgs pending)")
     p.add_argument("--poll", type=float, default=0.1, help="seconds between recorder health polls")
@@ -1003,10 +1055,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             "p99_recorded_at_ms", "max_ms", "ack_p50_ms", "ack_p99_ms", "recorder_peak_rss_mb", "nats_peak_rss_mb",
             "events", "offered_rate", "achieved_rate", "latency_events", "e2e_s", "e2e_publish_s", "raw_s",
             "recorder_us_per_event_full_batches", "recorder_rate_while_publishing", "recorder_rate_alone",
-            "schedule_lag_p99_ms", "schedule_lag_max_ms", "tick_ms", "wall_s")
+            "schedule_lag_p99_ms", "schedule_lag_max_ms", "p50_from_slot_ms", "p99_from_slot_ms",
+            "latency_checkpoints", "latency_checkpoint_ms_max", "wal_bytes_after_burst",
+            "burst_checkpoint_wait_s", "tick_ms", "wall_s")
     out = {k: (round(report[k], 3) if isinstance(report.get(k), float) else report.get(k)) for k in keys}
     out["e2e_pass"] = report["e2e_over_raw"] >= TARGET_E2E_OVER_RAW
-    out["p99_pass"] = report["p99_ms"] < TARGET_P99_MS
+    out["p99_pass"] = p99_pass(report)
     out["cpus"] = os.cpu_count()
     out["cpu_pct"] = report.get("cpu_pct")
     print(json.dumps(out), flush=True)

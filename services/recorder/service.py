@@ -51,6 +51,7 @@ class Recorder:
         fetch_timeout: float = 0.05,
         ack_wait: float = 5.0,
         linger: float = 0.02,
+        checkpoint_wal_bytes: int = 64_000_000,
     ) -> None:
         self.bus = bus
         self.store = store
@@ -59,6 +60,13 @@ class Recorder:
         self.fetch_timeout = fetch_timeout
         self.ack_wait = ack_wait
         self.linger = linger
+        # A checkpoint blocks every write while it runs, and its cost grows with the WAL
+        # (2 cores: ~0.1-0.4 s for 8 MB under load, ~0.35 s for 145 MB idle); small
+        # ones have a fixed cost too (~40 ms), so many small checkpoints stall more
+        # in total. So: checkpoint whenever the recorder is idle, and between batches
+        # only once the WAL passes this cap (under sustained load: ~40 s at 2k/s).
+        self.checkpoint_wal_bytes = checkpoint_wal_bytes
+        self.checkpoints = 0
         self.batches = 0
         self.last_batch_ms = 0.0
         self.counts: dict[str, int] = {"events": 0, "rejected": 0}
@@ -106,7 +114,7 @@ class Recorder:
                     committing = None
                 if not pending.msgs:
                     if dirty:  # idle: checkpoint now rather than inside a commit later
-                        await asyncio.to_thread(self.store.checkpoint)
+                        await self.checkpoint("idle")
                         dirty = False
                     continue
                 # Adaptive linger: a small batch right after the previous commit waits
@@ -168,6 +176,16 @@ class Recorder:
             append_ms=(appended - started) * 1000,  # the DuckDB write; the rest is acks
             queued_ms=(started - batch.first) * 1000,  # first message fetched -> write began
         )
+        # After the acks, so this batch's publishers are not kept waiting by it.
+        if self.store.wal_bytes() >= self.checkpoint_wal_bytes:
+            await self.checkpoint("wal_size")
+
+    async def checkpoint(self, reason: str) -> None:
+        wal = self.store.wal_bytes()
+        started = time.perf_counter()
+        await asyncio.to_thread(self.store.checkpoint)
+        self.checkpoints += 1
+        self.log.debug("checkpointed", reason=reason, wal_bytes=wal, ms=(time.perf_counter() - started) * 1000)
 
     async def _announce_rejections(self, rejected: list[RejectedRecord]) -> None:
         for rec in rejected:
@@ -219,7 +237,8 @@ class Recorder:
         return result.model_dump()
 
     async def _health(self, data: bytes) -> Any:
-        return {**self.counts, "batches": self.batches, "last_batch_ms": self.last_batch_ms, "pid": os.getpid()}
+        return {**self.counts, "batches": self.batches, "last_batch_ms": self.last_batch_ms,
+                "checkpoints": self.checkpoints, "wal_bytes": self.store.wal_bytes(), "pid": os.getpid()}
 
 
 async def fetch_available(sub: JetStreamContext.PullSubscription, batch: int, timeout: float = 1.0) -> list[Msg]:
