@@ -67,14 +67,18 @@ def replay(
     (--speed), or re-run its scored experiments (--verify)."""
     from replay import log as replay_log
     from replay.models import rebuild
-    from replay.timeline import lines
+    from replay.timeline import UNREAD_FOLDED, lines
 
     from .paths import AarHome
 
     console, err = _console(), _err()
     home = AarHome.from_env()
     try:
-        rows = replay_log.load_session(session, until=replay_log.Until.parse(until), home=home)
+        # A plain rebuild skips the payloads no read model reads; re-publishing, re-running
+        # and the full timeline need every event whole.
+        whole = speed is not None or verify or all_events
+        rows = replay_log.load_session(session, until=replay_log.Until.parse(until), home=home,
+                                       skip_payloads=frozenset() if whole else UNREAD_FOLDED)
     except (replay_log.UnknownSession, FileNotFoundError) as exc:
         err.print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from None

@@ -184,11 +184,9 @@ QUERIES: dict[str, NamedQuery] = {q.name: q for q in (
         "tool_usage",
         "Agents' tool calls (agent.tool_called) per agent and tool: calls, failures, mean and max latency.",
         """
-        SELECT session_id, payload->>'agent_id' AS agent_id, payload->>'tool' AS tool, count(*) AS calls,
-               count(*) FILTER (WHERE NOT CAST(payload->>'ok' AS BOOLEAN)) AS failed,
-               round(avg(CAST(payload->>'latency_s' AS DOUBLE)), 4) AS mean_latency_s,
-               round(max(CAST(payload->>'latency_s' AS DOUBLE)), 4) AS max_latency_s
-        FROM events WHERE {where} AND type = 'agent.tool_called'
+        SELECT session_id, agent_id, tool, count(*) AS calls, count(*) FILTER (WHERE NOT ok) AS failed,
+               round(avg(latency_s), 4) AS mean_latency_s, round(max(latency_s), 4) AS max_latency_s
+        FROM tool_calls WHERE {where}
         GROUP BY ALL ORDER BY session_id, agent_id, calls DESC
         """,
     ),

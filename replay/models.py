@@ -28,15 +28,19 @@ Times are kept as integer microseconds since the epoch (``*_us``).
 
 from __future__ import annotations
 
-import json
+from collections import Counter
 from collections.abc import Iterable
+from operator import attrgetter
 from typing import Any
 
-from .log import Row
+from orjson import loads
 
-# Event types no read model needs: their payloads are never parsed.
-_IGNORED = frozenset({"agent.tool_called", "experiment.progress", "artifact.stored", "baseline.computed",
-                      "recorder.health", "recorder.rejected", "recorder.dead_lettered", "session.draining"})
+from .log import Row, gc_paused
+
+# Event types whose payload no read model reads (they are only counted): a rebuild
+# need not even load it (``replay.log.rows_from_connection(payloads_of=...)``).
+UNREAD = frozenset({"agent.tool_called", "experiment.progress", "baseline.computed", "recorder.health",
+                    "recorder.rejected", "recorder.dead_lettered", "session.draining"})
 
 
 def _opt_float(v: Any) -> float | None:
@@ -75,8 +79,26 @@ class ReadModels:
     # -- applying --------------------------------------------------------------
 
     def apply_all(self, rows: Iterable[Row]) -> "ReadModels":
-        for row in rows:
-            self.apply(row)
+        """``apply`` for each row (the same rules, with the per-row bookkeeping done
+        in bulk: a million rows must rebuild within seconds)."""
+        with gc_paused():
+            rows = rows if isinstance(rows, list | tuple) else list(rows)
+            if not rows:
+                return self
+            s = self.session
+            lo, hi = min(map(_time_us, rows)), max(map(_time_us, rows))
+            s["first_event_us"] = lo if s["first_event_us"] is None else min(lo, s["first_event_us"])
+            s["last_event_us"] = hi if s["last_event_us"] is None else max(hi, s["last_event_us"])
+            counts = self.counts
+            for t, n in Counter(map(_type, rows)).items():
+                counts[t] = counts.get(t, 0) + n
+            self.events += len(rows)
+            self.last = rows[-1]
+            get = _ALL_HANDLERS.get
+            for row in rows:
+                handler = get(row.type)
+                if handler is not None:
+                    handler(self, row, loads(row.payload))
         return self
 
     def apply(self, row: Row) -> None:
@@ -89,14 +111,12 @@ class ReadModels:
         self.events += 1
         self.counts[t] = self.counts.get(t, 0) + 1
         self.last = row
-        if t in _IGNORED:
-            if t == "artifact.stored":
-                p = json.loads(row.payload)
-                self.artifacts.setdefault(p["sha256"], p)
-            return
-        handler = _HANDLERS.get(t)
+        handler = _ALL_HANDLERS.get(t)
         if handler is not None:
-            handler(self, row, json.loads(row.payload))
+            handler(self, row, loads(row.payload))
+
+    def _artifact(self, row: Row, p: dict[str, Any]) -> None:
+        self.artifacts.setdefault(p["sha256"], p)
 
     def _session_started(self, row: Row, p: dict[str, Any]) -> None:
         s = self.session
@@ -121,17 +141,8 @@ class ReadModels:
             a["stopped_at_us"], a["stop_reason"] = row.time_us, p["reason"]
 
     def _llm_called(self, row: Row, p: dict[str, Any]) -> None:
-        for key, table in ((p["agent_id"], self.cost_by_agent), (p.get("idea_id"), self.cost_by_idea)):
-            c = table.get(key)  # type: ignore[arg-type]
-            if c is None:
-                c = table[key] = {"calls": 0, "input_tokens": 0, "output_tokens": 0,  # type: ignore[index]
-                                  "cache_read_tokens": 0, "cache_write_tokens": 0, "cost_usd": 0.0}
-            c["calls"] += 1
-            c["input_tokens"] += p["input_tokens"]
-            c["output_tokens"] += p["output_tokens"]
-            c["cache_read_tokens"] += p.get("cache_read_tokens", 0)
-            c["cache_write_tokens"] += p.get("cache_write_tokens", 0)
-            c["cost_usd"] += p["cost_usd"]
+        _add_cost(self.cost_by_agent, p["agent_id"], p)
+        _add_cost(self.cost_by_idea, p.get("idea_id"), p)
 
     def _idea(self, row: Row, p: dict[str, Any]) -> None:
         self.ideas[row.id] = {
@@ -149,7 +160,6 @@ class ReadModels:
             "purpose": p.get("purpose", "score"), "split": p.get("split", "dev"), "dataset": p["dataset"],
             "seeds": list(p["seeds"]), "method_artifact": p.get("method_artifact"),
             "builtin_method": p.get("builtin_method"), "shuffle_weak_labels": bool(p.get("shuffle_weak_labels")),
-            "request": p,
         }
 
     def _exp_status(self, row: Row, p: dict[str, Any]) -> None:
@@ -229,19 +239,20 @@ class ReadModels:
 
     def experiment_rows(self) -> list[dict[str, Any]]:
         out = []
+        status = self._status.get
         for e in self.experiments.values():
-            st = self._status.get(e["experiment_id"])
-            p = st["payload"] if st and st["key"] else {}
-            row = {k: v for k, v in e.items() if k != "request"}
-            row.update(
-                status=st["type"].removeprefix("experiment.") if st and st["key"] else "requested",
-                status_at_us=st["key"][0] if st and st["key"] else None,
-                trainer_id=p.get("trainer_id"), runtime_s=_opt_float(p.get("runtime_s")),
-                peak_rss_mb=_opt_float(p.get("peak_rss_mb")), predictions_artifact=p.get("predictions_artifact"),
-                error_class=p.get("error_class"), error_message=p.get("message"),
-                attempts=st["attempts"] if st else 0,
-            )
-            out.append(row)
+            st = status(e["experiment_id"])
+            key = st["key"] if st else None
+            p = st["payload"] if key else {}
+            out.append({
+                **e,
+                "status": st["type"].removeprefix("experiment.") if key else "requested",  # type: ignore[index]
+                "status_at_us": key[0] if key else None,
+                "trainer_id": p.get("trainer_id"), "runtime_s": _opt_float(p.get("runtime_s")),
+                "peak_rss_mb": _opt_float(p.get("peak_rss_mb")), "predictions_artifact": p.get("predictions_artifact"),
+                "error_class": p.get("error_class"), "error_message": p.get("message"),
+                "attempts": st["attempts"] if st else 0,
+            })
         return out
 
     def post_rows(self) -> list[dict[str, Any]]:
@@ -309,6 +320,10 @@ class ReadModels:
 
     def as_dict(self) -> dict[str, Any]:
         """Everything, JSON-ready (times stay integer microseconds)."""
+        with gc_paused():
+            return self._as_dict()
+
+    def _as_dict(self) -> dict[str, Any]:
         return {
             "session": self.session_row(),
             "agents": self.agent_rows(),
@@ -321,6 +336,21 @@ class ReadModels:
             "integrity_flags": list(self.flags.values()),
             "leaderboard": self.leaderboard(),
         }
+
+
+def _add_cost(table: dict[Any, dict[str, Any]], key: str | None, p: dict[str, Any]) -> None:
+    c = table.get(key)
+    if c is None:
+        table[key] = {"calls": 1, "input_tokens": p["input_tokens"], "output_tokens": p["output_tokens"],
+                      "cache_read_tokens": p.get("cache_read_tokens", 0),
+                      "cache_write_tokens": p.get("cache_write_tokens", 0), "cost_usd": 0.0 + p["cost_usd"]}
+        return
+    c["calls"] += 1
+    c["input_tokens"] += p["input_tokens"]
+    c["output_tokens"] += p["output_tokens"]
+    c["cache_read_tokens"] += p.get("cache_read_tokens", 0)
+    c["cache_write_tokens"] += p.get("cache_write_tokens", 0)
+    c["cost_usd"] += p["cost_usd"]
 
 
 def _count(items: Iterable[str]) -> dict[str, int]:
@@ -348,6 +378,11 @@ _HANDLERS = {
     "forum.moderated": ReadModels._moderated,
     "integrity.flagged": ReadModels._flagged,
 }
+
+
+_ALL_HANDLERS = {**_HANDLERS, "artifact.stored": ReadModels._artifact}
+_time_us = attrgetter("time_us")
+_type = attrgetter("type")
 
 
 def rebuild(rows: Iterable[Row], session_id: str | None = None) -> ReadModels:

@@ -8,8 +8,12 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from .log import Row, us_to_datetime
+from .models import UNREAD
 
 NOISY = frozenset({"agent.llm_called", "agent.tool_called", "experiment.progress", "artifact.stored"})
+# Payloads neither the read models nor the folded timeline read: ``aar replay SESSION``
+# does not load them (tool calls and progress: about a third of a session's events).
+UNREAD_FOLDED = UNREAD & NOISY
 
 
 def _short(value: Any, n: int = 60) -> str:

@@ -27,7 +27,7 @@ from replay.models import rebuild
 from replay.verify import verify
 from schemas import EventType
 from services.recorder.store import EventStore, Recorded
-from services.recorder.views import TABLES, create_views_sql
+from services.recorder.views import create_schema
 from trainer import sandbox
 
 from .factories import sample_event
@@ -173,9 +173,8 @@ def test_replay_until_an_event_matches_the_state_at_that_point(session_home: tup
         (stop_id, stop_us), = con.execute(f"""
             SELECT id, epoch_us(time) FROM src.events WHERE session_id = '{sid}' AND type = 'score.published'
             ORDER BY time, id LIMIT 1 OFFSET 4""").fetchall()
-        con.execute(TABLES)
+        create_schema(con)
         con.execute(f"INSERT INTO events SELECT * FROM src.events WHERE (epoch_us(time), id) <= ({stop_us}, '{stop_id}')")
-        con.execute(create_views_sql())
         con.execute("DETACH src")
         rows = rows_from_connection(_open(home), sid, until=Until(event_id=stop_id))
         assert rows[-1].id == stop_id

@@ -113,9 +113,9 @@ class Recorder:
                     committing.result()
                     committing = None
                 if not pending.msgs:
-                    if dirty:  # idle: checkpoint now rather than inside a commit later
-                        await self.checkpoint("idle")
-                        dirty = False
+                    if dirty:  # idle: catch the projections up, checkpoint now rather than later
+                        await self.refresh_projections()
+                        dirty = not await self.checkpoint("idle")
                     continue
                 # Adaptive linger: a small batch right after the previous commit waits
                 # for the rest of ``linger`` (each DuckDB transaction has a fixed cost,
@@ -180,12 +180,25 @@ class Recorder:
         if self.store.wal_bytes() >= self.checkpoint_wal_bytes:
             await self.checkpoint("wal_size")
 
-    async def checkpoint(self, reason: str) -> None:
+    async def refresh_projections(self) -> None:
+        started = time.perf_counter()
+        added = await asyncio.to_thread(self.store.refresh_projections)
+        if added:
+            self.log.debug("projections_refreshed", rows=added, ms=(time.perf_counter() - started) * 1000)
+
+    async def checkpoint(self, reason: str) -> bool:
+        """Checkpoint; False when DuckDB declined (an audit query was open): the caller
+        tries again at its next chance."""
         wal = self.store.wal_bytes()
         started = time.perf_counter()
-        await asyncio.to_thread(self.store.checkpoint)
-        self.checkpoints += 1
-        self.log.debug("checkpointed", reason=reason, wal_bytes=wal, ms=(time.perf_counter() - started) * 1000)
+        done = await asyncio.to_thread(self.store.checkpoint)
+        ms = (time.perf_counter() - started) * 1000
+        if done:
+            self.checkpoints += 1
+            self.log.debug("checkpointed", reason=reason, wal_bytes=wal, ms=ms)
+        else:
+            self.log.debug("checkpoint_deferred", reason=reason, wal_bytes=wal, ms=ms)
+        return done
 
     async def _announce_rejections(self, rejected: list[RejectedRecord]) -> None:
         for rec in rejected:

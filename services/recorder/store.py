@@ -14,8 +14,9 @@ import pyarrow as pa
 
 from schemas import Event, Rejection
 
+from . import projections
 from .audit import AuditResult, run_query, sql_literal
-from .views import TABLES, create_views_sql
+from .views import create_schema
 
 CATALOG = "aar"
 # DuckDB compresses and writes a row group when it is full, inside the checkpoint that
@@ -86,12 +87,15 @@ class EventStore:
         # 1.5 MB, ~0.3-1.4 s for 36 MB on 2 cores), so the recorder checkpoints itself:
         # when idle and whenever the WAL passes a few MB (see ``wal_bytes``).
         self.con.execute(f"SET checkpoint_threshold = '{checkpoint_threshold}'")
-        self.con.execute(TABLES)
-        self.con.execute(create_views_sql())
+        create_schema(self.con)
+        # ``self.con`` only makes cursors (DuckDB refuses a second call on a connection
+        # that is busy, even ``cursor()``): writes, checkpoints and audit queries each
+        # run on their own cursor. ``_lock`` makes this process's writes one at a time.
         self._lock = threading.Lock()
+        self._factory = threading.Lock()
 
     def close(self) -> None:
-        with self._lock:
+        with self._lock, self._factory:
             self.con.close()
 
     def append(self, events: Sequence[Recorded], rejected: Sequence[RejectedRecord] = ()) -> tuple[int, int]:
@@ -160,11 +164,29 @@ class EventStore:
                 cur.close()
         return int(new), int(new_rejected)
 
-    def checkpoint(self) -> None:
-        """Fold the WAL into the database file (the recorder calls it when idle and
-        when the WAL has grown past its limit)."""
+    def refresh_projections(self) -> int:
+        """Bring the typed projections up to the log's end (the views are exact either
+        way; this makes them fast). Returns the rows added."""
         with self._lock:
-            self.con.execute("CHECKPOINT")
+            cur = self._cursor()
+            try:
+                return projections.refresh(cur)
+            finally:
+                cur.close()
+
+    def checkpoint(self) -> bool:
+        """Fold the WAL into the database file (the recorder calls it when idle and
+        when the WAL has grown past its limit). False when DuckDB declined because
+        another transaction (an audit query) was open at that moment: try again later."""
+        with self._lock:
+            cur = self._cursor()
+            try:
+                cur.execute("CHECKPOINT")
+                return True
+            except duckdb.TransactionException:
+                return False
+            finally:
+                cur.close()
 
     def wal_bytes(self) -> int:
         """Size of the write-ahead log not yet checkpointed (0 when there is none)."""
@@ -175,7 +197,8 @@ class EventStore:
 
     def _cursor(self) -> duckdb.DuckDBPyConnection:
         """A cursor on the event log (a new cursor starts in the in-memory catalog)."""
-        cur = self.con.cursor()
+        with self._factory:
+            cur = self.con.cursor()
         cur.execute(f"USE {CATALOG}")
         return cur
 

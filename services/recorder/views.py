@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import duckdb
+
+from . import projections
+from .projections import source
+
 TABLES = """
 CREATE TABLE IF NOT EXISTS events (
     id VARCHAR PRIMARY KEY,
@@ -29,38 +34,37 @@ CREATE TABLE IF NOT EXISTS rejected_events (
 );
 """
 
-# Each view is plain SQL over ``events``; payload fields come out of the JSON.
+# Each view is plain SQL over ``events``. Payload fields come from the typed
+# projections (``projections.source``: always complete, see that module).
+S = source
+
 VIEWS: dict[str, str] = {
-    "sessions": """
-        SELECT session_id,
-               min(time) AS first_event,
-               max(time) AS last_event,
-               count(*) AS events,
-               max(CASE WHEN type = 'session.started' THEN payload->>'name' END) AS name,
-               max(CASE WHEN type = 'session.started' THEN payload->>'backend' END) AS backend,
-               max(CASE WHEN type = 'session.started' THEN payload->>'dataset' END) AS dataset,
-               max(CASE WHEN type = 'session.ended' THEN payload->>'reason' END) AS end_reason,
-               count(*) FILTER (WHERE type = 'score.published') AS scores
-        FROM events GROUP BY session_id
+    "sessions": f"""
+        WITH ev AS (
+            SELECT session_id, min(time) AS first_event, max(time) AS last_event, count(*) AS events,
+                   count(*) FILTER (WHERE type = 'score.published') AS scores
+            FROM events GROUP BY session_id
+        ), started AS (
+            SELECT session_id, max(name) AS name, max(backend) AS backend, max(dataset) AS dataset
+            FROM {S("session_started")} GROUP BY session_id
+        ), ended AS (
+            SELECT session_id, max(reason) AS end_reason FROM {S("session_ended")} GROUP BY session_id
+        )
+        SELECT ev.session_id, ev.first_event, ev.last_event, ev.events, started.name, started.backend,
+               started.dataset, ended.end_reason, ev.scores
+        FROM ev LEFT JOIN started USING (session_id) LEFT JOIN ended USING (session_id)
     """,
-    "agents": """
+    "agents": f"""
         WITH started AS (
-            SELECT session_id, payload->>'agent_id' AS agent_id, payload->>'direction' AS direction,
-                   payload->>'backend' AS backend, payload->>'model' AS model, time AS started_at
-            FROM events WHERE type = 'agent.started'
+            SELECT session_id, agent_id, direction, backend, model, time AS started_at FROM {S("agent_started")}
         ), stopped AS (
-            SELECT session_id, payload->>'agent_id' AS agent_id, payload->>'reason' AS stop_reason,
-                   time AS stopped_at
-            FROM events WHERE type = 'agent.stopped'
+            SELECT session_id, agent_id, reason AS stop_reason, time AS stopped_at FROM {S("agent_stopped")}
         ), llm AS (
-            SELECT session_id, payload->>'agent_id' AS agent_id, count(*) AS llm_calls,
-                   sum(CAST(payload->>'cost_usd' AS DOUBLE)) AS cost_usd,
-                   sum(CAST(payload->>'input_tokens' AS BIGINT)) AS input_tokens,
-                   sum(CAST(payload->>'output_tokens' AS BIGINT)) AS output_tokens
-            FROM events WHERE type = 'agent.llm_called' GROUP BY ALL
+            SELECT session_id, agent_id, count(*) AS llm_calls, sum(cost_usd) AS cost_usd,
+                   sum(input_tokens) AS input_tokens, sum(output_tokens) AS output_tokens
+            FROM {S("llm_called")} GROUP BY ALL
         ), ideas AS (
-            SELECT session_id, payload->>'agent_id' AS agent_id, count(*) AS ideas
-            FROM events WHERE type = 'idea.proposed' GROUP BY ALL
+            SELECT session_id, agent_id, count(*) AS ideas FROM {S("idea_proposed")} GROUP BY ALL
         )
         SELECT s.session_id, s.agent_id, s.direction, s.backend, s.model, s.started_at,
                t.stopped_at, t.stop_reason,
@@ -74,116 +78,89 @@ VIEWS: dict[str, str] = {
         LEFT JOIN llm l USING (session_id, agent_id)
         LEFT JOIN ideas i USING (session_id, agent_id)
     """,
-    "ideas": """
-        SELECT payload->>'idea_id' AS idea_id, session_id, id AS event_id, time,
-               payload->>'agent_id' AS agent_id, payload->>'title' AS title,
-               payload->>'hypothesis' AS hypothesis, payload->>'why' AS why,
-               from_json(payload->'parent_ideas', '["VARCHAR"]') AS parent_ideas,
-               from_json(payload->'cites_posts', '["VARCHAR"]') AS cites_posts,
-               payload->>'method_artifact' AS method_artifact,
-               payload->>'builtin_method' AS builtin_method,
-               payload->'params' AS params
-        FROM events WHERE type = 'idea.proposed'
+    "ideas": f"""
+        SELECT idea_id, session_id, id AS event_id, time, agent_id, title, hypothesis, why,
+               parent_ideas, cites_posts, method_artifact, builtin_method, params
+        FROM {S("idea_proposed")}
     """,
-    "experiments": """
+    "experiments": f"""
         WITH req AS (
-            SELECT payload->>'experiment_id' AS experiment_id, session_id, id AS event_id,
-                   time AS requested_at, payload->>'idea_id' AS idea_id, payload->>'agent_id' AS agent_id,
-                   payload->>'purpose' AS purpose, payload->>'split' AS split,
-                   payload->>'dataset' AS dataset,
-                   from_json(payload->'seeds', '["INTEGER"]') AS seeds,
-                   payload->>'method_artifact' AS method_artifact,
-                   payload->>'builtin_method' AS builtin_method,
-                   CAST(payload->>'shuffle_weak_labels' AS BOOLEAN) AS shuffle_weak_labels
-            FROM events WHERE type = 'experiment.requested'
+            SELECT experiment_id, session_id, id AS event_id, time AS requested_at, idea_id, agent_id,
+                   purpose, split, dataset, seeds, method_artifact, builtin_method, shuffle_weak_labels
+            FROM {S("experiment_requested")}
         ), status AS (
-            SELECT session_id, payload->>'experiment_id' AS experiment_id, type, time, payload,
-                   row_number() OVER (PARTITION BY session_id, payload->>'experiment_id'
-                                      ORDER BY time DESC, id DESC) AS rn
-            FROM events
-            WHERE type IN ('experiment.started', 'experiment.finished', 'experiment.failed')
+            SELECT *, row_number() OVER (PARTITION BY session_id, experiment_id ORDER BY time DESC, id DESC) AS rn
+            FROM {S("experiment_status")}
         ), attempts AS (
-            SELECT session_id, payload->>'experiment_id' AS experiment_id, count(*) AS attempts
-            FROM events WHERE type = 'experiment.started' GROUP BY ALL
+            SELECT session_id, experiment_id, count(*) AS attempts
+            FROM {S("experiment_status")} WHERE type = 'experiment.started' GROUP BY ALL
         )
         SELECT req.*,
                coalesce(replace(status.type, 'experiment.', ''), 'requested') AS status,
                status.time AS status_at,
-               status.payload->>'trainer_id' AS trainer_id,
-               CAST(status.payload->>'runtime_s' AS DOUBLE) AS runtime_s,
-               CAST(status.payload->>'peak_rss_mb' AS DOUBLE) AS peak_rss_mb,
-               status.payload->>'predictions_artifact' AS predictions_artifact,
-               status.payload->>'error_class' AS error_class,
-               status.payload->>'message' AS error_message,
+               status.trainer_id,
+               status.runtime_s,
+               status.peak_rss_mb,
+               status.predictions_artifact,
+               status.error_class,
+               status.message AS error_message,
                coalesce(attempts.attempts, 0) AS attempts
         FROM req
         LEFT JOIN status ON status.session_id = req.session_id AND status.experiment_id = req.experiment_id
                          AND status.rn = 1
         LEFT JOIN attempts ON attempts.session_id = req.session_id AND attempts.experiment_id = req.experiment_id
     """,
-    "scores": """
-        SELECT payload->>'experiment_id' AS experiment_id, session_id, id AS event_id, time,
-               payload->>'idea_id' AS idea_id, payload->>'agent_id' AS agent_id,
-               coalesce(payload->>'purpose', 'score') AS purpose,
-               payload->>'dataset' AS dataset, payload->>'split' AS split,
-               CAST(payload->>'n_seeds' AS INTEGER) AS n_seeds,
-               CAST(payload->>'accuracy' AS DOUBLE) AS accuracy,
-               CAST(payload->>'accuracy_stderr' AS DOUBLE) AS accuracy_stderr,
-               CAST(payload->>'weak_accuracy' AS DOUBLE) AS weak_accuracy,
-               CAST(payload->>'ceiling_accuracy' AS DOUBLE) AS ceiling_accuracy,
-               CAST(payload->>'pgr' AS DOUBLE) AS pgr,
-               CAST(payload->>'pgr_stderr' AS DOUBLE) AS pgr_stderr,
-               payload->>'method_artifact' AS method_artifact,
-               payload->>'builtin_method' AS builtin_method
-        FROM events WHERE type IN ('score.published', 'score.withheld')
+    "scores": f"""
+        SELECT experiment_id, session_id, id AS event_id, time, idea_id, agent_id,
+               coalesce(purpose, 'score') AS purpose, dataset, split, n_seeds, accuracy,
+               accuracy_stderr, weak_accuracy, ceiling_accuracy, pgr, pgr_stderr,
+               method_artifact, builtin_method
+        FROM {S("score")}
     """,
-    "forum_posts": """
+    "forum_posts": f"""
         WITH ballots AS (  -- one vote per agent per post: the latest counts (as in the forum service)
-            SELECT session_id, payload->>'post_id' AS post_id, payload->>'agent_id' AS voter,
-                   arg_max(CAST(payload->>'value' AS INTEGER), (time, id)) AS value
-            FROM events WHERE type = 'forum.voted' GROUP BY ALL
+            SELECT session_id, post_id, agent_id AS voter, arg_max(value, (time, id)) AS value
+            FROM {S("forum_voted")} GROUP BY ALL
         ), votes AS (
             SELECT session_id, post_id, sum(value) AS score, count(*) AS votes FROM ballots GROUP BY ALL
         ), moderation AS (
-            SELECT session_id, payload->>'post_id' AS post_id, arg_max(payload->>'action', (time, id)) AS action
-            FROM events WHERE type = 'forum.moderated' GROUP BY ALL
+            SELECT session_id, post_id, arg_max(action, (time, id)) AS action
+            FROM {S("forum_moderated")} GROUP BY ALL
+        ), posts AS (
+            SELECT * FROM {S("forum_posted")}
         )
-        SELECT payload->>'post_id' AS post_id, events.session_id, id AS event_id, time,
-               payload->>'agent_id' AS agent_id, payload->>'title' AS title, payload->>'body' AS body,
-               payload->>'reply_to' AS reply_to,
-               from_json(payload->'idea_ids', '["VARCHAR"]') AS idea_ids,
-               from_json(payload->'experiment_ids', '["VARCHAR"]') AS experiment_ids,
-               from_json(payload->'tags', '["VARCHAR"]') AS tags,
+        SELECT posts.post_id, posts.session_id, posts.id AS event_id, posts.time, posts.agent_id, posts.title,
+               posts.body, posts.reply_to, posts.idea_ids, posts.experiment_ids, posts.tags,
                coalesce(votes.score, 0) AS vote_score, coalesce(votes.votes, 0) AS votes,
                coalesce(moderation.action, 'visible') = 'hide' AS hidden
-        FROM events
-        LEFT JOIN votes ON votes.session_id = events.session_id AND votes.post_id = payload->>'post_id'
-        LEFT JOIN moderation ON moderation.session_id = events.session_id
-                             AND moderation.post_id = payload->>'post_id'
-        WHERE type = 'forum.posted'
+        FROM posts
+        LEFT JOIN votes ON votes.session_id = posts.session_id AND votes.post_id = posts.post_id
+        LEFT JOIN moderation ON moderation.session_id = posts.session_id AND moderation.post_id = posts.post_id
     """,
-    "llm_calls": """
-        SELECT id AS event_id, session_id, time, correlation_id,
-               payload->>'agent_id' AS agent_id, payload->>'model' AS model,
-               payload->>'idea_id' AS idea_id,
-               CAST(payload->>'input_tokens' AS BIGINT) AS input_tokens,
-               CAST(payload->>'output_tokens' AS BIGINT) AS output_tokens,
-               CAST(payload->>'cache_read_tokens' AS BIGINT) AS cache_read_tokens,
-               CAST(payload->>'cache_write_tokens' AS BIGINT) AS cache_write_tokens,
-               CAST(payload->>'cost_usd' AS DOUBLE) AS cost_usd,
-               CAST(payload->>'latency_s' AS DOUBLE) AS latency_s,
-               payload->>'stop_reason' AS stop_reason
-        FROM events WHERE type = 'agent.llm_called'
+    "llm_calls": f"""
+        SELECT id AS event_id, session_id, time, correlation_id, agent_id, model, idea_id,
+               input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, cost_usd,
+               latency_s, stop_reason
+        FROM {S("llm_called")}
     """,
-    "integrity_flags": """
-        SELECT id AS event_id, session_id, time, payload->>'check' AS "check",
-               payload->>'severity' AS severity, payload->>'detail' AS detail,
-               payload->>'idea_id' AS idea_id, payload->>'experiment_id' AS experiment_id,
-               payload->>'agent_id' AS agent_id
-        FROM events WHERE type = 'integrity.flagged'
+    "tool_calls": f"""
+        SELECT id AS event_id, session_id, time, correlation_id, agent_id, tool, ok, error,
+               latency_s, result_summary, arguments
+        FROM {S("tool_called")}
+    """,
+    "integrity_flags": f"""
+        SELECT id AS event_id, session_id, time, "check", severity, detail, idea_id, experiment_id, agent_id
+        FROM {S("integrity_flagged")}
     """,
 }
 
 
 def create_views_sql() -> str:
     return "\n".join(f"CREATE OR REPLACE VIEW {name} AS {sql.strip()};" for name, sql in VIEWS.items())
+
+
+def create_schema(con: duckdb.DuckDBPyConnection) -> None:
+    """The log's tables, its typed projections and the views, in the current catalog."""
+    con.execute(TABLES)
+    projections.ensure(con)
+    con.execute(create_views_sql())
