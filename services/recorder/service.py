@@ -67,6 +67,7 @@ class Recorder:
         # only once the WAL passes this cap (under sustained load: ~40 s at 2k/s).
         self.checkpoint_wal_bytes = checkpoint_wal_bytes
         self.checkpoints = 0
+        self._refresh_after = 0.0  # monotonic time before which a failed refresh is not retried
         self.batches = 0
         self.last_batch_ms = 0.0
         self.counts: dict[str, int] = {"events": 0, "rejected": 0}
@@ -181,8 +182,17 @@ class Recorder:
             await self.checkpoint("wal_size")
 
     async def refresh_projections(self) -> None:
+        """Catch the typed projections up. A failure is logged and retried a minute
+        later: the views stay exact without them (they parse the rest), only slower."""
+        if time.monotonic() < self._refresh_after:
+            return
         started = time.perf_counter()
-        added = await asyncio.to_thread(self.store.refresh_projections)
+        try:
+            added = await asyncio.to_thread(self.store.refresh_projections)
+        except Exception as exc:  # noqa: BLE001 - derived data must never stop the recorder
+            self._refresh_after = time.monotonic() + 60.0
+            self.log.error("projections_refresh_failed", error=f"{type(exc).__name__}: {exc}"[:500])
+            return
         if added:
             self.log.debug("projections_refreshed", rows=added, ms=(time.perf_counter() - started) * 1000)
 

@@ -85,7 +85,7 @@ class EventStore:
         # DuckDB checkpoints inside a commit every 16 MB of WAL by default. A checkpoint
         # blocks every write while it runs and its cost grows with the WAL (~10 ms for
         # 1.5 MB, ~0.3-1.4 s for 36 MB on 2 cores), so the recorder checkpoints itself:
-        # when idle and whenever the WAL passes a few MB (see ``wal_bytes``).
+        # when idle, and between batches once the WAL passes its cap (see ``wal_bytes``).
         self.con.execute(f"SET checkpoint_threshold = '{checkpoint_threshold}'")
         create_schema(self.con)
         # ``self.con`` only makes cursors (DuckDB refuses a second call on a connection
