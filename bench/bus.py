@@ -848,16 +848,8 @@ def log_records(log_path: Path, event: str) -> list[dict[str, Any]]:
 def batch_ends(log_path: Path) -> tuple[list[float], list[dict[str, Any]]]:
     """Timestamps (epoch s) of the recorder's ``batch_committed`` lines: each is
     written after the batch's commit *and* acks."""
-    ends: list[float] = []
-    batches: list[dict[str, Any]] = []
-    for line in log_path.read_text(errors="replace").splitlines():
-        if '"batch_committed"' not in line:
-            continue
-        with contextlib.suppress(ValueError, KeyError):
-            rec = json.loads(line)
-            ends.append(datetime.fromisoformat(rec["timestamp"].replace("Z", "+00:00")).timestamp())
-            batches.append(rec)
-    return ends, batches
+    batches = log_records(log_path, "batch_committed")
+    return [b["_t"] for b in batches], batches
 
 
 def analyse_db(db: Path, lat_session: str, log_path: Path, report: dict[str, Any],

@@ -38,7 +38,7 @@ from orjson import loads
 from .log import Row, gc_paused
 
 # Event types whose payload no read model reads (they are only counted): a rebuild
-# need not even load it (``replay.log.rows_from_connection(payloads_of=...)``).
+# need not even load it (``replay.log.rows_from_connection(skip_payloads=...)``).
 UNREAD = frozenset({"agent.tool_called", "experiment.progress", "baseline.computed", "recorder.health",
                     "recorder.rejected", "recorder.dead_lettered", "session.draining"})
 
@@ -102,18 +102,7 @@ class ReadModels:
         return self
 
     def apply(self, row: Row) -> None:
-        t = row.type
-        s = self.session
-        if s["first_event_us"] is None or row.time_us < s["first_event_us"]:
-            s["first_event_us"] = row.time_us
-        if s["last_event_us"] is None or row.time_us > s["last_event_us"]:
-            s["last_event_us"] = row.time_us
-        self.events += 1
-        self.counts[t] = self.counts.get(t, 0) + 1
-        self.last = row
-        handler = _ALL_HANDLERS.get(t)
-        if handler is not None:
-            handler(self, row, loads(row.payload))
+        self.apply_all((row,))
 
     def _artifact(self, row: Row, p: dict[str, Any]) -> None:
         self.artifacts.setdefault(p["sha256"], p)

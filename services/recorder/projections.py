@@ -25,12 +25,14 @@ from dataclasses import dataclass, field
 
 import duckdb
 
+from .audit import sql_literal
+
 V, D, B, I, BI, J = "VARCHAR", "DOUBLE", "BOOLEAN", "INTEGER", "BIGINT", "JSON"
 LIST_V: list[str] = [V]
 # Columns of the envelope every projection keeps (besides ``rid``, the events rowid).
-ENVELOPE = ("session_id", "id", "time", "type", "correlation_id")
 _ENVELOPE_TYPES = {"session_id": "VARCHAR", "id": "VARCHAR", "time": "TIMESTAMPTZ", "type": "VARCHAR",
                    "correlation_id": "VARCHAR"}
+ENVELOPE = tuple(_ENVELOPE_TYPES)
 
 
 @dataclass(frozen=True)
@@ -53,7 +55,7 @@ class Projection:
         return hashlib.sha256(json.dumps([self.types, self.fields, ENVELOPE]).encode()).hexdigest()[:16]
 
     def type_filter(self) -> str:
-        return "type IN (" + ", ".join(f"'{t}'" for t in self.types) + ")"
+        return "type IN (" + ", ".join(map(sql_literal, self.types)) + ")"
 
     def create_sql(self) -> str:
         cols = ["rid BIGINT NOT NULL"] + [f'"{c}" {_ENVELOPE_TYPES[c]}' for c in ENVELOPE]
@@ -72,7 +74,7 @@ class Projection:
     def source_sql(self) -> str:
         """What a view reads: the projection, then the events it has not reached yet."""
         columns = ", ".join(f'"{c}"' for c in (*ENVELOPE, *self.fields))
-        mark = f"(SELECT rid FROM projection_state WHERE name = '{self.name}')"
+        mark = f"(SELECT rid FROM projection_state WHERE name = {sql_literal(self.name)})"
         return (f"(SELECT {columns} FROM {self.table} UNION ALL "
                 f"SELECT {columns} FROM ({self._parsed(mark)}))")
 
