@@ -1,6 +1,7 @@
 """Where AAR keeps its data (DESIGN.md section 7).
 
-``AAR_HOME`` (default ``./.aar``) holds ``events.duckdb`` (the event log),
+``AAR_HOME`` (default ``./.aar``) holds ``events.duckdb`` (the event log) and
+its inboxes ``events.inbox-{0,1}.duckdb`` (services/recorder/inbox.py),
 ``artifacts/`` (sha256-addressed blobs), ``cache/`` (models, features,
 baselines) and ``nats/`` (the JetStream store).
 """

@@ -78,14 +78,14 @@ def build_log(db: Path, n: int, session_id: str, batch: int = 50_000) -> dict[st
     gen_s = ins_s = 0.0
     seq = 0
     try:
-        store.append([Recorded(e, (seq := seq + 1)) for e in head])
+        store.record([Recorded(e, (seq := seq + 1)) for e in head])
         left = n - len(head)
         while left > 0:
             t = time.perf_counter()
             events = factory.events(min(batch, left), session_id)
             gen_s += time.perf_counter() - t
             t = time.perf_counter()
-            store.append([Recorded(e, (seq := seq + 1)) for e in events])
+            store.record([Recorded(e, (seq := seq + 1)) for e in events])
             ins_s += time.perf_counter() - t
             left -= len(events)
             say(f"  logged {n - left:,} of {n:,}")

@@ -36,7 +36,7 @@ def aar(*args: str, home: AarHome, timeout: float = 120) -> subprocess.Completed
 @pytest.fixture
 def filled_home(home: AarHome) -> AarHome:
     store = EventStore(home.events_db)
-    store.append([Recorded(e, i) for i, e in enumerate(every_event("s-cli"), 1)])
+    store.record([Recorded(e, i) for i, e in enumerate(every_event("s-cli"), 1)])
     store.close()
     return home
 

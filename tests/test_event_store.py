@@ -23,7 +23,7 @@ def test_small_row_groups_and_checkpoint_empties_the_wal(tmp_path: Path) -> None
     events = [sample_event(EventType.AGENT_TOOL_CALLED, "s-rg", n=i) for i in range(n)]
     try:
         for start in range(0, n, 1000):
-            store.append([Recorded(e, start + k + 1) for k, e in enumerate(events[start:start + 1000])])
+            store.record([Recorded(e, start + k + 1) for k, e in enumerate(events[start:start + 1000])])
         assert store.wal_bytes() > 100_000  # everything so far is only in the WAL
         store.checkpoint()
         assert store.wal_bytes() == 0
@@ -61,8 +61,8 @@ def test_views_are_the_same_whether_projections_are_caught_up_or_not(tmp_path: P
     try:
         first = [e for n in range(3) for e in every_event(f"s-{n}")]
         later = [e for n in range(3, 5) for e in every_event(f"s-{n}")]
-        store.append([Recorded(e, i) for i, e in enumerate(first, 1)])
-        store.append([Recorded(e, len(first) + i) for i, e in enumerate(later, 1)])
+        store.record([Recorded(e, i) for i, e in enumerate(first, 1)])
+        store.record([Recorded(e, len(first) + i) for i, e in enumerate(later, 1)])
         nothing_projected = _view_rows(store)
         assert len(nothing_projected["ideas"]) == 5 and len(nothing_projected["tool_calls"]) == 5
         assert store.refresh_projections() > 0
@@ -84,7 +84,7 @@ def test_views_are_the_same_whether_projections_are_caught_up_or_not(tmp_path: P
 def test_a_changed_projection_is_rebuilt_from_the_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     db = tmp_path / "events.duckdb"
     store = EventStore(db)
-    store.append([Recorded(e, i) for i, e in enumerate(every_event("s-1"), 1)])
+    store.record([Recorded(e, i) for i, e in enumerate(every_event("s-1"), 1)])
     store.refresh_projections()
     store.close()
     old = PROJECTIONS["integrity_flagged"]
@@ -122,7 +122,7 @@ def test_checkpoints_alongside_audit_queries_never_raise(tmp_path: Path) -> None
     try:
         reader.start()
         for k in range(150):
-            store.append([Recorded(e, 100 * k + i) for i, e in enumerate(every_event(f"s-{k}"), 1)])
+            store.record([Recorded(e, 100 * k + i) for i, e in enumerate(every_event(f"s-{k}"), 1)])
             store.refresh_projections()
             results.append(store.checkpoint())
     finally:

@@ -52,7 +52,7 @@ def synthetic(home: AarHome) -> tuple[AarHome, str]:
     events = [sample_event(t, sid, n) for n in range(4) for t in EventType if n == 0 or t not in once]
     events += [sample_event(t, "s-other", n) for n in range(10, 12) for t in EventType]  # ids unique per session
     store = EventStore(home.events_db)
-    store.append([Recorded(e, i) for i, e in enumerate(events, 1)])
+    store.record([Recorded(e, i) for i, e in enumerate(events, 1)])
     store.close()
     return home, sid
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import structlog
 from pydantic import BaseModel
 
 MAX_ROWS = 100_000
@@ -93,4 +94,11 @@ def open_read_only(path: Path) -> duckdb.DuckDBPyConnection:
     """Open the log read-only, with file access from SQL disabled."""
     if not path.exists():
         raise FileNotFoundError(f"no event log at {path}: run `aar up` first (or set AAR_HOME)")
+    from .inbox import unfolded  # (inbox imports this module)
+
+    if waiting := unfolded(path):
+        structlog.get_logger("audit").warning(
+            "events_not_folded", rows=waiting, log=str(path),
+            hint="a recorder stopped before moving these from its inbox into the log; "
+                 "they are safe, and the next `aar up` folds them in")
     return duckdb.connect(str(path), read_only=True, config={"enable_external_access": False})

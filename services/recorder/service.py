@@ -1,8 +1,11 @@
 """The recorder: every event on ``aar.>`` into ``events.duckdb``.
 
 - one durable pull consumer (``recorder``), batches of up to ``batch`` messages;
-- a batch is written in one transaction, *then* acknowledged: a crash before
-  the commit means redelivery, and redelivered events are ignored on their id;
+- a batch is committed to an inbox file (``events.inbox-0.duckdb`` or ``-1``) in
+  one transaction, *then* acknowledged: a crash before the commit means
+  redelivery; a mover task folds the inboxes into the log, where redelivered
+  events are ignored on their id, and checkpoints the log, without ever holding
+  up a commit or an ack (see ``inbox``);
 - messages that are not valid events go to ``rejected_events`` with the reason
   and raw bytes, and a ``recorder.rejected`` event is published;
 - ``max_deliver`` exhaustion on any consumer (advisory) becomes a
@@ -51,7 +54,9 @@ class Recorder:
         fetch_timeout: float = 0.05,
         ack_wait: float = 5.0,
         linger: float = 0.02,
-        checkpoint_wal_bytes: int = 64_000_000,
+        checkpoint_wal_bytes: int = 8_000_000,
+        idle_after: float = 0.2,
+        move_every: float = 0.2,
     ) -> None:
         self.bus = bus
         self.store = store
@@ -60,14 +65,21 @@ class Recorder:
         self.fetch_timeout = fetch_timeout
         self.ack_wait = ack_wait
         self.linger = linger
-        # A checkpoint blocks every write while it runs, and its cost grows with the WAL
-        # (2 cores: ~0.1-0.4 s for 8 MB under load, ~0.35 s for 145 MB idle); small
-        # ones have a fixed cost too (~40 ms), so many small checkpoints stall more
-        # in total. So: checkpoint whenever the recorder is idle, and between batches
-        # only once the WAL passes this cap (under sustained load: ~40 s at 2k/s).
+        # The mover checkpoints the log when nothing was committed for ``idle_after``
+        # seconds, and under load once its WAL passes this cap (at 2k events/s every
+        # ~5 s). Commits go on into the inbox meanwhile, but a checkpoint keeps DuckDB's
+        # threads busy: on 2 cores a 32 MB one (~0.4-0.7 s) slowed the commits during it
+        # past 80 ms, while 8 MB ones (~0.1-0.2 s) did not (bench/bus.py, 60 s at 2k/s).
         self.checkpoint_wal_bytes = checkpoint_wal_bytes
+        self.idle_after = idle_after
+        # At most one move per ``move_every`` s: a move is a transaction with a fixed
+        # cost, so under load each folds in several commits (bounds how long an acked
+        # event takes to show in the views, checkpoints aside).
+        self.move_every = move_every
         self.checkpoints = 0
+        self.moves = 0
         self._refresh_after = 0.0  # monotonic time before which a failed refresh is not retried
+        self._committed = asyncio.Event()  # set after each commit: there is something to move
         self.batches = 0
         self.last_batch_ms = 0.0
         self.counts: dict[str, int] = {"events": 0, "rejected": 0}
@@ -83,7 +95,17 @@ class Recorder:
         await self.bus.nc.subscribe(
             f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{STREAM}.*", cb=self._on_max_deliveries
         )
-        self.log.info("recorder_ready", db=str(self.store.path), **self.counts)
+        self.log.info("recorder_ready", db=str(self.store.path),
+                      inboxes=[str(p) for p in self.store.inbox_paths], **self.counts)
+        done = asyncio.Event()
+        mover = asyncio.create_task(self._mover(done))
+        try:
+            await self._receive(sub, stop)
+        finally:
+            done.set()
+            await mover  # its last move folds in everything committed
+
+    async def _receive(self, sub: Any, stop: asyncio.Event) -> None:
         # Pipelined: while batch n commits in a worker thread (DuckDB releases the
         # GIL), what arrives meanwhile is fetched and decoded; once the commit is done
         # the buffer is topped up (no waiting) and committed at once. Acks still
@@ -93,7 +115,6 @@ class Recorder:
         pending = _Pending()
         last_start = float("-inf")  # when the latest commit began (loop time)
         backlog = False  # the latest fetch was large: more is waiting on the server
-        dirty = False  # WAL holds commits not yet checkpointed
         try:
             while not stop.is_set():
                 room = self.batch - len(pending.msgs)
@@ -114,9 +135,6 @@ class Recorder:
                     committing.result()
                     committing = None
                 if not pending.msgs:
-                    if dirty:  # idle: catch the projections up, checkpoint now rather than later
-                        await self.refresh_projections()
-                        dirty = not await self.checkpoint("idle")
                     continue
                 # Adaptive linger: a small batch right after the previous commit waits
                 # for the rest of ``linger`` (each DuckDB transaction has a fixed cost,
@@ -129,10 +147,60 @@ class Recorder:
                 last_start = loop.time()
                 committing = asyncio.create_task(self.commit(pending))
                 pending = _Pending()
-                dirty = True
         finally:
             if committing is not None:
                 await committing
+
+    async def _mover(self, done: asyncio.Event) -> None:
+        """Fold the inboxes into the log after commits (at most every ``move_every`` s,
+        so under load each move takes many commits), recycle the idle inbox, checkpoint
+        the log past its WAL cap, and when idle catch the projections up and checkpoint.
+        Never stops on an error: what was not moved stays in the inbox and is moved
+        at the next try (or by the next store to open the log)."""
+        dirty = False  # moved since the last idle refresh and checkpoint
+        while True:
+            try:
+                if not self._committed.is_set() and not done.is_set():
+                    try:
+                        await asyncio.wait_for(self._committed.wait(), self.idle_after)
+                    except TimeoutError:
+                        if dirty:  # idle: catch the projections up, checkpoint now rather than later
+                            await self.refresh_projections()
+                            dirty = not await self.checkpoint("idle")
+                        continue
+                self._committed.clear()
+                started = time.monotonic()
+                if await self.move():
+                    dirty = True
+                if done.is_set() and not self._committed.is_set():
+                    return
+                await self.recycle()
+                if self.store.wal_bytes() >= self.checkpoint_wal_bytes:
+                    await self.checkpoint("wal_size")  # ``dirty`` stays: projections at idle
+                elif not done.is_set():
+                    await asyncio.sleep(max(0.0, started + self.move_every - time.monotonic()))
+            except Exception as exc:  # noqa: BLE001 - the events are safe in the inbox
+                self.log.error("move_failed", error=f"{type(exc).__name__}: {exc}"[:500])
+                if done.is_set():
+                    return  # the store folds the inbox in again when it closes or next opens
+                await asyncio.sleep(1.0)
+                self._committed.set()
+
+    async def move(self) -> bool:
+        """Fold the inboxes into the log; True when something was moved."""
+        started = time.perf_counter()
+        moved = await asyncio.to_thread(self.store.move)
+        if not moved.upto:
+            return False
+        self.moves += 1
+        self.counts["events"] += moved.events
+        self.counts["rejected"] += moved.rejected
+        self.log.debug(
+            "batch_moved", new=moved.events, rejected=moved.rejected, upto=moved.upto,
+            recorded_upto=moved.recorded_upto.timestamp() if moved.recorded_upto else None,
+            ms=(time.perf_counter() - started) * 1000,
+        )
+        return True
 
     async def _fetch(self, sub: Any, n: int, timeout: float, backlog: bool) -> list[Msg]:
         """Up to ``n`` messages. ``timeout`` > 0: wait up to that long for the first
@@ -162,10 +230,9 @@ class Recorder:
         msgs, rejected = batch.msgs, batch.rejected
         started = time.perf_counter()
         # DuckDB work off the event loop: heartbeats and queries keep flowing.
-        new, new_rejected = await asyncio.to_thread(self.store.append, batch.events, rejected)
+        written = await asyncio.to_thread(self.store.append, batch.events, rejected)
         appended = time.perf_counter()
-        self.counts["events"] += new
-        self.counts["rejected"] += new_rejected
+        self._committed.set()
         for msg in msgs:
             await msg.ack()
         self.batches += 1
@@ -173,13 +240,10 @@ class Recorder:
         if rejected:
             await self._announce_rejections(rejected)
         self.log.debug(
-            "batch_committed", received=len(msgs), new=new, rejected=len(rejected), ms=self.last_batch_ms,
+            "batch_committed", received=len(msgs), written=written, rejected=len(rejected), ms=self.last_batch_ms,
             append_ms=(appended - started) * 1000,  # the DuckDB write; the rest is acks
             queued_ms=(started - batch.first) * 1000,  # first message fetched -> write began
         )
-        # After the acks, so this batch's publishers are not kept waiting by it.
-        if self.store.wal_bytes() >= self.checkpoint_wal_bytes:
-            await self.checkpoint("wal_size")
 
     async def refresh_projections(self) -> None:
         """Catch the typed projections up. A failure is logged and retried a minute
@@ -209,6 +273,12 @@ class Recorder:
         else:
             self.log.debug("checkpoint_deferred", reason=reason, wal_bytes=wal, ms=ms)
         return done
+
+    async def recycle(self) -> None:
+        """Empty and checkpoint the idle inbox file once it is all in the log."""
+        started = time.perf_counter()
+        if await asyncio.to_thread(self.store.recycle):
+            self.log.debug("inbox_recycled", ms=(time.perf_counter() - started) * 1000)
 
     async def _announce_rejections(self, rejected: list[RejectedRecord]) -> None:
         for rec in rejected:
@@ -261,7 +331,8 @@ class Recorder:
 
     async def _health(self, data: bytes) -> Any:
         return {**self.counts, "batches": self.batches, "last_batch_ms": self.last_batch_ms,
-                "checkpoints": self.checkpoints, "wal_bytes": self.store.wal_bytes(), "pid": os.getpid()}
+                "checkpoints": self.checkpoints, "wal_bytes": self.store.wal_bytes(), "moves": self.moves,
+                "inbox": self.store.pending(), "pid": os.getpid()}
 
 
 async def fetch_available(sub: JetStreamContext.PullSubscription, batch: int, timeout: float = 1.0) -> list[Msg]:

@@ -1,0 +1,194 @@
+"""The recorder's inbox: two small DuckDB files that batches are committed to.
+
+A DuckDB checkpoint blocks every write to its database while it runs (measured with
+DuckDB 2.0: an insert into *any* table of the file waits for the whole checkpoint,
+indexed or not), and at 2,000 events/s the event log needs one every ~10-20 s. A
+write to *another* attached database does not wait. So:
+
+- the recorder commits each batch into the active inbox file
+  (``events.inbox-0.duckdb`` or ``-1``; tables without indexes) and acknowledges it
+  from there: the event is durable, in DuckDB, and a checkpoint of the log never
+  delays the ack;
+- a mover folds the inboxes into the log (``events`` / ``rejected_events``, where
+  the primary keys deduplicate) when the log is not checkpointing, a few times a
+  second; the same transaction advances ``inbox_state.seq`` in the log, so a move
+  is all-or-nothing and never repeated;
+- an inbox file has a WAL of its own, which must be checkpointed too, and that
+  would block appends again. So there are two: appends go to one until its WAL
+  passes ``WAL_BYTES``, then to the other; the mover empties and checkpoints the
+  idle one once everything in it is in the log (``recycle``);
+- a store opening a log folds what a stopped or crashed recorder left in the
+  inboxes before anything else.
+
+The views read only the log: an event appears in them once moved, a fraction of a
+second after its ack (plus, at most, one checkpoint of the log).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import duckdb
+
+from .audit import sql_literal
+
+FILES = 2
+STATE = "inbox_state"  # in the log: how far (inbox_seq) the inboxes have been folded in
+# The active file is swapped for the other (if that one is empty) past this much WAL:
+# at 2k events/s every ~3 s.
+WAL_BYTES = 4_000_000
+
+_TABLES = """
+CREATE TABLE IF NOT EXISTS {cat}.events (
+    id VARCHAR, type VARCHAR, schema_version INTEGER, session_id VARCHAR, source VARCHAR,
+    time TIMESTAMPTZ, correlation_id VARCHAR, causation_id VARCHAR, payload VARCHAR,
+    subject VARCHAR, stream_seq BIGINT, recorded_at TIMESTAMPTZ, inbox_seq BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS {cat}.rejected_events (
+    stream_seq BIGINT, subject VARCHAR, reason VARCHAR, raw BLOB, event_id VARCHAR,
+    event_type VARCHAR, session_id VARCHAR, recorded_at TIMESTAMPTZ, inbox_seq BIGINT NOT NULL
+);
+"""
+EVENT_COLUMNS = ("id, type, schema_version, session_id, source, time, correlation_id, causation_id, "
+                 "payload, subject, stream_seq, recorded_at")
+REJECTED_COLUMNS = "stream_seq, subject, reason, raw, event_id, event_type, session_id, recorded_at"
+# table -> (columns, the key the log deduplicates on)
+MOVED = {"events": (EVENT_COLUMNS, "id"), "rejected_events": (REJECTED_COLUMNS, "stream_seq")}
+
+
+def path_for(log: Path, k: int) -> Path:
+    """``events.duckdb`` -> ``events.inbox-<k>.duckdb`` (next to the log)."""
+    return log.with_name(f"{log.stem}.inbox-{k}{log.suffix or '.duckdb'}")
+
+
+def catalog(k: int) -> str:
+    return f"inbox{k}"
+
+
+def wal_bytes(db: Path) -> int:
+    try:
+        return db.with_name(db.name + ".wal").stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+@dataclass
+class _File:
+    top: int = 0  # highest inbox_seq written to it since it was last emptied (0: none)
+    clean: bool = True  # empty and checkpointed: may become the active file
+
+
+class Inboxes:
+    """The two inbox files of a log and what the store knows of them. The store is
+    their only writer; it calls the append side under its inbox lock and the move
+    side under its log lock (see ``EventStore``)."""
+
+    def __init__(self, log: Path) -> None:
+        self.paths = [path_for(log, k) for k in range(FILES)]
+        self.files = [_File() for _ in range(FILES)]
+        self.active = 0
+        self.seq = 0  # the last inbox_seq handed out
+        self.moved = 0  # the log's mark: everything up to it is in the log
+        self.rejected_top = 0  # the last inbox_seq of a rejection
+        self.recorded_upto: datetime | None = None  # recorded_at of the latest append
+
+    def attach(self, con: duckdb.DuckDBPyConnection) -> None:
+        """Attach both files and create their tables, and the mark in the log (the log
+        must be the connection's current database); then read where things stand."""
+        for k, path in enumerate(self.paths):
+            con.execute(f"ATTACH {sql_literal(str(path))} AS {catalog(k)}")
+            con.execute(_TABLES.format(cat=catalog(k)))
+        con.execute(f"CREATE TABLE IF NOT EXISTS {STATE} (seq BIGINT NOT NULL)")
+        if not con.execute(f"SELECT count(*) FROM {STATE}").fetchall()[0][0]:
+            con.execute(f"INSERT INTO {STATE} VALUES (0)")
+        self.moved = int(con.execute(f"SELECT seq FROM {STATE}").fetchall()[0][0])
+        for k, f in enumerate(self.files):
+            f.top, rejected_top = (int(v) for v in con.execute(
+                f"SELECT (SELECT coalesce(max(inbox_seq), 0) FROM {catalog(k)}.events), "
+                f"(SELECT coalesce(max(inbox_seq), 0) FROM {catalog(k)}.rejected_events)").fetchall()[0])
+            f.top = max(f.top, rejected_top)
+            f.clean = f.top == 0 and wal_bytes(self.paths[k]) == 0
+            self.rejected_top = max(self.rejected_top, rejected_top)
+        self.seq = max([self.moved] + [f.top for f in self.files])
+
+    # -- append side ---------------------------------------------------------------
+
+    def target(self) -> str:
+        return catalog(self.active)
+
+    def appended(self, last: int, *, rejected: bool, recorded_at: datetime) -> None:
+        """Note a committed append of rows up to ``last``, and swap files if due."""
+        self.seq = last
+        f = self.files[self.active]
+        f.top, f.clean = last, False
+        if rejected:
+            self.rejected_top = last
+        self.recorded_upto = recorded_at
+        other = (self.active + 1) % FILES
+        if self.files[other].clean and wal_bytes(self.paths[self.active]) >= WAL_BYTES:
+            self.active = other
+
+    # -- move side -----------------------------------------------------------------
+
+    def move_statements(self, top: int, *, verb: str, dedupe: bool) -> list[tuple[str, str]]:
+        """INSERTs into the log of the rows in (moved, top]: first copies of each key only
+        when ``dedupe`` (costs a window; needed only when a key repeats)."""
+        out = []
+        for table, (columns, key) in MOVED.items():
+            if table == "rejected_events" and self.rejected_top <= self.moved:
+                continue  # no rejection to move: skip the statement
+            parts = [f"SELECT {columns}, inbox_seq FROM {catalog(k)}.{table} "
+                     f"WHERE inbox_seq > {int(self.moved)} AND inbox_seq <= {int(top)}"
+                     for k, f in enumerate(self.files) if f.top > self.moved]
+            if not parts:
+                continue
+            first = f" QUALIFY row_number() OVER (PARTITION BY {key} ORDER BY inbox_seq) = 1" if dedupe else ""
+            out.append((table, f"{verb} INTO {table} SELECT {columns} FROM ({' UNION ALL '.join(parts)}){first}"))
+        return out
+
+    def recyclable(self, *, all_files: bool = False) -> list[int]:
+        """Files that hold only rows already in the log and are not clean: the idle one
+        (or every one, when nothing appends)."""
+        return [k for k, f in enumerate(self.files)
+                if (all_files or k != self.active) and not f.clean and f.top <= self.moved]
+
+
+def recycle(con: duckdb.DuckDBPyConnection, k: int) -> bool:
+    """Empty inbox file ``k`` and checkpoint it; False if DuckDB declined the checkpoint
+    (try again later)."""
+    for table in MOVED:
+        con.execute(f"DELETE FROM {catalog(k)}.{table}")
+    try:
+        con.execute(f"CHECKPOINT {catalog(k)}")
+    except duckdb.TransactionException:
+        return False
+    return True
+
+
+def unfolded(log: Path) -> int:
+    """For read-only readers: how many rows a recorder committed to the inboxes of
+    ``log`` and never folded into it (it was stopped by a crash); 0 when there are
+    none. The next recorder to open the log folds them in."""
+    boxes = [(k, p) for k in range(FILES) if (p := path_for(log, k)).exists()]
+    if not boxes or not log.exists():
+        return 0
+    con = duckdb.connect(":memory:")
+    try:
+        con.execute(f"ATTACH {sql_literal(str(log))} AS aar (READ_ONLY)")
+        has_state = con.execute("SELECT count(*) FROM duckdb_tables() WHERE database_name = 'aar' "
+                                "AND table_name = ?", [STATE]).fetchall()[0][0]
+        mark = int(con.execute(f"SELECT seq FROM aar.{STATE}").fetchall()[0][0]) if has_state else 0
+        total = 0
+        for k, path in boxes:
+            con.execute(f"ATTACH {sql_literal(str(path))} AS {catalog(k)} (READ_ONLY)")
+            tables = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables() WHERE database_name = ?",
+                                                [catalog(k)]).fetchall()}
+            total += sum(int(con.execute(f"SELECT count(*) FROM {catalog(k)}.{t} WHERE inbox_seq > {mark}")
+                             .fetchall()[0][0]) for t in MOVED if t in tables)
+        return total
+    except duckdb.Error:
+        return 0  # held by a running recorder, or not an inbox: nothing to say
+    finally:
+        con.close()
