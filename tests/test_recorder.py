@@ -272,3 +272,35 @@ async def test_live_audit_is_read_only(admin: Bus, recorder: ServiceProcess, sql
     with pytest.raises(QueryError, match="read-only|disabled"):
         await admin.request("recorder", "audit", {"sql": sql})
     assert await recorded_count(admin) == 1
+
+
+async def test_a_stopped_recorder_folds_everything_in_and_returns_at_once(
+    nats_server: NatsServer, home: AarHome, admin: Bus
+) -> None:
+    """Stopping wakes the mover at once (it would otherwise wait up to ``idle_after``),
+    and its last move puts every acknowledged event in the log."""
+    from services.recorder.service import Recorder
+    from services.recorder.store import EventStore
+
+    store = EventStore(home.events_db)
+    bus = await Bus.connect(settings(nats_server, Role.RECORDER), name="rec-inproc")
+    recorder = Recorder(bus, store, idle_after=3600.0, move_every=3600.0)
+    stop = asyncio.Event()
+    task = asyncio.create_task(recorder.run(stop))
+    try:
+        await admin.publish_many(every_event("s-stop"))
+
+        async def all_committed() -> bool:
+            return recorder.batches > 0 and store.pending() + recorder.counts["events"] >= len(every_event())
+
+        await wait_until(all_committed, 30, "the events to be committed")
+        stop.set()
+        await asyncio.wait_for(task, 10)
+        assert store.pending() == 0
+        assert store.counts()["events"] == len(every_event())
+    finally:
+        stop.set()
+        if not task.done():
+            task.cancel()
+        await bus.close()
+        store.close()

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import time
@@ -103,6 +104,7 @@ class Recorder:
             await self._receive(sub, stop)
         finally:
             done.set()
+            self._committed.set()  # wake the mover now, not after ``idle_after``
             await mover  # its last move folds in everything committed
 
     async def _receive(self, sub: Any, stop: asyncio.Event) -> None:
@@ -177,8 +179,9 @@ class Recorder:
                 await self.recycle()
                 if self.store.wal_bytes() >= self.checkpoint_wal_bytes:
                     await self.checkpoint("wal_size")  # ``dirty`` stays: projections at idle
-                elif not done.is_set():
-                    await asyncio.sleep(max(0.0, started + self.move_every - time.monotonic()))
+                else:  # the rest of ``move_every``, cut short by a stop
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(done.wait(), max(0.0, started + self.move_every - time.monotonic()))
             except Exception as exc:  # noqa: BLE001 - the events are safe in the inbox
                 self.log.error("move_failed", error=f"{type(exc).__name__}: {exc}"[:500])
                 if done.is_set():
