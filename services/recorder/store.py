@@ -250,9 +250,10 @@ class EventStore:
         return done
 
     def pending(self) -> int:
-        """Rows committed to the inboxes and not yet folded into the log."""
-        with self._inbox_lock:
-            return self.inboxes.seq - self.inboxes.moved
+        """Rows committed to the inboxes and not yet folded into the log. Lock-free (the
+        recorder's health handler calls it on the event loop): two int reads, each
+        updated only after its commit."""
+        return max(0, self.inboxes.seq - self.inboxes.moved)
 
     def refresh_projections(self) -> int:
         """Bring the typed projections up to the log's end (the views are exact either
