@@ -40,22 +40,12 @@ STATE = "inbox_state"  # in the log: how far (inbox_seq) the inboxes have been f
 # at 2k events/s every ~3 s.
 WAL_BYTES = 4_000_000
 
-_TABLES = """
-CREATE TABLE IF NOT EXISTS {cat}.events (
-    id VARCHAR, type VARCHAR, schema_version INTEGER, session_id VARCHAR, source VARCHAR,
-    time TIMESTAMPTZ, correlation_id VARCHAR, causation_id VARCHAR, payload VARCHAR,
-    subject VARCHAR, stream_seq BIGINT, recorded_at TIMESTAMPTZ, inbox_seq BIGINT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS {cat}.rejected_events (
-    stream_seq BIGINT, subject VARCHAR, reason VARCHAR, raw BLOB, event_id VARCHAR,
-    event_type VARCHAR, session_id VARCHAR, recorded_at TIMESTAMPTZ, inbox_seq BIGINT NOT NULL
-);
-"""
-EVENT_COLUMNS = ("id, type, schema_version, session_id, source, time, correlation_id, causation_id, "
-                 "payload, subject, stream_seq, recorded_at")
-REJECTED_COLUMNS = "stream_seq, subject, reason, raw, event_id, event_type, session_id, recorded_at"
-# table -> (columns, the key the log deduplicates on)
-MOVED = {"events": (EVENT_COLUMNS, "id"), "rejected_events": (REJECTED_COLUMNS, "stream_seq")}
+# The inbox tables are the log's tables as ``CREATE TABLE AS`` copies them: same
+# columns and types, no keys (so no index to maintain), then ``inbox_seq``. The payload
+# is plain text there: it is validated as JSON once, when moved into the log.
+_COPY = {"events": "* REPLACE (payload::VARCHAR AS payload)", "rejected_events": "*"}
+# table -> the key the log deduplicates on
+MOVED = {"events": "id", "rejected_events": "stream_seq"}
 
 
 def path_for(log: Path, k: int) -> Path:
@@ -99,7 +89,9 @@ class Inboxes:
         must be the connection's current database); then read where things stand."""
         for k, path in enumerate(self.paths):
             con.execute(f"ATTACH {sql_literal(str(path))} AS {catalog(k)}")
-            con.execute(_TABLES.format(cat=catalog(k)))
+            for table, columns in _COPY.items():
+                con.execute(f"CREATE TABLE IF NOT EXISTS {catalog(k)}.{table} AS "
+                            f"SELECT {columns}, NULL::BIGINT AS inbox_seq FROM {table} LIMIT 0")
         con.execute(f"CREATE TABLE IF NOT EXISTS {STATE} (seq BIGINT NOT NULL)")
         if not con.execute(f"SELECT count(*) FROM {STATE}").fetchall()[0][0]:
             con.execute(f"INSERT INTO {STATE} VALUES (0)")
@@ -136,16 +128,17 @@ class Inboxes:
         """INSERTs into the log of the rows in (moved, top]: first copies of each key only
         when ``dedupe`` (costs a window; needed only when a key repeats)."""
         out = []
-        for table, (columns, key) in MOVED.items():
+        for table, key in MOVED.items():
             if table == "rejected_events" and self.rejected_top <= self.moved:
                 continue  # no rejection to move: skip the statement
-            parts = [f"SELECT {columns}, inbox_seq FROM {catalog(k)}.{table} "
+            parts = [f"SELECT * FROM {catalog(k)}.{table} "
                      f"WHERE inbox_seq > {int(self.moved)} AND inbox_seq <= {int(top)}"
                      for k, f in enumerate(self.files) if f.top > self.moved]
             if not parts:
                 continue
             first = f" QUALIFY row_number() OVER (PARTITION BY {key} ORDER BY inbox_seq) = 1" if dedupe else ""
-            out.append((table, f"{verb} INTO {table} SELECT {columns} FROM ({' UNION ALL '.join(parts)}){first}"))
+            out.append((table, f"{verb} INTO {table} SELECT * EXCLUDE (inbox_seq) "
+                               f"FROM ({' UNION ALL '.join(parts)}){first}"))
         return out
 
     def recyclable(self, *, all_files: bool = False) -> list[int]:
