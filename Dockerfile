@@ -51,7 +51,7 @@ WORKDIR /home/aar
 
 FROM base AS runtime
 RUN apt-get update \
- && apt-get install -y --no-install-recommends bubblewrap \
+ && apt-get install -y --no-install-recommends bubblewrap libseccomp2 \
  && rm -rf /var/lib/apt/lists/*
 RUN pip install ".[ml,claude]" \
  && rm -rf build *.egg-info

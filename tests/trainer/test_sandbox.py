@@ -55,19 +55,21 @@ def test_normal_method_returns_predictions(ctx, tmp_path: Path) -> None:  # type
 def test_socket_is_blocked_and_reported(ctx) -> None:  # type: ignore[no-untyped-def]
     src = "import socket\ndef run(ctx):\n    socket.create_connection(('1.1.1.1', 443), timeout=3)\n"
     result = run_untrusted(src, ctx)
-    assert not result.ok
-    assert ViolationKind.NETWORK in result.violation_kinds
-    assert "unreachable" in result.stderr.lower()
+    assert not result.ok  # the seccomp filter killed it (SIGSYS), or the trainer did on its record
+    assert ViolationKind.NETWORK in result.violation_kinds  # the runner's report (advisory)
+    assert any(v.kind is ViolationKind.SYSCALL and v.source == "kernel" and v.blocking for v in result.violations)
 
 
 @needs_bwrap
 def test_swallowed_dns_attempt_is_still_reported(ctx) -> None:  # type: ignore[no-untyped-def]
+    """A DNS lookup cannot be swallowed any more: the resolver's AF_INET socket is killed."""
     src = (
         "import socket\ndef run(ctx):\n    try:\n        socket.getaddrinfo('pypi.org', 443)\n"
         "    except OSError:\n        pass\n    return [0.5] * ctx.n_eval\n"
     )
     result = run_untrusted(src, ctx)
-    assert result.ok and ViolationKind.NETWORK in result.violation_kinds
+    assert not result.ok and ViolationKind.NETWORK in result.violation_kinds
+    assert any(v.kind is ViolationKind.SYSCALL and v.source == "kernel" for v in result.violations)
 
 
 @needs_bwrap
@@ -158,9 +160,10 @@ def test_without_bwrap_untrusted_code_is_refused(ctx, monkeypatch: pytest.Monkey
 
 def test_tmp_is_mounted_before_the_interpreter_so_a_venv_under_tmp_stays_visible(tmp_path: Path) -> None:
     args = sandbox._bwrap_mounts(tmp_path / "job")
-    tmp_at = next(i for i in range(len(args) - 2) if args[i] == "--bind" and args[i + 2] == "/tmp")
+    tmp_at = next(i for i in range(len(args) - 1) if args[i] == "--tmpfs" and args[i + 1] == "/tmp")
+    assert args[tmp_at - 2] == "--size"  # a bounded RAM disk, not the host's /tmp
     for prefix in sandbox._python_prefixes():
         at = next(i for i in range(len(args) - 2) if args[i] == "--ro-bind" and args[i + 1] == prefix)
         assert tmp_at < at, f"/tmp is mounted over the interpreter prefix {prefix}"
-    hidden = [i for i, a in enumerate(args) if a == "--tmpfs"]
+    hidden = [i for i, a in enumerate(args) if a == "--tmpfs" and args[i + 1] in sandbox.hidden_data_paths()]
     assert all(i > tmp_at for i in hidden)

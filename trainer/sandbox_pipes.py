@@ -1,0 +1,73 @@
+"""Pipes from the sandbox to the trainer, drained by threads with a cap on what is kept.
+
+Nothing the sandbox writes reaches the host's disk: stdout and stderr keep their last
+64 KiB, the runner's reports their first MiB, the result its first ``cap`` bytes (what
+comes after is read and dropped, and :attr:`Drain.overflow` says so). Each thread owns
+its read end and closes it at end of file.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+
+class Drain:
+    """Reads ``fd`` to its end in a daemon thread; keeps the head or the tail, at most ``cap`` bytes."""
+
+    __slots__ = ("_chunks", "_fd", "_kept", "_thread", "cap", "overflow", "tail", "total")
+
+    def __init__(self, fd: int, cap: int, *, tail: bool = False) -> None:
+        self._fd = fd
+        self.cap = cap
+        self.tail = tail
+        self.total = 0
+        self.overflow = False
+        self._chunks: list[bytes] = []
+        self._kept = 0
+        self._thread = threading.Thread(target=self._run, name=f"sandbox-drain-{fd}", daemon=True)
+
+    def start(self) -> Drain:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        try:
+            while chunk := os.read(self._fd, 65536):
+                self.total += len(chunk)
+                if self.tail:
+                    self._chunks.append(chunk)
+                    self._kept += len(chunk)
+                    while self._kept - len(self._chunks[0]) >= self.cap:
+                        self._kept -= len(self._chunks.pop(0))
+                        self.overflow = True
+                elif self._kept < self.cap:
+                    room = self.cap - self._kept
+                    self._chunks.append(chunk[:room])
+                    self._kept += min(room, len(chunk))
+                    self.overflow = self.overflow or len(chunk) > room
+                else:
+                    self.overflow = True
+        except OSError:
+            pass
+        finally:
+            os.close(self._fd)
+
+    def join(self, timeout_s: float) -> bool:
+        """Wait for end of file; False when writers still hold the pipe open."""
+        self._thread.join(timeout_s)
+        return not self._thread.is_alive()
+
+    def data(self) -> bytes:
+        raw = b"".join(list(self._chunks))
+        return raw[-self.cap :] if self.tail else raw[: self.cap]
+
+    def text(self) -> str:
+        return self.data().decode("utf-8", "replace")
+
+
+def pipe() -> tuple[int, int]:
+    """(read end, write end); the read end is never inherited by the child."""
+    r, w = os.pipe()
+    os.set_inheritable(r, False)
+    return r, w
