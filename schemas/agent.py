@@ -4,17 +4,19 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from .base import Count, EventType, JsonObject, NonNegative, Payload
+from .base import MAX_ID, MAX_TEXT, Count, EventType, Ident, JsonObject, NonNegative, Payload, Text
 from .registry import event
 from .session import Backend
 
 
 @event(EventType.AGENT_STARTED)
 class AgentStarted(Payload):
-    agent_id: str
-    direction: str
+    publisher_field = "agent_id"
+
+    agent_id: Ident
+    direction: Text(MAX_TEXT)
     backend: Backend
-    model: str | None = None
+    model: Text(MAX_ID) | None = None
     seed: int | None = None
 
 
@@ -22,33 +24,39 @@ class AgentStarted(Payload):
 class AgentLlmCalled(Payload):
     """One Messages API call. Cost is computed from a price table at call time."""
 
-    agent_id: str
-    model: str
+    publisher_field = "agent_id"
+
+    agent_id: Ident
+    model: Text(MAX_ID)
     input_tokens: Count
     output_tokens: Count
     cache_read_tokens: Count = 0
     cache_write_tokens: Count = 0
     cost_usd: NonNegative
     latency_s: NonNegative
-    stop_reason: str | None = None
+    stop_reason: Text(MAX_ID) | None = None
     attempts: int = Field(default=1, ge=1)
-    idea_id: str | None = None
+    idea_id: Ident | None = None
 
 
 @event(EventType.AGENT_TOOL_CALLED)
 class AgentToolCalled(Payload):
-    agent_id: str
-    tool: str
+    publisher_field = "agent_id"
+
+    agent_id: Ident
+    tool: Text(MAX_ID)
     arguments: JsonObject = Field(default_factory=dict)
     ok: bool = True
-    error: str | None = None
+    error: Text(MAX_TEXT) | None = None
     latency_s: NonNegative = 0.0
-    result_summary: str = ""
+    result_summary: Text(MAX_TEXT) = ""
 
 
 @event(EventType.AGENT_STOPPED)
 class AgentStopped(Payload):
-    agent_id: str
-    reason: str
+    publisher_field = "agent_id"
+
+    agent_id: Ident
+    reason: Text(MAX_TEXT)
     ideas: Count = 0
     cost_usd: NonNegative = 0.0

@@ -4,13 +4,13 @@ identifiers, and the payload base class."""
 from __future__ import annotations
 
 import hashlib
-
+import hmac
 import math
 import re
 from enum import StrEnum
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar, Self
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationInfo, model_validator
 from ulid import ULID
 
 
@@ -27,6 +27,7 @@ class Domain(StrEnum):
     INTEGRITY = "integrity"
     FORUM = "forum"
     RECORDER = "recorder"
+    GATEWAY = "gateway"
 
 
 class EventType(StrEnum):
@@ -56,6 +57,7 @@ class EventType(StrEnum):
     RECORDER_REJECTED = "recorder.rejected"
     RECORDER_DEAD_LETTERED = "recorder.dead_lettered"
     RECORDER_HEALTH = "recorder.health"
+    GATEWAY_REFUSED = "gateway.refused"
 
     @property
     def domain(self) -> Domain:
@@ -70,9 +72,37 @@ class EventType(StrEnum):
 SUBJECT_TOKEN = r"^[A-Za-z0-9_-]{1,64}$"  # used with fullmatch / by pydantic
 _SUBJECT_TOKEN_RE = re.compile(SUBJECT_TOKEN)
 
-SessionId = Annotated[str, StringConstraints(pattern=SUBJECT_TOKEN)]
-EventId = Annotated[str, StringConstraints(min_length=1, max_length=64)]
-Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+# Documented maxima (DESIGN.md section 4: every str and list field has one). Every str
+# field of every event uses one of these sizes, or a smaller one of its own.
+MAX_ID = 128  # ids minted by the platform or an agent (idea, experiment, post, agent, trainer)
+MAX_NAME = 300  # titles, names, short labels
+MAX_TEXT = 4_000  # one-paragraph texts: error messages, details, directions
+MAX_LONG_TEXT = 20_000  # an agent's hypothesis, reasoning or post body
+MAX_REFS = 50  # ids in a list (parent ideas, cited posts, ...)
+MAX_SEEDS = 100  # seeds (and per-seed values) of one experiment or baseline
+MAX_JSON_BYTES = 64 * 1024  # a free-form JSON object (parameters, tool arguments, evidence), about
+# The largest event the platform accepts (envelope and payload as JSON bytes); the
+# stream refuses anything larger and the gateway answers with the reason.
+MAX_EVENT_BYTES = 256 * 1024
+
+
+def Text(max_length: int, *, min_length: int = 0) -> Any:
+    """A str field of at most ``max_length`` characters."""
+    return Annotated[str, StringConstraints(min_length=min_length, max_length=max_length)]
+
+
+def Refs(max_items: int = MAX_REFS, *, item_length: int = MAX_ID) -> Any:
+    """A list of at most ``max_items`` ids (or short strings) of at most ``item_length`` characters."""
+    return Annotated[list[Text(item_length)], Field(max_length=max_items)]  # type: ignore[valid-type]
+
+
+# Envelope ids: printable ASCII without spaces (they travel in logs, SQL, URLs and headers).
+PRINTABLE_ID = r"^[!-~]{1,128}$"
+SessionId = Annotated[str, StringConstraints(max_length=64, pattern=SUBJECT_TOKEN)]
+EventId = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[!-~]{1,64}$")]
+RefId = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID, pattern=PRINTABLE_ID)]
+Ident = Text(MAX_ID, min_length=1)
+Sha256 = Annotated[str, StringConstraints(min_length=64, max_length=64, pattern=r"^[0-9a-f]{64}$")]
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 NonNegative = Annotated[float, Field(ge=0.0)]
 Count = Annotated[int, Field(ge=0)]
@@ -85,31 +115,124 @@ def is_subject_token(value: str) -> bool:
 MAX_JSON_DEPTH = 32
 
 
-def _json_safe(value: Any, depth: int = 0) -> Any:
-    """Free-form JSON fields: finite numbers, bounded nesting, encodable strings."""
+class _Budget:
+    """Running size of a JSON value being checked (about its encoded length)."""
+
+    __slots__ = ("left",)
+
+    def __init__(self, limit: int) -> None:
+        self.left = limit
+
+    def spend(self, n: int) -> None:
+        self.left -= n
+        if self.left < 0:
+            raise ValueError(f"larger than {MAX_JSON_BYTES:,} bytes of JSON")
+
+
+def _json_safe(value: Any, depth: int = 0, budget: _Budget | None = None) -> Any:
+    """Free-form JSON fields: finite numbers, bounded nesting and size, encodable strings."""
+    if budget is None:
+        budget = _Budget(MAX_JSON_BYTES)
     if depth > MAX_JSON_DEPTH:
         raise ValueError(f"nested deeper than {MAX_JSON_DEPTH} levels")
     if isinstance(value, float) and not math.isfinite(value):
         raise ValueError("numbers must be finite")
     if isinstance(value, str):
-        value.encode("utf-8")  # lone surrogates raise UnicodeEncodeError (a ValueError)
+        check_encodable(value)
+        budget.spend(len(value) + 2)
     elif isinstance(value, dict):
+        budget.spend(2)
         for key, item in value.items():
-            _json_safe(key, depth + 1)
-            _json_safe(item, depth + 1)
+            _json_safe(key, depth + 1, budget)
+            _json_safe(item, depth + 1, budget)
     elif isinstance(value, list):
+        budget.spend(2)
         for item in value:
-            _json_safe(item, depth + 1)
+            _json_safe(item, depth + 1, budget)
+    else:
+        budget.spend(8)
     return value
 
 
 JsonObject = Annotated[dict[str, Any], AfterValidator(_json_safe)]
 
 
+def check_encodable(value: str) -> str:
+    """``value`` if it is valid Unicode text (encodable as UTF-8), else ValueError.
+    A lone surrogate (e.g. from a ``\\ud800`` JSON escape read by a lenient parser, or
+    built in Python) cannot be written to the bus, the log or any file."""
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            bad = value[exc.start]
+            raise ValueError(
+                f"lone surrogate U+{ord(bad):04X} at position {exc.start}: strings must be valid Unicode") from None
+    return value
+
+
+def escape_unencodable(value: str) -> str:
+    """``value`` with anything UTF-8 cannot encode written as a backslash escape
+    (for reasons and ids quoted in rejections: they must be storable whatever came in)."""
+    if value.isascii():
+        return value
+    return value.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _check_strings(value: Any, where: str) -> None:
+    if isinstance(value, str):
+        try:
+            check_encodable(value)
+        except ValueError as exc:
+            raise ValueError(f"{where}: {exc}") from None
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            _check_strings(item, f"{where}[{i}]")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_strings(key, where)
+            _check_strings(item, f"{where}.{key}")
+
+
+class Model(BaseModel):
+    """Base of every event model (payloads, their nested models, the envelope): frozen,
+    no extra fields, finite floats, and no string that cannot be encoded.
+
+    JSON input cannot carry a lone surrogate (the JSON parser refuses ``\\ud800``), but
+    Python input can: such a model would validate and then fail to serialize (to the
+    bus, the log, a file). So models built from Python values are checked here."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _strings_are_encodable(self, info: ValidationInfo) -> Self:
+        if info.mode == "python":
+            for name, value in self.__dict__.items():
+                if not isinstance(value, BaseModel):
+                    _check_strings(value, name)
+        return self
+
+
+_ID_KEY: list[bytes] = []  # this process's key for derived ids (set_id_key)
+
+
+def set_id_key(secret: str | bytes | None) -> None:
+    """Key this process's derived ids with ``secret`` (services use their NATS password:
+    stable across restarts, known to no other identity). None: unkeyed (tools, tests)."""
+    _ID_KEY.clear()
+    if secret:
+        raw = secret.encode() if isinstance(secret, str) else secret
+        _ID_KEY.append(hmac.new(raw, b"aar derived event ids", hashlib.sha256).digest())
+
+
 def derived_id(prefix: str, *parts: object) -> str:
     """A stable event id derived from what caused the event: publishing it again (a
-    redelivered job, a restarted service) is deduplicated by JetStream and the recorder."""
-    return prefix + hashlib.sha256("/".join(map(str, parts)).encode()).hexdigest()[:40]
+    redelivered job, a restarted service) gives the same id, which the recorder stores
+    once. Keyed (``set_id_key``), so that no other identity can predict it and claim it
+    first."""
+    data = "/".join(map(str, parts)).encode()
+    digest = hmac.new(_ID_KEY[0], data, hashlib.sha256) if _ID_KEY else hashlib.sha256(data)
+    return prefix + digest.hexdigest()[:40]
 
 
 def new_id() -> str:
@@ -121,11 +244,15 @@ def new_session_id() -> str:
     return f"s-{ULID()}"
 
 
-class Payload(BaseModel):
+class Payload(Model):
     """Base of every event payload. Subclasses are registered with
-    :func:`schemas.registry.event` which sets ``event_type`` and ``schema_version``."""
+    :func:`schemas.registry.event` which sets ``event_type`` and ``schema_version``.
 
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    ``publisher_field``: the payload field that names who did it (an agent's
+    ``agent_id``, a trainer's ``trainer_id``). It must equal the verified identity of
+    the publisher (see :func:`schemas.envelope.decode`), so no one can act in another's
+    name."""
 
     event_type: ClassVar[EventType]
     schema_version: ClassVar[int] = 1
+    publisher_field: ClassVar[str | None] = None

@@ -13,9 +13,19 @@ import json
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    create_model,
+    field_validator,
+)
 
-from .base import EventId, EventType, Payload, SessionId, new_id
+from .base import MAX_ID, EventId, EventType, Model, Payload, SessionId, Text, escape_unencodable, new_id
 from .registry import REGISTRY, UnknownEventType, UnsupportedVersion, upcast
 
 SUBJECT_PREFIX = "aar"
@@ -25,22 +35,20 @@ def subject_for(session_id: str, event_type: EventType | str) -> str:
     return f"{SUBJECT_PREFIX}.{session_id}.{EventType(event_type).value}"
 
 
-class Event(BaseModel):
+class Event(Model):
     """An event: envelope fields plus the payload model registered for ``type``.
 
     Instances are always of the concrete per-type subclass; build them with
     :meth:`create` (from a payload) or :meth:`parse` / :func:`decode` (from data)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
     id: EventId
     type: EventType
     schema_version: int = Field(ge=1)
     session_id: SessionId
-    source: str = Field(min_length=1, max_length=128)
+    source: Text(MAX_ID, min_length=1)
     time: Annotated[AwareDatetime, AfterValidator(lambda t: t.astimezone(UTC))]
-    correlation_id: str | None = None
-    causation_id: str | None = None
+    correlation_id: Text(MAX_ID) | None = None
+    causation_id: Text(MAX_ID) | None = None
     payload: Payload
 
     @classmethod
@@ -131,7 +139,10 @@ def _upcast_dict(data: Any) -> dict[str, Any] | None:
 
 
 class Rejection(BaseModel):
-    """Why some bytes could not become an :class:`Event`. Recorded, never dropped."""
+    """Why some bytes could not become an :class:`Event`. Recorded, never dropped.
+    Its strings quote untrusted input, so they are made storable on the way in:
+    anything UTF-8 cannot encode (lone surrogates) is backslash-escaped, and each is
+    cut to its maximum (reason 2,000 characters, the others 256)."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -141,6 +152,13 @@ class Rejection(BaseModel):
     event_id: str | None = None
     event_type: str | None = None
     session_id: str | None = None
+
+    @field_validator("reason", "subject", "event_id", "event_type", "session_id", mode="after")
+    @classmethod
+    def _storable(cls, value: str | None, info: Any) -> str | None:
+        if value is None:
+            return None
+        return escape_unencodable(value)[: 2000 if info.field_name == "reason" else 256]
 
 
 def _field(obj: Any, name: str) -> str | None:
@@ -154,8 +172,15 @@ def _reason(exc: ValidationError) -> str:
     )
 
 
-def decode(raw: bytes, subject: str | None = None) -> Event | Rejection:
-    """Bytes -> Event, or a Rejection with the reason. Never raises."""
+def decode(raw: bytes, subject: str | None = None, publisher: str | None = None) -> Event | Rejection:
+    """Bytes -> Event, or a Rejection with the reason. Never raises.
+
+    ``subject``: the subject it arrived on; the event must belong there.
+    ``publisher``: the verified identity of whoever published it (the gateway names it
+    in every message it forwards, see :mod:`bus.gateway`); the event's ``source``, and
+    the payload field that names who acted (``Payload.publisher_field``), must be that
+    identity. None: a trusted publisher (the platform's own admin or recorder), or the
+    log, which only ever holds what passed these checks."""
     raw = bytes(raw)
     try:
         event = _ANY_EVENT.validate_json(raw)
@@ -194,4 +219,19 @@ def decode(raw: bytes, subject: str | None = None) -> Event | Rejection:
             event_type=event.type.value,
             session_id=event.session_id,
         )
+    if publisher is not None and (claim := impersonation(event, publisher)) is not None:
+        return Rejection(
+            reason=claim, raw=raw, subject=subject, event_id=event.id, event_type=event.type.value,
+            session_id=event.session_id,
+        )
     return event
+
+
+def impersonation(event: Event, publisher: str) -> str | None:
+    """Why ``event`` does not belong to ``publisher`` (it claims another identity), or None."""
+    if event.source != publisher:
+        return f"source {event.source!r} is not the publisher's identity {publisher!r}"
+    name = event.payload.publisher_field
+    if name is not None and (claimed := getattr(event.payload, name)) != publisher:
+        return f"payload.{name} {claimed!r} is not the publisher's identity {publisher!r}"
+    return None

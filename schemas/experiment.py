@@ -6,7 +6,22 @@ from enum import StrEnum
 
 from pydantic import Field, model_validator
 
-from .base import Count, EventType, JsonObject, NonNegative, Payload, Probability, Sha256
+from .base import (
+    MAX_ID,
+    MAX_NAME,
+    MAX_SEEDS,
+    MAX_TEXT,
+    Count,
+    EventType,
+    Ident,
+    JsonObject,
+    NonNegative,
+    Payload,
+    Probability,
+    Refs,
+    Sha256,
+    Text,
+)
 from .registry import event
 
 
@@ -31,23 +46,24 @@ class Purpose(StrEnum):
 
 @event(EventType.EXPERIMENT_REQUESTED)
 class ExperimentRequested(Payload):
-    experiment_id: str
-    idea_id: str | None = None
-    agent_id: str | None = None
+    experiment_id: Ident
+    idea_id: Ident | None = None
+    agent_id: Ident | None = None
     purpose: Purpose = Purpose.SCORE
     split: Split = Split.DEV
-    dataset: str
-    weak_model: str
-    strong_model: str
-    seeds: list[int] = Field(min_length=1)
+    dataset: Text(MAX_ID)
+    weak_model: Text(MAX_ID)
+    strong_model: Text(MAX_ID)
+    seeds: list[int] = Field(min_length=1, max_length=MAX_SEEDS)
     method_artifact: Sha256 | None = None
-    builtin_method: str | None = None
+    builtin_method: Text(MAX_ID) | None = None
     params: JsonObject = Field(default_factory=dict)
     shuffle_weak_labels: bool = False
     weak_labels_artifact: Sha256 | None = Field(
         default=None, description="npz from the scorer: the weak teacher's P(class 1) on B, one array per seed"
     )
-    split_sizes: dict[str, int] = Field(default_factory=dict, description="A/B/dev/test sizes; empty: defaults")
+    split_sizes: dict[Text(16), int] = Field(
+        default_factory=dict, max_length=8, description="A/B/dev/test sizes; empty: defaults")
     split_seed: int | None = None
 
     @model_validator(mode="after")
@@ -59,41 +75,49 @@ class ExperimentRequested(Payload):
 
 @event(EventType.EXPERIMENT_STARTED)
 class ExperimentStarted(Payload):
-    experiment_id: str
-    trainer_id: str
+    publisher_field = "trainer_id"
+
+    experiment_id: Ident
+    trainer_id: Ident
     attempt: int = Field(default=1, ge=1)
     sandboxed: bool = True
 
 
 @event(EventType.EXPERIMENT_PROGRESS)
 class ExperimentProgress(Payload):
-    experiment_id: str
-    trainer_id: str
+    publisher_field = "trainer_id"
+
+    experiment_id: Ident
+    trainer_id: Ident
     fraction: Probability
-    message: str = ""
+    message: Text(MAX_NAME) = ""
 
 
 @event(EventType.EXPERIMENT_FINISHED)
 class ExperimentFinished(Payload):
-    experiment_id: str
-    trainer_id: str
+    publisher_field = "trainer_id"
+
+    experiment_id: Ident
+    trainer_id: Ident
     predictions_artifact: Sha256
     runtime_s: NonNegative
     peak_rss_mb: NonNegative = 0.0
-    seeds: list[int] = Field(default_factory=list)
+    seeds: list[int] = Field(default_factory=list, max_length=MAX_SEEDS)
     log_artifact: Sha256 | None = None
 
 
 @event(EventType.EXPERIMENT_FAILED)
 class ExperimentFailed(Payload):
-    experiment_id: str
-    trainer_id: str
-    idea_id: str | None = None
-    error_class: str
-    message: str
+    publisher_field = "trainer_id"
+
+    experiment_id: Ident
+    trainer_id: Ident
+    idea_id: Ident | None = None
+    error_class: Text(MAX_ID)
+    message: Text(MAX_TEXT)
     attempt: int = Field(default=1, ge=1)
     log_artifact: Sha256 | None = None
     runtime_s: NonNegative = 0.0
     retryable: bool = False
-    sandbox_violations: list[str] = Field(default_factory=list)
+    sandbox_violations: Refs(20, item_length=500) = Field(default_factory=list)
     deliveries: Count = 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field, model_validator
 
-from .base import EventType, JsonObject, Payload, Sha256
+from .base import MAX_ID, MAX_LONG_TEXT, MAX_NAME, EventType, Ident, JsonObject, Payload, Refs, Sha256, Text
 from .registry import event
 
 
@@ -13,15 +13,17 @@ class IdeaProposed(Payload):
     """An agent proposes a method: either agent-written code (an artifact) or a
     built-in method by name, with hyper-parameters. Agents never send predictions."""
 
-    idea_id: str
-    agent_id: str
-    title: str = Field(min_length=1, max_length=300)
-    hypothesis: str = Field(min_length=1)
-    why: str = ""
-    parent_ideas: list[str] = Field(default_factory=list)
-    cites_posts: list[str] = Field(default_factory=list)
+    publisher_field = "agent_id"
+
+    idea_id: Ident
+    agent_id: Ident
+    title: Text(MAX_NAME, min_length=1)
+    hypothesis: Text(MAX_LONG_TEXT, min_length=1)
+    why: Text(MAX_LONG_TEXT) = ""
+    parent_ideas: Refs() = Field(default_factory=list)
+    cites_posts: Refs() = Field(default_factory=list)
     method_artifact: Sha256 | None = None
-    builtin_method: str | None = None
+    builtin_method: Text(MAX_ID) | None = None
     params: JsonObject = Field(default_factory=dict)
 
     @model_validator(mode="after")

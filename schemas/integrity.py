@@ -5,7 +5,7 @@ from __future__ import annotations
 from enum import StrEnum
 from pydantic import Field
 
-from .base import EventType, JsonObject, Payload
+from .base import MAX_TEXT, EventType, Ident, JsonObject, Payload, Text
 from .registry import event
 
 
@@ -13,7 +13,8 @@ class IntegrityCheck(StrEnum):
     TEACHER_ABLATION = "teacher_ablation"
     DEV_TEST_GAP = "dev_test_gap"
     RATE_LIMIT = "rate_limit"
-    SANDBOX_VIOLATION = "sandbox_violation"
+    SANDBOX_VIOLATION = "sandbox_violation"  # something the sandbox forbids (a denied syscall, a socket, ...)
+    SANDBOX_LIMIT = "sandbox_limit"  # a limit of the whole sandbox: memory, processes, CPU, disk, wall clock
     UNSAFE_NO_SANDBOX = "unsafe_no_sandbox"
     TAMPERED_ARTIFACT = "tampered_artifact"
 
@@ -28,8 +29,8 @@ class Severity(StrEnum):
 class IntegrityFlagged(Payload):
     check: IntegrityCheck
     severity: Severity = Severity.WARNING
-    detail: str
-    idea_id: str | None = None
-    experiment_id: str | None = None
-    agent_id: str | None = None
+    detail: Text(MAX_TEXT)
+    idea_id: Ident | None = None
+    experiment_id: Ident | None = None
+    agent_id: Ident | None = None
     evidence: JsonObject = Field(default_factory=dict)

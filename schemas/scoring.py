@@ -6,7 +6,7 @@ from enum import StrEnum
 
 from pydantic import Field
 
-from .base import Count, EventType, Payload, Probability
+from .base import MAX_ID, MAX_SEEDS, Count, EventType, Ident, Payload, Probability, Sha256, Text
 from .experiment import Purpose, Split
 from .registry import event
 
@@ -19,12 +19,12 @@ class BaselineKind(StrEnum):
 @event(EventType.BASELINE_COMPUTED)
 class BaselineComputed(Payload):
     kind: BaselineKind
-    dataset: str
+    dataset: Text(MAX_ID)
     split: Split
-    weak_model: str
-    strong_model: str
-    seeds: list[int] = Field(min_length=1)
-    accuracies: list[Probability] = Field(min_length=1)
+    weak_model: Text(MAX_ID)
+    strong_model: Text(MAX_ID)
+    seeds: list[int] = Field(min_length=1, max_length=MAX_SEEDS)
+    accuracies: list[Probability] = Field(min_length=1, max_length=MAX_SEEDS)
     mean: Probability
     stderr: float = Field(ge=0)
 
@@ -34,11 +34,11 @@ class ScorePublished(Payload):
     """Aggregate scores only: agents never see per-example correctness.
     ``pgr`` is null when the ceiling-weak gap is too small to divide by."""
 
-    experiment_id: str
-    idea_id: str | None = None
-    agent_id: str | None = None
+    experiment_id: Ident
+    idea_id: Ident | None = None
+    agent_id: Ident | None = None
     purpose: Purpose = Purpose.SCORE
-    dataset: str
+    dataset: Text(MAX_ID)
     split: Split
     n_seeds: Count
     accuracy: Probability
@@ -47,8 +47,8 @@ class ScorePublished(Payload):
     ceiling_accuracy: Probability
     pgr: float | None
     pgr_stderr: float | None = Field(default=None, ge=0)
-    method_artifact: str | None = None
-    builtin_method: str | None = None
+    method_artifact: Sha256 | None = None
+    builtin_method: Text(MAX_ID) | None = None
 
 
 @event(EventType.SCORE_WITHHELD)

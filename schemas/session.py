@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from enum import StrEnum
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from .base import EventType, JsonObject, Payload
+from .base import MAX_ID, MAX_NAME, MAX_TEXT, EventType, Ident, JsonObject, Model, Payload, Text
 from .registry import event
 
 
@@ -23,16 +23,12 @@ class EndReason(StrEnum):
     ERROR = "error"
 
 
-class AgentAssignment(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
-    agent_id: str
-    direction: str
+class AgentAssignment(Model):
+    agent_id: Ident
+    direction: Text(MAX_TEXT)
 
 
-class Budgets(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
+class Budgets(Model):
     max_experiments: int | None = Field(default=None, ge=1)
     max_usd: float | None = Field(default=None, ge=0)
     max_usd_per_agent: float | None = Field(default=None, ge=0)
@@ -41,12 +37,12 @@ class Budgets(BaseModel):
 
 @event(EventType.SESSION_STARTED)
 class SessionStarted(Payload):
-    name: str
+    name: Text(MAX_NAME)
     backend: Backend
-    dataset: str
-    weak_model: str
-    strong_model: str
-    agents: list[AgentAssignment] = Field(default_factory=list)
+    dataset: Text(MAX_ID)
+    weak_model: Text(MAX_ID)
+    strong_model: Text(MAX_ID)
+    agents: list[AgentAssignment] = Field(default_factory=list, max_length=64)
     trainers: int = Field(default=1, ge=0)
     budgets: Budgets = Field(default_factory=Budgets)
     config: JsonObject = Field(default_factory=dict)
@@ -59,13 +55,13 @@ class SessionDraining(Payload):
     ``session.ended``."""
 
     reason: EndReason
-    detail: str = ""
+    detail: Text(MAX_TEXT) = ""
     outstanding: int = Field(default=0, ge=0, description="experiments still running")
 
 
 @event(EventType.SESSION_ENDED)
 class SessionEnded(Payload):
     reason: EndReason
-    detail: str = ""
+    detail: Text(MAX_TEXT) = ""
     experiments: int = Field(default=0, ge=0)
     cost_usd: float = Field(default=0.0, ge=0)

@@ -14,6 +14,7 @@ from schemas.experiment import (
     Split,
 )
 from schemas.forum import ForumModerated, ForumPosted, ForumVoted
+from schemas.gateway import GatewayRefused, RefusalKind
 from schemas.idea import IdeaProposed
 from schemas.integrity import IntegrityCheck, IntegrityFlagged
 from schemas.recorder import RecorderDeadLettered, RecorderHealth, RecorderRejected
@@ -85,6 +86,10 @@ def sample_payload(event_type: EventType, n: int = 0) -> Payload:
         EventType.RECORDER_REJECTED: RecorderRejected(reason="not JSON", stream_seq=7, raw_size=3),
         EventType.RECORDER_DEAD_LETTERED: RecorderDeadLettered(consumer="trainers", stream_seq=9, deliveries=5),
         EventType.RECORDER_HEALTH: RecorderHealth(events=10, rejected=0, batches=2),
+        EventType.GATEWAY_REFUSED: GatewayRefused(
+            identity="agent-1", role="agent", kind=RefusalKind.OVER_BUDGET, count=3, bytes=30_000,
+            first_subject="aarin.s-test.forum.posted.agent-1", first_size=10_000, first_sha256=SHA,
+        ),
     }
     return samples[event_type]
 

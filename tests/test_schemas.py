@@ -13,6 +13,7 @@ restriction noted next to it) should be removed.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import functools
 import json
@@ -26,7 +27,7 @@ from typing import Annotated, Any, Literal, Union
 import annotated_types as at
 import pytest
 
-from schemas.base import _json_safe
+from schemas.base import MAX_JSON_BYTES, _json_safe
 from hypothesis import HealthCheck, Phase, assume, find, given, note, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
@@ -192,9 +193,11 @@ def strategy_for(annotation: Any, metadata: typing.Iterable[Any] = ()) -> st.Sea
         hi = c.max_len if c.max_len is not None else lo + 4
         return st.lists(strategy_for(args[0]), min_size=lo, max_size=hi)
     if origin is dict:
-        if args[0] is not str:
+        key = args[0]
+        if key is not str and not (typing.get_origin(key) is Annotated and typing.get_args(key)[0] is str):
             raise TypeError(f"test strategies only handle str-keyed dicts, not {annotation}")
-        return st.dictionaries(st.text(max_size=10), strategy_for(args[1]), max_size=4)
+        keys = strategy_for(key) if key is not str else st.text(max_size=10)
+        return st.dictionaries(keys, strategy_for(args[1]), max_size=min(4, c.max_len if c.max_len is not None else 4))
     raise TypeError(f"test strategies do not handle {annotation!r}: extend tests/test_schemas.py")
 
 
@@ -232,7 +235,7 @@ def event_strategy(event_type: EventType) -> st.SearchStrategy[Event]:
     envelope = st.fixed_dictionaries(
         {"session_id": SESSION_IDS, "source": st.text(min_size=1, max_size=128)},
         optional={
-            "id": st.text(min_size=1, max_size=64),
+            "id": st.from_regex(r"[!-~]{1,64}", fullmatch=True),
             "time": AWARE_DATETIMES,
             "correlation_id": st.none() | st.text(max_size=40),
             "causation": st.none() | st.text(max_size=40),
@@ -981,18 +984,104 @@ def test_is_subject_token_rejects_a_trailing_newline() -> None:
     assert not is_subject_token("abc\n")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: str payload fields accept lone surrogates, which model_dump_json cannot encode "
-    "(PydanticSerializationError): a valid event that cannot be published",
-)
-def test_a_valid_payload_with_a_lone_surrogate_can_be_encoded() -> None:
+SURROGATE = "\ud800"
+# What a str, list[str] or JSON-object field could be given: each holds a lone surrogate.
+POISON = (SURROGATE, "ok" + SURROGATE, [SURROGATE], {"k": SURROGATE}, {SURROGATE: 1}, {"k": [SURROGATE]})
+
+
+def _encodes(model: BaseModel) -> bool:
     try:
-        payload = AgentStopped(agent_id="\ud800", reason="r")
-    except ValidationError:
+        model.model_dump_json()
+        return True
+    except Exception:  # noqa: BLE001 - PydanticSerializationError, UnicodeEncodeError
+        return False
+
+
+@pytest.mark.parametrize("event_type", list(EventType), ids=str)
+def test_no_field_of_any_model_accepts_a_string_that_cannot_be_encoded(event_type: EventType) -> None:
+    """Regression (was a strict xfail): str fields accepted lone surrogates from Python,
+    which model_dump_json cannot encode: a valid event that could not be published or
+    recorded. Now no model built from Python values can hold one, in any field of the
+    payload, of its nested models or of the envelope."""
+    model = REGISTRY[event_type]
+    base = example_payload(event_type).model_dump()
+    for name in model.model_fields:
+        for value in POISON:
+            try:
+                payload = model.model_validate({**base, name: value})
+            except ValidationError:
+                continue
+            assert _encodes(payload), f"{model.__name__}.{name} = {value!r} validates but cannot be encoded"
+    for nested in set(_nested_models(model)) - {model}:
+        for name in nested.model_fields:
+            for value in POISON:
+                with contextlib.suppress(ValidationError):
+                    inner = nested.model_validate({**_minimal(nested), name: value})
+                    assert _encodes(inner), f"{nested.__name__}.{name} = {value!r} validates but cannot be encoded"
+    payload = example_payload(event_type)
+    for field in ("session_id", "source", "id", "correlation_id", "causation"):
+        for value in POISON[:2]:
+            with contextlib.suppress(ValidationError):
+                event = Event.create(payload, **{"session_id": "s-1", "source": "t", field: value})
+                assert _encodes(event), f"envelope {field} = {value!r} validates but cannot be encoded"
+
+
+def _minimal(model: type[BaseModel]) -> dict[str, Any]:
+    quick = settings(database=None, derandomize=True, phases=[Phase.generate], max_examples=1)
+    return find(model_strategy(model), lambda _: True, settings=quick).model_dump()  # type: ignore[no-any-return]
+
+
+def test_a_lone_surrogate_from_a_lenient_json_parser_is_refused_and_the_rejection_is_storable() -> None:
+    """The recorder crashed storing the rejection of ``{"id": "\\ud800", ...}``: decode's
+    fallback parser (json.loads) accepts the escape, and the id it quoted could not be
+    written. A Rejection's strings are always encodable."""
+    doc = _payload_json(EventType.AGENT_STOPPED)
+    for field, value in (("id", SURROGATE), ("type", SURROGATE), ("session_id", SURROGATE)):
+        raw = json.dumps({**doc, field: value}).encode()
+        result = assert_rejected(raw)
+        for text in (result.reason, result.event_id, result.event_type, result.session_id):
+            assert text is None or text.encode("utf-8")
+    poisoned = json.dumps({**doc, "payload": {**doc["payload"], "reason": SURROGATE}}).encode()
+    assert assert_rejected(poisoned).reason.encode("utf-8")
+    assert Rejection(reason=SURROGATE * 3000, raw=b"", event_id=SURROGATE).reason.encode("utf-8")
+
+
+# Fields that hold a count or a closed set, not free text: no size cap needed beyond their type.
+def _caps(annotation: Any, metadata: typing.Iterable[Any] = ()) -> typing.Iterator[tuple[str, int | None]]:
+    """(kind, max) for every str, list and dict inside ``annotation``."""
+    origin = typing.get_origin(annotation)
+    if origin is Annotated:
+        yield from _caps(typing.get_args(annotation)[0], [*metadata, *annotation.__metadata__])
         return
-    event = Event.create(payload, session_id="s-1", source="t")
-    assert decode(event.to_json(), event.subject) == event
+    capped_json = any(getattr(m, "func", None) is _json_safe for m in metadata)
+    if annotation is str:
+        yield "str", _Constraints(metadata).max_len
+    elif origin in (list, dict):
+        cap = _Constraints(metadata).max_len
+        yield origin.__name__, cap if cap is not None else (MAX_JSON_BYTES if capped_json else None)
+        if not capped_json:  # a JSON object's byte cap covers its keys and values
+            for arg in typing.get_args(annotation):
+                yield from _caps(arg)
+    elif origin in (Union, types.UnionType):
+        for arg in typing.get_args(annotation):
+            yield from _caps(arg, metadata)
+
+
+def test_every_str_and_list_field_has_a_documented_maximum() -> None:
+    """DESIGN.md section 4: every str and list field has a documented maximum size (in
+    its type: StringConstraints / Field(max_length), JsonObject's byte cap)."""
+    missing = []
+    models: set[type[BaseModel]] = {Event}
+    for model in REGISTRY.values():
+        models |= set(_nested_models(model))
+    for model in models:
+        for name, info in model.model_fields.items():
+            if name == "payload":
+                continue
+            for kind, cap in _caps(info.annotation, info.metadata):
+                if cap is None:
+                    missing.append(f"{model.__name__}.{name} ({kind})")
+    assert not missing, f"no maximum: {missing}"
 
 
 @pytest.mark.parametrize("depth", [220, 300])
