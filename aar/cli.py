@@ -174,6 +174,13 @@ def up(
         err.print(f"[yellow]no summary: {exc}[/yellow]")
     for label, path in log_paths(home).items():
         console.print(f"  {label}: {path}")
+    try:  # the log's hash chain: a head kept outside AAR_HOME proves nothing was rewritten since
+        head = _run_audit("SELECT hash, batch FROM log_chain ORDER BY batch DESC LIMIT 1")["rows"]
+        if head:
+            console.print(f"  log chain head: {head[0][0]} (batch {head[0][1]}; keep it: "
+                          f"aar verify-log --head {head[0][0]})")
+    except Exception as exc:  # a courtesy, like the summary
+        err.print(f"[yellow]no chain head: {exc}[/yellow]")
     console.print(f'  audit it: aar audit "SELECT type, count(*) FROM events WHERE session_id = \'{session_id}\' GROUP BY 1"')
 
 
@@ -295,7 +302,8 @@ def lineage(
 
 
 SERVICE_MODULES = {
-    name: f"services.{name}" for name in ("recorder", "orchestrator", "artifacts", "forum", "scorer", "trainer", "agents")
+    name: f"services.{name}"
+    for name in ("recorder", "gateway", "orchestrator", "artifacts", "forum", "scorer", "trainer", "agents")
 }
 
 
@@ -317,6 +325,7 @@ def run_service(
 
 app.add_typer(__import__("aar.models_cmd", fromlist=["app"]).app, name="models")  # aar models list|fetch
 __import__("aar.replay_cmds", fromlist=["register"]).register(app)  # aar replay, aar export
+__import__("aar.verify_log", fromlist=["register"]).register(app)  # aar verify-log
 app.command("nats-config")(__import__("aar.compose_cmds", fromlist=["x"]).nats_config)  # docs/compose.md
 app.command("healthcheck")(__import__("aar.compose_cmds", fromlist=["x"]).healthcheck)
 

@@ -1,13 +1,16 @@
 """What ``docker compose`` needs from the ``aar`` command line (see docs/compose.md).
 
-    aar nats-config --out PATH [--credentials FILE] [--secrets-dir DIR]
-        the nats-server configuration of bus.roles.server_config (one user per role,
-        subject permissions), with the passwords of a credentials file (created, mode
-        0600, when absent); --secrets-dir also writes DIR/<role>/password, one folder
-        per role, so that each container can be given its own role's password only.
+    aar nats-config --out PATH [--credentials FILE] [--secrets-dir DIR] [--agents N]
+        the nats-server configuration of bus.roles.server_config (one user per
+        identity, subject permissions): every role's own identity (replicas of one
+        service, such as trainers, share it) and agent-1 .. agent-N (each agent its
+        own: what an agent publishes must carry its identity), with the passwords of a
+        credentials file (created, mode 0600, when absent); --secrets-dir also writes
+        DIR/<identity>/password, one folder per identity, so that each container can be
+        given its own password only.
 
-    aar healthcheck ROLE [--timeout S] [--ensure-stream]
-        connects as ROLE and checks what that role is allowed to check (exit 0/1).
+    aar healthcheck IDENTITY [--timeout S] [--ensure-stream]
+        connects as IDENTITY and checks what its role is allowed to check (exit 0/1).
 
 ``python -m aar.compose_cmds COMMAND ...`` is the image's entry point: it turns
 ``*_FILE`` variables (compose secrets, password volumes) into the variables the
@@ -102,7 +105,8 @@ def container_env(env: dict[str, str]) -> dict[str, str]:
     env = dict(env)
     resolve_file_variables(env)
     if env.get("AAR_NATS_USER") and not env.get("AAR_SERVICE_ID"):
-        # One name per replica: the container's hostname (its short id under compose).
+        # One name per replica for its logs: the container's hostname (its short id under
+        # compose). What it publishes carries its NATS identity (services.runtime).
         env["AAR_SERVICE_ID"] = f"{env['AAR_NATS_USER']}-{socket.gethostname()}"
     fill_session_id(env)
     prepare_attach(env)
@@ -137,24 +141,30 @@ from typing import Annotated, Optional  # noqa: E402
 def nats_config(
     out: Annotated[str, typer.Option("--out", help="where to write the server config ('-': standard output)")],
     credentials: Annotated[
-        Path, typer.Option(help="JSON {role: password}; created with fresh passwords (mode 0600) when absent")
+        Path, typer.Option(help="the identities' passwords; created with fresh ones (mode 0600) when absent")
     ] = Path("credentials.json"),
     secrets_dir: Annotated[
-        Optional[Path], typer.Option(help="also write DIR/<role>/password for every role (mode 0400)")
+        Optional[Path], typer.Option(help="also write DIR/<identity>/password for every identity (mode 0400)")
     ] = None,
+    agents: Annotated[int, typer.Option(min=0, max=64, help="agent identities agent-1 .. agent-N")] = 3,
     host: Annotated[str, typer.Option(help="address nats-server listens on")] = "0.0.0.0",
     port: Annotated[int, typer.Option(min=1, max=65535)] = 4222,
     http_port: Annotated[Optional[int], typer.Option(help="monitoring port (/healthz); 0: none")] = 8222,
     store_dir: Annotated[str, typer.Option(help="JetStream store inside the nats container")] = "/data/jetstream",
     max_file_store: Annotated[str, typer.Option(help="JetStream file storage limit")] = "10G",
 ) -> None:
-    """Write the nats-server config: one user per role with its subject permissions (bus.roles)."""
+    """Write the nats-server config: one user per identity with its subject permissions (bus.roles)."""
     from bus.roles import Credentials, Role, server_config
 
     from .cli import err
 
     try:
         creds = Credentials.load_or_create(credentials)
+        before = dict(creds.identities)
+        for i in range(agents):
+            creds.add(f"agent-{i + 1}", Role.AGENT)
+        if creds.identities != before:
+            creds.save(credentials)
     except (OSError, ValueError) as exc:
         err.print(f"[red]cannot read or create {credentials}: {exc}[/red]")
         raise typer.Exit(1) from None
@@ -168,10 +178,11 @@ def nats_config(
     else:
         _write_private(Path(out), text, 0o600)
     if secrets_dir is not None:
-        for role in Role:
-            _write_private(secrets_dir / role.value / "password", creds.password(role), 0o400)
+        for ident in creds.identities.values():
+            _write_private(secrets_dir / ident.name / "password", ident.password, 0o400)
     if out != "-":
-        err.print(f"nats-server config for {len(Role)} roles: {out}" + (f"; passwords in {secrets_dir}/<role>/password" if secrets_dir else ""))
+        err.print(f"nats-server config for {len(creds.identities)} identities: {out}"
+                  + (f"; passwords in {secrets_dir}/<identity>/password" if secrets_dir else ""))
 
 
 def _write_private(path: Path, text: str, mode: int) -> None:
@@ -191,8 +202,9 @@ def _write_private(path: Path, text: str, mode: int) -> None:
 # shows in the checks of the roles that depend on it (the scorer's check asks the
 # recorder's health query, the agents' check asks the orchestrator).
 PROBES: dict[str, tuple[str, ...]] = {
-    "admin": ("recorder", "artifacts", "forum", "scorer", "orchestrator"),
+    "admin": ("recorder", "gateway", "artifacts", "forum", "scorer", "orchestrator"),
     "recorder": (),
+    "gateway": (),
     "artifacts": (),
     "forum": ("artifacts",),
     "scorer": ("recorder", "artifacts", "forum"),
@@ -214,10 +226,14 @@ async def _probe(bus: object, service: str, timeout: float) -> str:
     if service == "recorder":
         health = await bus.request("recorder", "health", {}, timeout=timeout)
         return f"recorder health: {health.get('events')} events, {health.get('rejected')} rejected"
+    if service == "gateway":
+        health = await bus.request("gateway", "health", {}, timeout=timeout)
+        return f"gateway health: {health.get('forwarded')} forwarded, {sum(health.get('refused', {}).values())} refused"
     if service == "artifacts":
         # A malformed id: the store answers with an error header, and reads nothing.
         try:
-            msg = await bus.nc.request(query_subject("artifacts", "get"), b"healthcheck", timeout=timeout)
+            msg = await bus.nc.request(query_subject("artifacts", "get", bus.identity), b"healthcheck",
+                                       timeout=timeout)
         except nats.errors.NoRespondersError:
             raise QueryError("no artifacts service is answering") from None
         except (nats.errors.TimeoutError, TimeoutError):
@@ -236,13 +252,15 @@ async def _probe(bus: object, service: str, timeout: float) -> str:
 async def run_healthcheck(
     role: str, settings: object, *, timeout: float = 5.0, ensure_stream: bool = False, probe: bool = True
 ) -> list[tuple[bool, str]]:
-    """The checks of ``role``, as (ok, what) pairs; stops at the first failure."""
+    """The checks of ``role`` (connected as ``settings``' identity), as (ok, what) pairs;
+    stops at the first failure."""
     import asyncio
 
     import nats.errors
     import nats.js.errors
 
     from bus import STREAM, Bus, BusSettings
+    from bus.roles import inbox_prefix
 
     assert isinstance(settings, BusSettings)
     results: list[tuple[bool, str]] = []
@@ -252,14 +270,15 @@ async def run_healthcheck(
         # Not Bus.connect: that one reconnects forever, a health check must give up.
         nc = await asyncio.wait_for(
             nats.connect(settings.url, user=settings.user, password=settings.password, name=f"healthcheck-{role}",
-                         connect_timeout=timeout, allow_reconnect=False, max_reconnect_attempts=0),
+                         connect_timeout=timeout, allow_reconnect=False, max_reconnect_attempts=0,
+                         inbox_prefix=inbox_prefix(settings.identity)),
             timeout=timeout * 2,
         )
     except Exception as exc:  # noqa: BLE001 - auth, DNS, refused: all mean unhealthy
-        return [(False, f"connect to {settings.url} as {role}: {type(exc).__name__}: {exc}".rstrip(": "))]
+        return [(False, f"connect to {settings.url} as {settings.identity}: {type(exc).__name__}: {exc}".rstrip(": "))]
     bus = Bus(nc, settings, f"healthcheck-{role}")
     try:
-        results.append((True, f"connected to {settings.url} as {role}"))
+        results.append((True, f"connected to {settings.url} as {settings.identity} ({role})"))
         if ensure_stream:
             await bus.ensure_stream()
             results.append((True, f"stream {STREAM} created or updated"))
@@ -290,30 +309,34 @@ async def run_healthcheck(
     return results
 
 
-def healthcheck_settings(role: str, env: dict[str, str], credentials: Path | None) -> object:
-    """``role``'s connection: the URL from AAR_NATS_URL; the password from AAR_NATS_PASSWORD
-    (or AAR_NATS_PASSWORD_FILE), else from ``credentials``."""
+def healthcheck_settings(identity: str, env: dict[str, str], credentials: Path | None) -> object:
+    """``identity``'s connection: the URL from AAR_NATS_URL; the password from
+    AAR_NATS_PASSWORD (or AAR_NATS_PASSWORD_FILE), else from ``credentials``."""
     from bus import BusSettings, Credentials
+    from bus.roles import role_of
 
     env = dict(env)
     resolve_file_variables(env)
     user = env.get("AAR_NATS_USER")
-    if user and user != role:
-        raise EntrypointError(f"this container connects as {user!r}, not {role!r}")
+    if user and user != identity:
+        raise EntrypointError(f"this container connects as {user!r}, not {identity!r}")
     password = env.get("AAR_NATS_PASSWORD")
     if credentials is not None:
-        data = json.loads(credentials.read_text())
-        password = str(data[role]) if role in data else None
+        creds = Credentials.load(credentials)
+        found = creds.identities.get(identity) if creds is not None else None
+        password = found.password if found is not None else None
     if not password:
-        raise EntrypointError(f"no password for {role!r}: set AAR_NATS_PASSWORD(_FILE) or pass --credentials")
-    return BusSettings(url=env.get("AAR_NATS_URL", "nats://127.0.0.1:4222"), user=role, password=password)
+        raise EntrypointError(f"no password for {identity!r}: set AAR_NATS_PASSWORD(_FILE) or pass --credentials")
+    return BusSettings(url=env.get("AAR_NATS_URL", "nats://127.0.0.1:4222"), user=identity, password=password,
+                       role_name=role_of(identity).value)
 
 
 def healthcheck(
-    role: Annotated[str, typer.Argument(help="the role to connect as: " + " | ".join(PROBES))],
+    identity: Annotated[str, typer.Argument(
+        metavar="IDENTITY", help="who to connect as: a role (" + " | ".join(PROBES) + ") or agent-N, trainer-N")],
     timeout: Annotated[float, typer.Option(min=0.1, help="seconds per step")] = 5.0,
     credentials: Annotated[
-        Optional[Path], typer.Option(help="credentials file (JSON {role: password}) instead of AAR_NATS_PASSWORD")
+        Optional[Path], typer.Option(help="a credentials file (aar nats-config) instead of AAR_NATS_PASSWORD")
     ] = None,
     ensure_stream: Annotated[
         bool, typer.Option("--ensure-stream", help="admin only: create or update the AAR stream first (stream-init)")
@@ -321,7 +344,7 @@ def healthcheck(
     probe: Annotated[bool, typer.Option(help="ask the query services this role depends on")] = True,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="print failures only")] = False,
 ) -> None:
-    """Exit 0 when ROLE can reach NATS and what it depends on answers, 1 otherwise.
+    """Exit 0 when IDENTITY can reach NATS and what its role depends on answers, 1 otherwise.
 
     Every role: connect with its credentials, the AAR stream exists. recorder, scorer,
     trainer: their durable consumer exists. Then each query service the role may ask
@@ -330,14 +353,18 @@ def healthcheck(
 
     from .cli import console, err
 
-    if role not in PROBES:
-        err.print(f"[red]unknown role {role!r}[/red]; known: {', '.join(PROBES)}")
-        raise typer.Exit(1)
+    from bus.roles import role_of
+
+    try:
+        role = role_of(identity).value
+    except ValueError:
+        err.print(f"[red]unknown identity {identity!r}[/red]; roles: {', '.join(PROBES)} (or agent-N, trainer-N)")
+        raise typer.Exit(1) from None
     if ensure_stream and role != "admin":
         err.print("[red]--ensure-stream needs the admin role[/red]")
         raise typer.Exit(1)
     try:
-        settings = healthcheck_settings(role, dict(os.environ), credentials)
+        settings = healthcheck_settings(identity, dict(os.environ), credentials)
     except (EntrypointError, OSError, ValueError) as exc:
         err.print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from None

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 
 from nats.aio.msg import Msg
 
-from bus import Bus, BusSettings
-from schemas import Event, decode
+from bus import Bus, BusSettings, decode_msg
+from schemas import Event
 from schemas.agent import AgentLlmCalled, AgentStopped
 from schemas.experiment import ExperimentFailed, ExperimentFinished, ExperimentRequested, Purpose, Split
 from schemas.integrity import IntegrityFlagged
@@ -41,7 +41,7 @@ class SessionWatch:
             await self._bus.close()
 
     async def _on(self, msg: Msg) -> None:
-        event = decode(msg.data, msg.subject)
+        event = decode_msg(msg)
         if not isinstance(event, Event):
             return
         p = event.payload

@@ -1,7 +1,10 @@
 """``aar up``: the embedded stack under one supervisor.
 
 Starts nats-server, creates the stream, then each service as its own OS
-process with its own NATS user (DESIGN.md section 2). A service that crashes
+process with its own NATS identity (one user per process: ``agent-1``, ``trainer-1``,
+``scorer``, ...; agents may publish only into their session), DESIGN.md section 2.
+The recorder starts first, then the gateway (the stream's door for the others),
+each awaited until it answers. A service that crashes
 is restarted with backoff and its exit is logged; Ctrl-C/SIGTERM stops the
 session (orchestrator first, so ``session.ended`` is recorded), lets the
 recorder drain the stream, then stops everything else.
@@ -31,6 +34,9 @@ from .procs import die_with_parent
 
 log = structlog.get_logger("supervisor")
 
+# Services awaited (their health query) before the next one starts.
+READY_FIRST = {Role.RECORDER: "recorder", Role.GATEWAY: "gateway"}
+
 # Environment variables a service never inherits: other roles' credentials and the
 # user's API key (only agent processes get it, through their ServiceSpec.env).
 SCRUBBED = ("AAR_NATS_USER", "AAR_NATS_PASSWORD", "AAR_SESSION_CONFIG", "ANTHROPIC_API_KEY")
@@ -46,6 +52,12 @@ class ServiceSpec:
     stop_order: int = 50  # lower stops first
     args: list[str] = field(default_factory=list)  # after python -m <module>
     rerun_after_success: bool = True  # False: a clean exit (code 0) means its work is done (agents)
+    identity: str = ""  # its NATS user; "" : the same as ``name``
+    session: str | None = None  # the only session its identity may publish into (agents)
+
+    @property
+    def user(self) -> str:
+        return self.identity or self.name
 
 
 @dataclass
@@ -67,7 +79,11 @@ class Supervisor:
         self.home = home.ensure()
         self.specs = specs
         self.max_restarts = max_restarts
-        self.credentials = Credentials.load_or_create(home.nats / "credentials.json")
+        creds_path = home.nats / "credentials.json"
+        self.credentials = Credentials.load_or_create(creds_path)
+        for spec in specs:
+            self.credentials.add(spec.user, spec.role, session=spec.session)
+        self.credentials.save(creds_path)
         self.server = NatsServer(home.nats, self.credentials, log_file=home.logs / "nats-server.log")
         self.children: dict[str, Child] = {s.name: Child(s) for s in specs}
         self.stopping = False
@@ -87,8 +103,8 @@ class Supervisor:
         self._write_run_file()
         for child in sorted(self.children.values(), key=lambda c: -c.spec.stop_order):
             self._spawn(child)
-            if child.spec.role is Role.RECORDER:
-                await self.wait_recorder_ready(child)
+            if child.spec.role in READY_FIRST:
+                await self.wait_ready(child)
 
     def _write_run_file(self) -> None:
         path = self.home.run_file
@@ -99,8 +115,8 @@ class Supervisor:
     def _spawn(self, child: Child) -> None:
         spec = child.spec
         env = {k: v for k, v in os.environ.items() if k not in SCRUBBED}
-        env.update(BusSettings.for_role(self.server.url, self.credentials, spec.role).to_env())
-        env.update({"AAR_HOME": str(self.home.root), "AAR_SERVICE_ID": spec.name, "AAR_LOG_FORMAT": "json"})
+        env.update(BusSettings.for_identity(self.server.url, self.credentials, spec.user).to_env())
+        env.update({"AAR_HOME": str(self.home.root), "AAR_SERVICE_ID": spec.user, "AAR_LOG_FORMAT": "json"})
         env.update(spec.env)
         logfile = open(self.home.logs / f"{spec.name}.log", "ab")
         child.process = subprocess.Popen(
@@ -115,25 +131,27 @@ class Supervisor:
         child.started_at = time.monotonic()
         log.info("service_started", service=spec.name, pid=child.process.pid, restarts=child.restarts)
 
-    async def wait_recorder_ready(self, child: Child, timeout: float = 30.0) -> None:
-        """Nothing else starts before the log is being written."""
+    async def wait_ready(self, child: Child, timeout: float = 30.0) -> None:
+        """Nothing else starts before the log is being written and the gateway lets
+        events in (each answers its ``health`` query)."""
+        service = READY_FIRST[child.spec.role]
         admin = await Bus.connect(self.admin_settings(), name="supervisor-probe")
         logfile = self.home.logs / f"{child.spec.name}.log"
         try:
             deadline = time.monotonic() + timeout
             while True:
                 try:
-                    await admin.request("recorder", "health", {}, timeout=1.0)
+                    await admin.request(service, "health", {}, timeout=1.0)
                     return
                 except QueryError:
                     if child.process is not None and child.process.poll() is not None:
                         if child.restarts >= self.max_restarts:
-                            raise RuntimeError(f"the recorder keeps exiting at start; see {logfile}") from None
+                            raise RuntimeError(f"the {service} keeps exiting at start; see {logfile}") from None
                         child.restarts += 1
                         log.warning("service_crashed", service=child.spec.name, code=child.process.returncode)
                         self._spawn(child)
                     if time.monotonic() > deadline:
-                        raise RuntimeError(f"recorder not ready after {timeout}s; see {logfile}") from None
+                        raise RuntimeError(f"{service} not ready after {timeout}s; see {logfile}") from None
                     await asyncio.sleep(0.1)
         finally:
             await admin.close()
@@ -267,12 +285,13 @@ def default_specs(
 ) -> list[ServiceSpec]:
     """The processes of a session. Stop order: the orchestrator first (it records
     ``session.ended``), then agents, workers, the scorer, the forum, the artifact
-    store, and the recorder last. ``agent_env``: extra environment for agents only
-    (the API key of the Claude backend; no other process ever gets it)."""
+    store, the gateway, and the recorder last. ``agent_env``: extra environment for
+    agents only (the API key of the Claude backend; no other process ever gets it)."""
     session_id = json.loads(config_env.get("AAR_SESSION_CONFIG", "{}")).get("session_id", "")
     trainer_args = ["--unsafe-no-sandbox"] if unsafe_no_sandbox else []
     return [
         ServiceSpec("recorder", Role.RECORDER, "services.recorder", stop_order=90),
+        ServiceSpec("gateway", Role.GATEWAY, "services.gateway", stop_order=85),
         ServiceSpec("artifacts", Role.ARTIFACTS, "services.artifacts", stop_order=80),
         ServiceSpec("forum", Role.FORUM, "services.forum", stop_order=70),
         ServiceSpec("scorer", Role.SCORER, "services.scorer", stop_order=60),
@@ -284,6 +303,7 @@ def default_specs(
                     stop_order=10),
         *(
             ServiceSpec(f"agent-{i + 1}", Role.AGENT, "services.agents", stop_order=20, rerun_after_success=False,
+                        session=session_id or None,
                         env={"AAR_AGENT_ID": f"agent-{i + 1}", "AAR_SESSION_ID": session_id, **(agent_env or {})})
             for i in range(agents)
         ),

@@ -1,6 +1,6 @@
 """The NATS/JetStream bus: roles and permissions, the embedded server, the client."""
 
-from .client import Bus, PublishDenied, PublishTimeout, QueryError, query_subject
+from .client import Bus, PublishDenied, PublishRefused, PublishTimeout, QueryError, decode_msg, query_subject
 from .roles import STREAM, Credentials, Role
 from .server import NatsServer
 from .settings import BusSettings
@@ -12,8 +12,10 @@ __all__ = [
     "Credentials",
     "NatsServer",
     "PublishDenied",
+    "PublishRefused",
     "PublishTimeout",
     "QueryError",
     "Role",
+    "decode_msg",
     "query_subject",
 ]

@@ -1,17 +1,27 @@
 """The typed bus client every AAR process uses.
 
-- connects with reconnect-forever;
-- ``publish(event)`` sets ``Nats-Msg-Id`` to the event id (a retried publish is
-  stored once) and fails fast with :class:`PublishDenied` when the server
-  refuses the subject for this user;
+- connects with reconnect-forever, as one identity, with that identity's own inbox
+  prefix (the only one it may subscribe to);
+- ``publish(event)``: the gateway's roles hand the event to the gateway (request/reply
+  on ``aarin.<session>.<type>.<identity>``, answered once it is in the stream, or with
+  the reason it was refused: :class:`PublishRefused`); admin, the recorder and the
+  gateway publish into the stream themselves, failing fast with :class:`PublishDenied`
+  when the server refuses the subject. Either way ``Nats-Msg-Id`` is the publisher's
+  identity and the event id (:func:`msg_id`): a retried publish is stored once, and no
+  one can make the stream drop someone else's event as a "duplicate";
 - ``pull(...)`` opens a durable pull consumer with explicit acks;
-- ``request``/``serve`` are request/reply helpers for queries (never events).
+- ``request``/``serve`` are request/reply helpers for queries (never events); a
+  request names the asker, ``aarq.<service>.<name>.<identity>``, so a service knows
+  who asks (the server guarantees the last token).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import inspect
+import itertools
 import json
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -27,9 +37,10 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, S
 from nats.js.errors import NotFoundError
 from pydantic import BaseModel
 
-from schemas import Event
+from schemas import Event, Rejection, decode
+from schemas.base import MAX_EVENT_BYTES
 
-from .roles import QUERY_PREFIX, STREAM
+from .roles import DIRECT, INGEST_PREFIX, QUERY_PREFIX, STREAM, inbox_prefix
 from .settings import BusSettings
 
 log = structlog.get_logger(__name__)
@@ -52,6 +63,48 @@ class PublishTimeout(BusError):
     pass
 
 
+class PublishRefused(BusError):
+    """The gateway refused the event (too large, over the publish budget, invalid, or
+    claiming another identity); ``code`` says which, the message says why."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+# The gateway names the verified publisher of every event it forwards into the stream.
+PUBLISHER_HEADER = "Aar-Publisher"
+
+
+def decode_msg(msg: Msg) -> "Event | Rejection":
+    """An event from the stream (or a core subscription on it), checked against its
+    subject and against the publisher the gateway names. Use this, not ``decode``,
+    on every message from the bus."""
+    publisher = (msg.headers or {}).get(PUBLISHER_HEADER)
+    return decode(msg.data, msg.subject, publisher=publisher)
+
+
+def msg_id(identity: str, key: str) -> str:
+    """``Nats-Msg-Id`` of a message: who publishes it and its event id (``key``). JetStream
+    stores a retry by the same publisher once, and no publisher can make it drop another
+    one's message: the gateway writes this header itself, from the verified identity.
+    (A second, different message under an id the same publisher used within the
+    duplicate window is dropped by JetStream; the gateway notices it and records a
+    conflict, see :mod:`services.gateway`.)"""
+    return f"{identity}.{key}"
+
+
+def raw_key(data: bytes) -> str:
+    """The dedupe key of bytes that hold no event id (they do not decode)."""
+    return "raw." + hashlib.sha256(data).hexdigest()[:40]
+
+
+def ingest_subject(subject: str, identity: str) -> str:
+    """``aar.<session>.<domain>.<event>`` -> the gateway's ``aarin.<...>.<identity>``."""
+    head, _, rest = subject.partition(".")
+    return f"{INGEST_PREFIX}.{rest}.{identity}" if head == "aar" else f"{INGEST_PREFIX}.{subject}.{identity}"
+
+
 class QueryError(BusError):
     """A query service answered with an error."""
 
@@ -62,8 +115,9 @@ class QueryReply(BaseModel):
     error: str | None = None
 
 
-def query_subject(service: str, name: str) -> str:
-    return f"{QUERY_PREFIX}.{service}.{name}"
+def query_subject(service: str, name: str, identity: str = "*") -> str:
+    """``aarq.<service>.<name>.<asker>``; ``*``: the pattern a service subscribes to."""
+    return f"{QUERY_PREFIX}.{service}.{name}.{identity}"
 
 
 class Bus:
@@ -74,8 +128,17 @@ class Bus:
         self.js: JetStreamContext = nc.jetstream()
         self.settings = settings
         self.name = name
+        self.identity = settings.identity
+        role = settings.role
+        # The gateway's roles publish through it; admin (no user), the recorder and the
+        # gateway itself into the stream.
+        self.gated = role is not None and role not in DIRECT and settings.user is not None
         self._denials: dict[str, asyncio.Future[str]] = {}
         self._closing = False
+        self._replies: dict[str, asyncio.Future[Msg]] = {}
+        self._reply_sub: Any = None
+        self._reply_prefix = ""
+        self._counter = itertools.count()
 
     # -- connection -------------------------------------------------------
 
@@ -111,6 +174,7 @@ class Bus:
             reconnected_cb=reconnected_cb,
             pending_size=64 * 1024 * 1024,
             drain_timeout=2,
+            inbox_prefix=inbox_prefix(settings.identity),
         )
         bus = cls(nc, settings, name)
         return bus
@@ -149,7 +213,9 @@ class Bus:
             subjects=["aar.>"],
             storage=StorageType.FILE,
             duplicate_window=DUPLICATE_WINDOW_S,
-            max_msg_size=8 * 1024 * 1024,
+            # An event is at most MAX_EVENT_BYTES (the gateway says so to the publisher);
+            # the stream refuses anything larger from anyone, headers included.
+            max_msg_size=MAX_EVENT_BYTES + 4096,
         )
         try:
             await self.js.stream_info(STREAM)
@@ -159,21 +225,23 @@ class Bus:
 
     # -- publishing -------------------------------------------------------
 
-    async def publish(self, event: Event[Any], *, timeout: float = 10.0) -> int:
-        """Publish to JetStream; returns the stream sequence once stored."""
+    async def publish(self, event: Event, *, timeout: float = 10.0) -> int:
+        """Publish to the stream; returns the stream sequence once stored."""
         return (await self.publish_many([event], timeout=timeout))[0]
 
-    async def publish_many(self, events: Sequence[Event[Any]], *, timeout: float = 10.0) -> list[int]:
+    async def publish_many(self, events: Sequence[Event], *, timeout: float = 10.0) -> list[int]:
         """Publish several events concurrently (pipelined), in order of submission."""
-        return await self.publish_raw_many(
-            [(e.subject, e.to_json(), e.id) for e in events], timeout=timeout
-        )
+        return await self.publish_raw_many([(e.subject, e.to_json(), e.id) for e in events], timeout=timeout)
 
     async def publish_raw_many(
         self, items: Sequence[tuple[str, bytes, str | None]], *, timeout: float = 10.0
     ) -> list[int]:
-        """Publish (subject, bytes, msg_id) triples; raw bytes let tests and
-        benchmarks send malformed data. Raises PublishDenied/PublishTimeout."""
+        """Publish (subject, bytes, event id) triples, in order; raw bytes let tests and
+        benchmarks send malformed data. The id keys JetStream's deduplication (None: no
+        ``Nats-Msg-Id``, never deduplicated; through the gateway, the gateway sets it).
+        Raises PublishDenied / PublishRefused / PublishTimeout."""
+        if self.gated:
+            return await self._through_gateway(items, timeout)
         loop = asyncio.get_running_loop()
         denials: dict[str, asyncio.Future[str]] = {}
         for subject, _, _ in items:
@@ -182,8 +250,8 @@ class Bus:
                 self._denials[key] = loop.create_future()
             denials[key] = self._denials[key]
         acks = []
-        for subject, data, msg_id in items:
-            headers = {"Nats-Msg-Id": msg_id} if msg_id else None
+        for subject, data, dedupe in items:
+            headers = {"Nats-Msg-Id": msg_id(self.identity, dedupe)} if dedupe else None
             acks.append(await self.js.publish_async(subject, data, headers=headers))
         gathered = asyncio.gather(*acks)
         denied = asyncio.ensure_future(asyncio.wait(list(denials.values()), return_when=asyncio.FIRST_COMPLETED))
@@ -204,6 +272,79 @@ class Bus:
             for subject, future in denials.items():
                 if self._denials.get(subject) is future and not future.done():
                     del self._denials[subject]
+
+    async def _through_gateway(self, items: Sequence[tuple[str, bytes, str | None]], timeout: float) -> list[int]:
+        """Hand events to the gateway, in order, and wait for its answers. Retried
+        while no gateway answers (it may be restarting) until ``timeout``: a retry is
+        the same event, which the stream stores once."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        if self._reply_sub is None:
+            self._reply_prefix = self.nc.new_inbox()
+            self._reply_sub = await self.nc.subscribe(f"{self._reply_prefix}.*", cb=self._on_reply)
+        subjects = [ingest_subject(subject, self.identity) for subject, _, _ in items]
+        denials = self._watch_denials(subjects)
+        seqs: list[int | None] = [None] * len(items)
+        todo = list(range(len(items)))
+        try:
+            while todo:
+                futures: dict[int, asyncio.Future[Msg]] = {}
+                for i in todo:
+                    token = f"{self._reply_prefix}.{next(self._counter)}"
+                    futures[i] = self._replies[token] = loop.create_future()
+                    await self.nc.publish(subjects[i], items[i][1], reply=token)
+                waiting = [*futures.values(), *denials.values()]
+                while not self._denied(denials) and not all(f.done() for f in futures.values()):
+                    left = deadline - loop.time()
+                    if left <= 0:
+                        break
+                    await asyncio.wait(waiting, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+                if refused := self._denied(denials):
+                    raise PublishDenied(f"user {self.settings.user!r} may not publish to {', '.join(refused)}")
+                again: list[int] = []
+                for i, future in futures.items():
+                    if not future.done() or (future.result().headers or {}).get("Status") == "503":
+                        again.append(i)  # no answer yet, or no gateway answering
+                        continue
+                    answer = json.loads(future.result().data or b"{}")
+                    if "error" in answer:
+                        raise PublishRefused(str(answer.get("code", "refused")), str(answer["error"]))
+                    if answer.get("conflict"):
+                        log.warning("publish_conflict", subject=items[i][0], detail=str(answer["conflict"])[:300])
+                    seqs[i] = int(answer["seq"])
+                for token in [t for t, f in self._replies.items() if f in futures.values()]:
+                    self._replies.pop(token).cancel()
+                if again and loop.time() >= deadline:
+                    raise PublishTimeout(f"the gateway did not take {len(again)} event(s) within {timeout}s "
+                                         "(is the gateway running?)")
+                if again:
+                    await asyncio.sleep(min(0.25, max(0.0, deadline - loop.time())))
+                todo = again
+        finally:
+            for key, future in denials.items():
+                if self._denials.get(key) is future and not future.done():
+                    del self._denials[key]
+        return [int(s) for s in seqs if s is not None]
+
+    def _watch_denials(self, subjects: Sequence[str]) -> dict[str, asyncio.Future[str]]:
+        """A future per subject, set when the server refuses this user a publish there."""
+        loop = asyncio.get_running_loop()
+        denials: dict[str, asyncio.Future[str]] = {}
+        for subject in subjects:
+            key = subject.lower()  # nats-py lowercases server errors
+            if key not in self._denials or self._denials[key].done():
+                self._denials[key] = loop.create_future()
+            denials[key] = self._denials[key]
+        return denials
+
+    @staticmethod
+    def _denied(denials: dict[str, asyncio.Future[str]]) -> list[str]:
+        return sorted(s for s, f in denials.items() if f.done())
+
+    async def _on_reply(self, msg: Msg) -> None:
+        future = self._replies.get(msg.subject)
+        if future is not None and not future.done():
+            future.set_result(msg)
 
     # -- consuming --------------------------------------------------------
 
@@ -273,7 +414,7 @@ class Bus:
     async def request(self, service: str, name: str, body: BaseModel | dict[str, Any], *, timeout: float = 10.0) -> Any:
         data = body.model_dump_json().encode() if isinstance(body, BaseModel) else _json_bytes(body)
         try:
-            msg = await self.nc.request(query_subject(service, name), data, timeout=timeout)
+            msg = await self.nc.request(query_subject(service, name, self.identity), data, timeout=timeout)
         except nats.errors.NoRespondersError:
             raise QueryError(f"no {service} service is answering {name!r}") from None
         except (nats.errors.TimeoutError, asyncio.TimeoutError):
@@ -286,27 +427,45 @@ class Bus:
     async def serve(
         self,
         service: str,
-        handlers: dict[str, Callable[[bytes], Awaitable[Any]]],
+        handlers: dict[str, Callable[..., Awaitable[Any]]],
         *,
         queue: str | None = None,
     ) -> Any:
-        """Answer ``aarq.<service>.<name>`` requests. A handler's exception
-        becomes an error reply; the service keeps running."""
+        """Answer ``aarq.<service>.<name>.<asker>`` requests, each in a task of its own
+        (a slow one holds up no other). A handler takes the request body, and optionally
+        the asker's verified identity as a second argument. A handler's exception becomes
+        an error reply; the service keeps running."""
+        wants_asker = {name: len(inspect.signature(h).parameters) >= 2 for name, h in handlers.items()}
+        answering: set[asyncio.Task[None]] = set()
 
-        async def on_msg(msg: Msg) -> None:
-            name = msg.subject.rsplit(".", 1)[-1]
+        async def answer(msg: Msg) -> None:
+            tokens = msg.subject.split(".")
+            name, asker = (tokens[2], tokens[3]) if len(tokens) == 4 else (tokens[-1], "")
             handler = handlers.get(name)
             if handler is None:
                 reply = QueryReply(ok=False, error=f"unknown query {name!r}; known: {sorted(handlers)}")
             else:
                 try:
-                    reply = QueryReply(ok=True, result=await handler(msg.data))
+                    result = await (handler(msg.data, asker) if wants_asker[name] else handler(msg.data))
+                    reply = QueryReply(ok=True, result=result)
                 except Exception as exc:  # reported to the caller, never fatal
                     reply = QueryReply(ok=False, error=f"{type(exc).__name__}: {exc}")
-            if msg.reply:
+            if not msg.reply:
+                return
+            try:
                 await msg.respond(reply.model_dump_json().encode())
+            except Exception as exc:  # noqa: BLE001 - e.g. over max_payload: say so instead
+                with contextlib.suppress(Exception):
+                    await msg.respond(QueryReply(ok=False, error=f"the answer could not be sent: "
+                                                 f"{type(exc).__name__}: {exc}"[:2000]).model_dump_json().encode())
 
-        return await self.nc.subscribe(f"{QUERY_PREFIX}.{service}.*", queue=queue or service, cb=on_msg)
+        async def on_msg(msg: Msg) -> None:
+            # Each request in a task of its own: a slow one never holds up the others.
+            task = asyncio.create_task(answer(msg))
+            answering.add(task)
+            task.add_done_callback(answering.discard)
+
+        return await self.nc.subscribe(query_subject(service, "*"), queue=queue or service, cb=on_msg)
 
 
 def _json_bytes(body: dict[str, Any]) -> bytes:

@@ -17,7 +17,7 @@ import structlog
 
 from aar.procs import die_with_parent
 
-from .roles import Credentials, server_config
+from .roles import Credentials, Role, server_config
 
 log = structlog.get_logger(__name__)
 
@@ -118,6 +118,37 @@ class NatsServer:
                 time.sleep(0.05)
         self.stop()
         raise NatsServerError(f"nats-server did not become healthy within {timeout}s; see {self.log_file}")
+
+    def add_identity(self, name: str, role: Role, *, session: str | None = None) -> None:
+        """Give ``name`` a NATS user of ``role`` (saved with the credentials); a running
+        server reloads its configuration and knows it when this returns."""
+        before = dict(self.credentials.identities)
+        self.credentials.add(name, role, session=session)
+        if self.credentials.identities == before:
+            return
+        self.credentials.save(self.store / "credentials.json")
+        if self.process is not None:
+            self.reload()
+
+    def reload(self, timeout: float = 10.0) -> None:
+        """Write the configuration again and have the server load it (SIGHUP)."""
+        assert self.process is not None
+        loaded = self._config_load_time()
+        self.write_config()
+        self.process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._config_load_time() not in (None, loaded):
+                return
+            time.sleep(0.02)
+        raise NatsServerError(f"nats-server did not reload its configuration within {timeout}s; see {self.log_file}")
+
+    def _config_load_time(self) -> str | None:
+        try:
+            with urllib.request.urlopen(f"http://{self.host}:{self.http_port}/varz", timeout=1) as resp:
+                return str(json.loads(resp.read()).get("config_load_time"))
+        except (OSError, ValueError):
+            return None
 
     def stop(self, timeout: float = 10.0) -> None:
         proc, self.process = self.process, None

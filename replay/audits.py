@@ -4,6 +4,10 @@
 (through the recorder while a stack runs, on the file read-only otherwise: the
 same guarded path as any ``aar audit`` SQL). ``{where}`` in a query becomes the
 session filter (``session_id = '...'``, or ``TRUE`` for every session).
+
+``chain_breaks`` checks the log's hash chain, in SQL (``services.recorder.chain``
+holds its formulas, shared with the recorder that writes the chain and with
+``aar verify-log``); it covers the whole log, whatever ``--session`` says.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from schemas.base import is_subject_token
+from services.recorder import chain
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +184,13 @@ QUERIES: dict[str, NamedQuery] = {q.name: q for q in (
         LEFT JOIN forum_posts fp ON fp.session_id = c.session_id AND fp.post_id = c.post_id
         ORDER BY c.session_id, c.pgr DESC, c.idea_id, c.via
         """,
+    ),
+    NamedQuery(
+        "chain_breaks",
+        "The first broken link of the log's hash chain (no rows: intact): batch, table, problem, positions, "
+        "the event id / stream_seq found where the first difference is, and what differs. Whole log "
+        "(--session is ignored); `aar verify-log` also checks projections and views.",
+        chain.first_break_sql(),
     ),
     NamedQuery(
         "tool_usage",

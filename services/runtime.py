@@ -13,10 +13,13 @@ import structlog
 
 from aar.logs import configure
 from bus import Bus, BusSettings
+from schemas.base import set_id_key
 
 
 def service_id(kind: str) -> str:
-    return os.environ.get("AAR_SERVICE_ID") or f"{kind}-{os.getpid()}"
+    """The ``source`` of what this process publishes: its NATS identity, which the
+    gateway and every consumer check it against (else its service id, or kind-pid)."""
+    return os.environ.get("AAR_NATS_USER") or os.environ.get("AAR_SERVICE_ID") or f"{kind}-{os.getpid()}"
 
 
 def install_stop_handlers(stop: asyncio.Event) -> None:
@@ -34,7 +37,9 @@ async def service(kind: str) -> AsyncIterator[tuple[Bus, asyncio.Event, structlo
     log = structlog.get_logger(kind).bind(service=sid)
     stop = asyncio.Event()
     install_stop_handlers(stop)
-    bus = await Bus.connect(BusSettings.from_env(), name=sid)
+    settings = BusSettings.from_env()
+    set_id_key(settings.password)  # derived event ids nobody else can predict
+    bus = await Bus.connect(settings, name=sid)
     log.info("service_started", pid=os.getpid())
     try:
         yield bus, stop, log

@@ -4,6 +4,7 @@ and service processes started exactly as `aar up` starts them."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -17,6 +18,7 @@ import pytest
 from aar.paths import AarHome
 from bus import Bus, BusSettings, NatsServer, Role
 from bus.client import QueryError
+from bus.roles import role_of
 
 
 @pytest.fixture
@@ -34,8 +36,14 @@ def nats_server(home: AarHome) -> Iterator[NatsServer]:
         server.stop()
 
 
-def settings(server: NatsServer, role: Role) -> BusSettings:
-    return BusSettings.for_role(server.url, server.credentials, role)
+def settings(server: NatsServer, who: Role | str) -> BusSettings:
+    """How ``who`` connects: a role (its own identity, named like the role) or an
+    identity such as ``agent-1`` (created, with a server reload, if new)."""
+    if isinstance(who, Role):
+        return BusSettings.for_role(server.url, server.credentials, who)
+    if who not in server.credentials.identities:
+        server.add_identity(who, role_of(who))
+    return BusSettings.for_identity(server.url, server.credentials, who)
 
 
 @pytest.fixture
@@ -75,10 +83,12 @@ class ServiceProcess:
         self.args = args or []
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = home.logs / f"{name or module}.log"
+        # Its NATS identity: ``name`` when that names one of the role (trainer-2), else the role's own.
+        self.identity: Role | str = name if name and _names_role(name, role) else role
 
     def start(self) -> "ServiceProcess":
         env = {k: v for k, v in os.environ.items() if not k.startswith("AAR_")}
-        env.update(settings(self.server, self.role).to_env())
+        env.update(settings(self.server, self.identity).to_env())
         env.update({"AAR_HOME": str(self.home.root), "AAR_LOG_FORMAT": "json", "AAR_LOG_LEVEL": "DEBUG", **self.extra_env})
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen([sys.executable, "-m", self.module, *self.args], env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -103,6 +113,45 @@ class ServiceProcess:
         return self.log_path.read_text(errors="replace")
 
 
+def _names_role(name: str, role: Role) -> bool:
+    try:
+        return role_of(name) is role
+    except ValueError:
+        return False
+
+
+async def service_ready(bus: Bus, service: str) -> bool:
+    try:
+        await bus.request(service, "health", {}, timeout=1.0)
+        return True
+    except QueryError:
+        return False
+
+
+@contextlib.asynccontextmanager
+async def running(module: str, role: Role, server: NatsServer, home: AarHome, admin: Bus,
+                  **kw: object) -> AsyncIterator[ServiceProcess]:
+    """A service process, once it answers its ``health`` query."""
+    proc = ServiceProcess(module, role, server, home, **kw).start()  # type: ignore[arg-type]
+    service = module.rsplit(".", 1)[-1]
+
+    async def ready() -> bool:
+        return await service_ready(admin, service)
+
+    await wait_until(ready, 30, f"the {service} to answer health queries")
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+@pytest.fixture
+async def gateway(nats_server: NatsServer, home: AarHome, admin: Bus) -> AsyncIterator[ServiceProcess]:
+    """The stream's door for every role but admin and the recorder (their events go through it)."""
+    async with running("services.gateway", Role.GATEWAY, nats_server, home, admin) as proc:
+        yield proc
+
+
 async def recorder_health(bus: Bus) -> dict[str, int] | None:
     try:
         return await bus.request("recorder", "health", {}, timeout=1.0)  # type: ignore[no-any-return]
@@ -112,16 +161,8 @@ async def recorder_health(bus: Bus) -> dict[str, int] | None:
 
 @pytest.fixture
 async def recorder(nats_server: NatsServer, home: AarHome, admin: Bus) -> AsyncIterator[ServiceProcess]:
-    proc = ServiceProcess("services.recorder", Role.RECORDER, nats_server, home).start()
-
-    async def ready() -> bool:
-        return await recorder_health(admin) is not None
-
-    await wait_until(ready, 30, "the recorder to answer health queries")
-    try:
+    async with running("services.recorder", Role.RECORDER, nats_server, home, admin) as proc:
         yield proc
-    finally:
-        proc.stop()
 
 
 async def recorded_count(bus: Bus, sql: str = "SELECT count(*) FROM events") -> int:

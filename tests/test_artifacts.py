@@ -45,7 +45,7 @@ def test_a_tampered_blob_is_detected(tmp_path) -> None:  # type: ignore[no-untyp
 
 
 @pytest.fixture
-async def artifacts(nats_server: NatsServer, home: AarHome, admin: Bus) -> AsyncIterator[ServiceProcess]:
+async def artifacts(nats_server: NatsServer, home: AarHome, admin: Bus, gateway: ServiceProcess) -> AsyncIterator[ServiceProcess]:
     proc = ServiceProcess(
         "services.artifacts", Role.ARTIFACTS, nats_server, home, env={"AAR_ARTIFACT_MAX_BYTES": "100000"}
     ).start()
@@ -66,10 +66,14 @@ async def artifacts(nats_server: NatsServer, home: AarHome, admin: Bus) -> Async
 
 
 async def test_put_get_over_nats_records_one_event(nats_server, home, admin, recorder, artifacts) -> None:  # type: ignore[no-untyped-def]
-    agent = await Bus.connect(settings(nats_server, Role.AGENT), name="agent-1")
+    agent = await Bus.connect(settings(nats_server, "agent-1"), name="agent-1")
     try:
-        client = ArtifactClient(agent, session_id="s-art", owner="agent-1")
+        client = ArtifactClient(agent, session_id="s-art")
         code = b"def run(ctx):\n    return ctx.weak_soft_labels[:0]\n"
+        # The owner is the asker's verified identity: a header claiming another is ignored.
+        forged = await agent.nc.request("aarq.artifacts.put.agent-1", code,
+                                        headers={"Aar-Kind": "code", "Aar-Owner": "agent-2", "Aar-Session": "s-art"})
+        assert forged.headers and forged.headers.get("Aar-Sha256") == sha256(code)
         first = await client.put(code, "code", name="method.py", media_type="text/x-python")
         again = await client.put(code, "code", name="method.py")
         assert first == again == sha256(code)

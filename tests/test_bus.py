@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from bus import Bus, NatsServer, PublishDenied, Role
-from bus.roles import PUBLISHES
+from bus.roles import DIRECT, PUBLISHES, permissions
 from schemas import Event, EventType
 
 from .conftest import settings, wait_until
@@ -38,19 +38,37 @@ EXPECTED = {
     Role.ARTIFACTS: {"artifact.stored"},
     Role.RECORDER: {"recorder.rejected", "recorder.dead_lettered", "recorder.health"},
 }
+# The gateway forwards everyone's events: its user may publish anything into the stream
+# (its own events are gateway.*). Like admin, it runs no agent-influenced code.
+GATEWAY_OWN = {"gateway.refused"}
 
 
 def test_permission_table_is_the_documented_one() -> None:
     for role, types in EXPECTED.items():
         assert {t.value for t in EventType if allowed(role, t)} == types, role
+    assert {t.value for t in EventType if allowed(Role.GATEWAY, t)} == GATEWAY_OWN
+    assert "aar.>" in permissions(Role.GATEWAY)["publish"]["allow"]  # type: ignore[index]
+
+
+def _matching_sample(event_type: EventType, session: str, identity: str) -> Event:
+    """A sample event of ``event_type`` as ``identity`` would publish it (its own name in
+    ``source`` and in the payload field that names who acted)."""
+    event = sample_event(event_type, session)
+    payload = event.payload
+    if payload.publisher_field is not None:
+        payload = payload.model_copy(update={payload.publisher_field: identity})
+    return Event.create(payload, session_id=session, source=identity)
 
 
 @pytest.mark.parametrize("role", list(EXPECTED))
-async def test_server_enforces_each_roles_publish_permissions(nats_server: NatsServer, admin: Bus, role: Role) -> None:
+async def test_server_enforces_each_roles_publish_permissions(
+    nats_server: NatsServer, admin: Bus, gateway: object, role: Role
+) -> None:
     client = await Bus.connect(settings(nats_server, role), name=f"{role}-test")
+    session = f"S-Perm-{role.value}"  # mixed case, like real ULID ids
     try:
         for event_type in EventType:
-            event = sample_event(event_type, f"S-Perm-{role.value}")  # mixed case, like real ULID ids
+            event = _matching_sample(event_type, session, role.value)
             if event_type.value in EXPECTED[role]:
                 assert await client.publish(event, timeout=5) > 0
             else:
@@ -58,8 +76,28 @@ async def test_server_enforces_each_roles_publish_permissions(nats_server: NatsS
                     await client.publish(event, timeout=5)
     finally:
         await client.close()
-    info = await admin.js.stream_info("AAR", subjects_filter=f"aar.S-Perm-{role.value}.>")
-    assert info.state.messages == len(EXPECTED[role])
+    info = await admin.js.stream_info("AAR", subjects_filter=f"aar.{session}.>")
+    assert sum((info.state.subjects or {}).values()) == len(EXPECTED[role])
+
+
+@pytest.mark.parametrize("role", sorted(set(Role) - DIRECT))
+async def test_only_the_gateway_writes_the_stream_for_every_other_role(
+    nats_server: NatsServer, admin: Bus, role: Role
+) -> None:
+    """A role's own publish permission never covers ``aar.>``: every event it stores
+    passed the gateway, which names the publisher and enforces sizes and budgets."""
+    client = await Bus.connect(settings(nats_server, role), name=f"{role}-direct")
+    session = f"s-direct-{role.value}"
+    try:
+        for event_type in EventType:
+            event = _matching_sample(event_type, session, role.value)
+            # what JetStream's publish sends, without waiting for an ack that cannot come
+            await client.nc.publish(event.subject, event.to_json(), headers={"Nats-Msg-Id": event.id})
+        await client.nc.flush()
+    finally:
+        await client.close()
+    info = await admin.js.stream_info("AAR")
+    assert info.state.messages == 0
 
 
 async def test_wrong_password_is_refused(nats_server: NatsServer) -> None:

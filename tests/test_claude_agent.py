@@ -31,8 +31,8 @@ EPHEMERAL = {"type": "ephemeral"}
 
 
 @pytest.fixture
-async def agent_bus(nats_server: NatsServer, admin: Bus) -> AsyncIterator[Bus]:
-    bus = await Bus.connect(settings(nats_server, Role.AGENT), name="agent-claude-test")
+async def agent_bus(nats_server: NatsServer, admin: Bus, gateway: ServiceProcess) -> AsyncIterator[Bus]:
+    bus = await Bus.connect(settings(nats_server, "agent-1"), name="agent-claude-test")
     try:
         yield bus
     finally:
@@ -41,7 +41,7 @@ async def agent_bus(nats_server: NatsServer, admin: Bus) -> AsyncIterator[Bus]:
 
 @pytest.fixture
 async def toolbox(agent_bus: Bus) -> AsyncIterator[Toolbox]:
-    box = Toolbox(agent_bus, new_session_id(), "agent-1", source="agent-claude-test")
+    box = Toolbox(agent_bus, new_session_id(), "agent-1", source="agent-1")
     await box.start()
     try:
         yield box

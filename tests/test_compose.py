@@ -90,8 +90,11 @@ def test_compose_file_is_valid_against_the_compose_specification(compose: dict[s
         assert "image" in svc or "build" in svc, name
 
 
+AGENTS = ("agent-1", "agent-2", "agent-3")
+
+
 def test_the_processes_of_design_are_all_there(services: dict[str, dict[str, Any]]) -> None:
-    for name in ("nats", "recorder", "artifacts", "forum", "scorer", "orchestrator", "trainer", "agent"):
+    for name in ("nats", "recorder", "gateway", "artifacts", "forum", "scorer", "orchestrator", "trainer", *AGENTS):
         assert name in services, name
     assert services["nats"]["image"].startswith("nats:")
     assert any(v.endswith(":/data/jetstream") for v in services["nats"]["volumes"])
@@ -130,34 +133,39 @@ def test_every_command_exists_in_the_cli(services: dict[str, dict[str, Any]]) ->
 
 def test_services_run_what_aar_up_runs(services: dict[str, dict[str, Any]]) -> None:
     by_role = {s.role.value: s.module for s in default_specs({}, agents=1, trainers=1)}
-    for name in ("recorder", "artifacts", "forum", "scorer", "orchestrator", "trainer"):
+    for name in ("recorder", "gateway", "artifacts", "forum", "scorer", "orchestrator", "trainer"):
         args = argv(services[name]["command"])
         assert args[:3] == ["aar", "service", name] and SERVICE_MODULES[name] == by_role[name]
-    assert argv(services["agent"]["command"]) == ["aar", "service", "agents"]
+    for agent in AGENTS:
+        assert argv(services[agent]["command"]) == ["aar", "service", "agents"]
+        assert services[agent]["environment"]["AAR_AGENT_ID"] == agent
     assert SERVICE_MODULES["agents"] == by_role["agent"]
 
 
-def test_each_service_connects_as_its_own_role_with_only_its_password(services: dict[str, dict[str, Any]]) -> None:
-    roles = {"recorder", "artifacts", "forum", "scorer", "orchestrator", "trainer", "trainer-cpu", "agent"}
-    for name in roles:
+def test_each_service_connects_as_its_own_identity_with_only_its_password(services: dict[str, dict[str, Any]]) -> None:
+    names = {"recorder", "gateway", "artifacts", "forum", "scorer", "orchestrator", "trainer", "trainer-cpu", *AGENTS}
+    for name in names:
         env = services[name]["environment"]
-        role = env["AAR_NATS_USER"]
-        assert role == name.removesuffix("-cpu")
+        identity = env["AAR_NATS_USER"]
+        assert identity == name.removesuffix("-cpu")
         assert "AAR_NATS_PASSWORD" not in env  # never inline
         pw = [v for v in services[name]["volumes"] if v.endswith(":/run/aar/nats:ro")]
-        assert pw == [f"nats-pw-{role}:/run/aar/nats:ro"], name
+        assert pw == [f"nats-pw-{identity}:/run/aar/nats:ro"], name
         assert not any(v.startswith("nats-credentials:") for v in services[name]["volumes"]), name
+    init = services["nats-init"]
+    assert argv(init["command"])[argv(init["command"]).index("--agents") + 1] == str(len(AGENTS))
+    assert {f"nats-pw-{a}:/data/secrets/{a}" for a in AGENTS} <= set(init["volumes"])
 
 
 def test_no_agent_can_read_the_scorers_data_or_the_event_log(services: dict[str, dict[str, Any]]) -> None:
-    agents = [n for n, s in services.items() if s.get("environment", {}).get("AAR_NATS_USER") == "agent"]
-    assert agents == ["agent"]
+    agents = [n for n, s in services.items() if str(s.get("environment", {}).get("AAR_NATS_USER")).startswith("agent")]
+    assert agents == list(AGENTS)
     forbidden = {"events", "cache", "artifacts", "jetstream", "nats-credentials", "nats-config"}
     for name in agents:
         svc = services[name]
         sources = {str(v).split(":")[0] for v in svc.get("volumes", [])}
         assert not sources & forbidden, sources
-        assert sources == {"nats-pw-agent"}
+        assert sources == {f"nats-pw-{name}"}
         assert "secrets" not in svc and "volumes_from" not in svc
         assert svc["build"]["target"] == "agent"  # the image without dataset packages
     # ... and the scorer's cache and the event log are where they should be
@@ -200,17 +208,16 @@ def test_trainer_reserves_a_gpu_and_scales(services: dict[str, dict[str, Any]]) 
     devices = deploy["resources"]["reservations"]["devices"]
     assert any("gpu" in d["capabilities"] for d in devices)
     assert "container_name" not in services["trainer"]  # --scale trainer=N needs unnamed containers
-    assert "ports" not in services["trainer"] and "ports" not in services["agent"]
-    assert "container_name" not in services["agent"]
+    assert "ports" not in services["trainer"] and all("ports" not in services[a] for a in AGENTS)
 
 
-def test_session_config_is_a_session_config_and_matches_the_agent_replicas(services: dict[str, dict[str, Any]]) -> None:
+def test_session_config_is_a_session_config_and_matches_the_agent_services(services: dict[str, dict[str, Any]]) -> None:
     raw = services["orchestrator"]["environment"]["AAR_SESSION_CONFIG"]
-    for env in ({}, {"AAR_AGENTS": "5", "AAR_MAX_EXPERIMENTS": "7", "AAR_BACKEND": "claude"}):
+    for env in ({}, {"AAR_MAX_EXPERIMENTS": "7", "AAR_BACKEND": "claude"}):
         filled = container_env({"AAR_SESSION_CONFIG": interpolate(raw, env)})
         config = SessionConfig.model_validate_json(filled["AAR_SESSION_CONFIG"])
         assert config.session_id.startswith("s-")
-        assert config.agents == int(interpolate(services["agent"]["deploy"]["replicas"], env))
+        assert config.agents == len(AGENTS)
         assert config.trainers == int(interpolate(services["trainer"]["deploy"]["replicas"], env))
     assert config.max_experiments == 7 and config.backend.value == "claude"
     again = container_env({"AAR_SESSION_CONFIG": interpolate(raw)})
@@ -263,19 +270,23 @@ def _nats_config(tmp_path: Path) -> tuple[dict[str, Any], Credentials, Path]:
     return json.loads(out.read_text()), Credentials.load_or_create(creds_path), out
 
 
-def test_nats_config_is_per_role_and_valid(tmp_path: Path) -> None:
+def test_nats_config_is_per_identity_and_valid(tmp_path: Path) -> None:
     config, creds, out = _nats_config(tmp_path)
     users = {u["user"]: u for u in config["authorization"]["users"]}
-    assert set(users) == {r.value for r in Role}
-    for role in Role:
-        assert users[role.value]["password"] == creds.password(role)
-        assert users[role.value]["permissions"] == permissions(role)
-        secret = tmp_path / "secrets" / role.value / "password"
-        assert secret.read_text() == creds.password(role)
+    assert set(users) == {r.value for r in Role} | set(AGENTS)
+    for name, user in users.items():
+        ident = creds.identities[name]
+        assert user["password"] == ident.password
+        assert user["permissions"] == permissions(ident.role, name)
+        secret = tmp_path / "secrets" / name / "password"
+        assert secret.read_text() == ident.password
         assert stat.S_IMODE(secret.stat().st_mode) == 0o400
-    assert len(set(creds.passwords.values())) == len(Role)
+    assert len({i.password for i in creds.identities.values()}) == len(users)
     assert stat.S_IMODE(out.stat().st_mode) == 0o600
-    assert not any(s.startswith("aar.*.score") for s in users["agent"]["permissions"]["publish"]["allow"])
+    for agent in ("agent", *AGENTS):
+        allowed = users[agent]["permissions"]["publish"]["allow"]
+        assert not any(s.startswith(("aar.", "aarin.*.score")) for s in allowed)
+        assert all(s.endswith(f".{agent}") for s in allowed if s.startswith(("aarin.", "aarq.")))
     check = subprocess.run([nats_server_binary(), "-c", str(out), "-t"], capture_output=True, text=True, timeout=30)
     assert check.returncode == 0, check.stdout + check.stderr
     # Run again: the same passwords (the credentials file is kept), the same config.
@@ -316,12 +327,18 @@ async def test_healthcheck_against_real_services(nats_server: NatsServer, home: 
     # The recorder's check needs its consumer, which the running recorder creates.
     assert (await hc("recorder")).returncode == 1
     recorder = ServiceProcess("services.recorder", Role.RECORDER, nats_server, home).start()
+    gateway = ServiceProcess("services.gateway", Role.GATEWAY, nats_server, home).start()
     artifacts = ServiceProcess("services.artifacts", Role.ARTIFACTS, nats_server, home).start()
     try:
         async def recorder_healthy() -> bool:
             return (await hc("recorder")).returncode == 0
 
         await wait_until(recorder_healthy, 30, "the recorder's health check")
+
+        async def gateway_healthy() -> bool:
+            return (await hc("gateway")).returncode == 0
+
+        await wait_until(gateway_healthy, 30, "the gateway's health check")
         r = await hc("artifacts")
         assert r.returncode == 0, r.stdout + r.stderr
         # The forum's check asks the artifact store; the admin's asks everyone (no forum yet).
@@ -334,8 +351,13 @@ async def test_healthcheck_against_real_services(nats_server: NatsServer, home: 
         # A role may not pose as another.
         r = await hc("scorer", "--credentials", "/nonexistent")
         assert r.returncode == 1
+        # An agent's own identity: connects, its services are not there yet (no orchestrator).
+        nats_server.add_identity("agent-1", Role.AGENT)
+        r = await hc("agent-1")
+        assert r.returncode == 1 and "as agent-1 (agent)" in r.stdout
     finally:
         artifacts.stop()
+        gateway.stop()
         recorder.stop()
     # Without its services the forum's check fails (nobody answers for the artifacts).
     assert (await hc("forum")).returncode == 1

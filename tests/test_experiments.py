@@ -10,8 +10,6 @@ import asyncio
 import contextlib
 import hashlib
 import json
-import os
-import signal
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +20,8 @@ import pytest
 from aar.paths import AarHome
 from bus import Bus, NatsServer, Role
 from schemas import Event
+from schemas.agent import AgentToolCalled
+from schemas.base import derived_id as base_derived_id
 from schemas.idea import IdeaProposed
 from schemas.session import Backend, SessionStarted
 from services.artifacts.client import ArtifactClient
@@ -29,7 +29,7 @@ from services.scorer.config import ScoringConfig
 from trainer import sandbox
 from trainer.data import SplitSizes, get_dataset
 
-from .conftest import ServiceProcess, recorder_health, settings, wait_until
+from .conftest import ServiceProcess, recorder_health, service_ready, settings, wait_until
 
 pytestmark = [
     pytest.mark.slow,
@@ -58,10 +58,15 @@ class Stack:
     server: NatsServer
     home: AarHome
     admin: Bus
-    agent: Bus
     trainers: list[ServiceProcess]
     procs: list[ServiceProcess] = field(default_factory=list)
     session_id: str = "s-test"
+    agents: dict[str, Bus] = field(default_factory=dict)  # one connection per agent identity
+
+    async def agent(self, agent_id: str = "agent-1") -> Bus:
+        if agent_id not in self.agents:
+            self.agents[agent_id] = await Bus.connect(settings(self.server, agent_id), name=agent_id)
+        return self.agents[agent_id]
 
     async def sql(self, query: str) -> list[list[Any]]:
         return list((await self.admin.request("recorder", "audit", {"sql": query}, timeout=20))["rows"])
@@ -94,11 +99,16 @@ class Stack:
         finally:
             await orch.close()
 
-    async def propose(self, idea_id: str, agent_id: str, **method: Any) -> None:
-        await self.agent.publish(Event.create(
+    def idea(self, idea_id: str, agent_id: str, **method: Any) -> Event:
+        return Event.create(
             IdeaProposed(idea_id=idea_id, agent_id=agent_id, title=idea_id, hypothesis="test", **method),
             session_id=self.session_id, source=agent_id, correlation_id=idea_id,
-        ))
+        )
+
+    async def propose(self, idea_id: str, agent_id: str, **method: Any) -> Event:
+        event = self.idea(idea_id, agent_id, **method)
+        await (await self.agent(agent_id)).publish(event)
+        return event
 
 
 @contextlib.asynccontextmanager
@@ -108,6 +118,7 @@ async def running_stack(  # type: ignore[no-untyped-def]
     """Recorder, artifacts, scorer and ``n_trainers`` trainers as processes, plus an agent connection."""
     procs = [
         ServiceProcess("services.recorder", Role.RECORDER, nats_server, home).start(),
+        ServiceProcess("services.gateway", Role.GATEWAY, nats_server, home).start(),
         ServiceProcess("services.artifacts", Role.ARTIFACTS, nats_server, home).start(),
         ServiceProcess("services.scorer", Role.SCORER, nats_server, home).start(),
     ]
@@ -118,16 +129,15 @@ async def running_stack(  # type: ignore[no-untyped-def]
     procs += trainers
 
     async def ready() -> bool:
-        return await recorder_health(admin) is not None
+        return await recorder_health(admin) is not None and await service_ready(admin, "gateway")
 
-    agent = None
+    stack = Stack(nats_server, home, admin, trainers, procs=procs)
     try:
-        await wait_until(ready, 30, "the recorder")
-        agent = await Bus.connect(settings(nats_server, Role.AGENT), name="agent")
-        yield Stack(nats_server, home, admin, agent, trainers, procs=procs)
+        await wait_until(ready, 30, "the recorder and the gateway")
+        yield stack
     finally:
-        if agent is not None:
-            await agent.close()
+        for bus in stack.agents.values():
+            await bus.close()
         for p in reversed(procs):
             p.stop()
 
@@ -168,7 +178,7 @@ async def test_ideas_are_scored_promoted_and_checked(stack: Stack) -> None:
     means = {(k, s): m for k, s, m in baselines}
     assert means[("ceiling", "dev")] > means[("weak", "dev")] + 0.05
 
-    client = ArtifactClient(stack.agent, session_id=stack.session_id, owner="agent-2")
+    client = ArtifactClient(await stack.agent("agent-2"), session_id=stack.session_id)
     cheat = await client.put(_label_lookup_method().encode(), "code", name="lookup.py")
     escape = await client.put(SOCKET_METHOD.encode(), "code", name="escape.py")
     await stack.propose("idea-naive", "agent-1", builtin_method="naive_soft")
@@ -217,17 +227,24 @@ async def test_a_killed_trainer_job_finishes_exactly_once_and_rate_limits_hold(t
     st = two_trainers
     await st.start_session(ScoringConfig(seeds=2, split_sizes=SIZES, promote_top=0, rate_limit=1))
     await st.wait_rows("SELECT 1 FROM events WHERE type = 'baseline.computed'", 4, 240, "baselines")
-    slow = await ArtifactClient(st.agent, session_id=st.session_id, owner="agent-1").put(SLOW_METHOD.encode(), "code")
+    agent = await st.agent("agent-1")
+    slow = await ArtifactClient(agent, session_id=st.session_id).put(SLOW_METHOD.encode(), "code")
     await st.propose("idea-slow", "agent-1", method_artifact=slow)
-    await st.propose("idea-over-limit", "agent-1", builtin_method="naive_soft")
+    # The attack: the scorer's rate-limit flag id used to be derived from the idea's event id
+    # alone; an agent claiming that id first (in an event of its own) made the flag vanish
+    # as a "duplicate". Ids are keyed now, and deduplication is scoped by publisher.
+    over = st.idea("idea-over-limit", "agent-1", builtin_method="naive_soft")
+    decoy = AgentToolCalled(agent_id="agent-1", tool="note")
+    for predicted in (base_derived_id("s-", over.id, "rate_limit"),):
+        await agent.publish(Event.create(decoy, session_id=st.session_id, source="agent-1", id=predicted))
+    await agent.publish(over)
 
     started = await st.wait_rows(
         "SELECT payload->>'trainer_id' FROM events WHERE type = 'experiment.started'", 1, 60, "a started job")
-    victim_pid = int(started[0][0].rsplit("-", 1)[1])
-    victim = next(t for t in st.trainers if t.proc is not None and t.proc.pid == victim_pid)
+    victim = next(t for t in st.trainers if t.identity == started[0][0])
+    assert victim.proc is not None
     await asyncio.sleep(1.0)  # mid-job: the method sleeps 4 s per seed
-    os.kill(victim_pid, signal.SIGKILL)
-    victim.proc.wait(10)  # type: ignore[union-attr]
+    victim.kill()
 
     await st.wait_rows("SELECT 1 FROM scores WHERE idea_id = 'idea-slow'", 1, 120, "the score after redelivery")
     await asyncio.sleep(4)  # room for a duplicate to show up, were there one
@@ -255,7 +272,7 @@ async def test_unsafe_runs_are_flagged_and_a_restarted_scorer_rebuilds_from_the_
     st = unsafe_stack
     await st.start_session(ScoringConfig(seeds=2, split_sizes=SIZES, promote_top=0))
     await st.wait_rows("SELECT 1 FROM events WHERE type = 'baseline.computed'", 4, 240, "baselines")
-    code = await ArtifactClient(st.agent, session_id=st.session_id, owner="agent-1").put(SLOW_METHOD.encode(), "code")
+    code = await ArtifactClient(await st.agent("agent-1"), session_id=st.session_id).put(SLOW_METHOD.encode(), "code")
     await st.propose("idea-unsafe", "agent-1", method_artifact=code)
     await st.wait_rows("SELECT 1 FROM events WHERE type = 'experiment.started'", 1, 60, "the job to start")
 

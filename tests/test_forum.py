@@ -12,7 +12,7 @@ import pytest
 from nats.js.api import StreamConfig
 
 from aar.paths import AarHome
-from bus import Bus, NatsServer, Role
+from bus import Bus, PublishRefused, NatsServer, Role
 from bus.client import QueryError
 from schemas import Event, EventType
 from schemas.forum import ForumModerated, ForumPosted, ForumVoted
@@ -168,8 +168,8 @@ async def start_forum(nats_server: NatsServer, home: AarHome, admin: Bus, name: 
 
 
 @pytest.fixture
-async def agents(nats_server: NatsServer) -> AsyncIterator[dict[str, Bus]]:
-    buses = {a: await Bus.connect(settings(nats_server, Role.AGENT), name=a) for a in ("agent-1", "agent-2", "agent-3")}
+async def agents(nats_server: NatsServer, gateway: ServiceProcess) -> AsyncIterator[dict[str, Bus]]:
+    buses = {a: await Bus.connect(settings(nats_server, a), name=a) for a in ("agent-1", "agent-2", "agent-3")}
     try:
         yield buses
     finally:
@@ -178,7 +178,7 @@ async def agents(nats_server: NatsServer) -> AsyncIterator[dict[str, Bus]]:
 
 
 async def publish_as(bus: Bus, payload: ForumPosted | ForumVoted) -> Event:
-    event = Event.create(payload, session_id=SESSION, source=bus.name)
+    event = Event.create(payload, session_id=SESSION, source=bus.identity)
     await bus.publish(event)
     return event
 
@@ -212,6 +212,9 @@ async def test_forum_live_then_rebuilt_from_the_log(nats_server, home, admin, ag
     await publish_as(a2, ForumVoted(post_id="p1", agent_id="agent-2", value=1))
     # An invalid message on a forum subject (admin may publish anything): skipped, logged.
     await admin.publish_raw_many([(f"aar.{SESSION}.forum.posted", b'{"not": "an event"}', "junk-1")])
+    # A post in another agent's name: refused, yet in the stream for the record; skipped too.
+    with pytest.raises(PublishRefused, match="impersonation|publisher's identity"):
+        await publish_as(a2, ForumPosted(post_id="p-forged", agent_id="agent-1", title="Confidence filtering helps"))
 
     forum = await start_forum(nats_server, home, admin, "forum-1")
     try:
@@ -273,7 +276,7 @@ async def test_forum_live_then_rebuilt_from_the_log(nats_server, home, admin, ag
         for name, body, message in bad:
             with pytest.raises(QueryError, match=message):
                 await ask(a1, name, body)
-        reply = json.loads((await a1.nc.request("aarq.forum.stats", b"not json", timeout=5)).data)
+        reply = json.loads((await a1.nc.request("aarq.forum.stats.agent-1", b"not json", timeout=5)).data)
         assert reply["ok"] is False and reply["error"].startswith("BadRequest: bad 'stats' request: <request>: Invalid JSON")
         assert forum.proc is not None and forum.proc.poll() is None
 
@@ -293,7 +296,7 @@ async def test_forum_live_then_rebuilt_from_the_log(nats_server, home, admin, ag
         moderated_now = [line["post_id"] for line in log_lines(forum2, "post_moderated")]
         assert moderated_now == ["p1-again-2"]
         [rebuilt] = log_lines(forum2, "forum_rebuilt")
-        assert rebuilt["skipped"] == 1  # the invalid message, skipped again
+        assert rebuilt["skipped"] == 2  # the invalid message and the forged post, skipped again
     finally:
         assert forum2.stop() == 0
 

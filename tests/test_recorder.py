@@ -158,8 +158,10 @@ async def test_garbage_and_invalid_events_are_rejected_not_dropped(admin: Bus, r
     assert recorder.proc is not None and recorder.proc.poll() is None
 
 
-async def test_agent_role_cannot_publish_a_score(admin: Bus, nats_server: NatsServer, recorder: ServiceProcess) -> None:
-    agent = await Bus.connect(settings(nats_server, Role.AGENT), name="agent-test")
+async def test_agent_role_cannot_publish_a_score(
+    admin: Bus, nats_server: NatsServer, gateway: ServiceProcess, recorder: ServiceProcess
+) -> None:
+    agent = await Bus.connect(settings(nats_server, "agent-1"), name="agent-test")
     try:
         forged = sample_event(EventType.SCORE_PUBLISHED, "s-forge", source="agent-1")
         with pytest.raises(PublishDenied):

@@ -19,9 +19,9 @@ from typing import Any
 import structlog
 from nats.aio.msg import Msg
 
-from bus import Bus
-from bus.client import QueryError
-from schemas import Event, decode, new_id
+from bus import Bus, decode_msg
+from bus.client import PublishRefused, QueryError
+from schemas import Event, new_id
 from schemas.agent import AgentToolCalled
 from schemas.experiment import ExperimentFailed, Purpose, Split
 from schemas.forum import ForumPosted, ForumVoted
@@ -118,7 +118,7 @@ class Toolbox:
         self.session_id = session_id
         self.agent_id = agent_id
         self.source = source or agent_id
-        self.artifacts = ArtifactClient(bus, session_id=session_id, owner=agent_id, timeout=30.0)
+        self.artifacts = ArtifactClient(bus, session_id=session_id, timeout=30.0)
         self.outcomes: dict[str, Outcome] = {}
         self.notes: list[str] = []
         self.ideas = 0
@@ -141,7 +141,7 @@ class Toolbox:
             await sub.unsubscribe()
 
     async def _on_event(self, msg: Msg) -> None:
-        event = decode(msg.data, msg.subject)
+        event = decode_msg(msg)
         if not isinstance(event, Event):
             return
         p = event.payload
@@ -186,17 +186,22 @@ class Toolbox:
             if unknown:
                 raise ToolError(f"{tool} takes {sorted(accepted)}, not {sorted(unknown)}")
             result: dict[str, Any] = await handler(**args)
-        except (ToolError, QueryError, TypeError, ValueError) as exc:
+        except (ToolError, QueryError, PublishRefused, TypeError, ValueError) as exc:
             error = str(exc) or type(exc).__name__
             result = {"error": error}
         recorded = {k: (v if len(json.dumps(v, default=str)) < 2000 else f"<{len(str(v))} chars>")
                     for k, v in args.items()}
-        await self.bus.publish(Event.create(
-            AgentToolCalled(agent_id=self.agent_id, tool=tool[:100], arguments=json.loads(json.dumps(recorded, default=str)),
-                            ok=error is None, error=error, latency_s=round(time.monotonic() - started, 4),
-                            result_summary=_summary(result)),
-            session_id=self.session_id, source=self.source,
-        ))
+        try:
+            await self.bus.publish(Event.create(
+                AgentToolCalled(agent_id=self.agent_id, tool=tool[:100],
+                                arguments=json.loads(json.dumps(recorded, default=str)), ok=error is None,
+                                error=None if error is None else error[:4000],
+                                latency_s=round(time.monotonic() - started, 4), result_summary=_summary(result)),
+                session_id=self.session_id, source=self.source,
+            ))
+        except PublishRefused as exc:  # over the publish budget: the gateway records the refusal
+            self.log.warning("tool_call_not_recorded", tool=tool, code=exc.code, error=str(exc)[:300])
+            result = {**result, "warning": f"this call was not recorded: {exc}"}
         return result
 
     # -- forum -------------------------------------------------------------------

@@ -1,7 +1,9 @@
-"""Put and get artifacts over NATS request/reply (``aarq.artifacts.put|get``).
+"""Put and get artifacts over NATS request/reply (``aarq.artifacts.put|get.<identity>``).
 
-Bodies are raw bytes; metadata travels in headers. Every ``get`` re-hashes what
-comes back, so a tampered blob is caught by whoever reads it.
+Bodies are raw bytes; metadata travels in headers. The owner of a stored blob is the
+asker's identity, which the subject names and the server guarantees (no header can
+claim another). Every ``get`` re-hashes what comes back, so a tampered blob is caught
+by whoever reads it.
 """
 
 from __future__ import annotations
@@ -16,22 +18,22 @@ from schemas.artifact import ArtifactKind
 
 from .store import ArtifactCorrupt, check_sha, sha256
 
-H_KIND, H_NAME, H_MEDIA, H_OWNER, H_SESSION = "Aar-Kind", "Aar-Name", "Aar-Media-Type", "Aar-Owner", "Aar-Session"
+H_KIND, H_NAME, H_MEDIA, H_SESSION = "Aar-Kind", "Aar-Name", "Aar-Media-Type", "Aar-Session"
 H_ERROR, H_SHA, H_NEW = "Aar-Error", "Aar-Sha256", "Aar-New"
 
 
 class ArtifactClient:
-    __slots__ = ("bus", "session_id", "owner", "timeout")
+    __slots__ = ("bus", "session_id", "timeout")
 
-    def __init__(self, bus: Bus, *, session_id: str = "system", owner: str = "", timeout: float = 30.0) -> None:
+    def __init__(self, bus: Bus, *, session_id: str = "system", timeout: float = 30.0) -> None:
         self.bus = bus
         self.session_id = session_id
-        self.owner = owner
         self.timeout = timeout
 
     async def _request(self, name: str, data: bytes, headers: dict[str, str]):  # type: ignore[no-untyped-def]
         try:
-            msg = await self.bus.nc.request(query_subject("artifacts", name), data, timeout=self.timeout, headers=headers)
+            msg = await self.bus.nc.request(query_subject("artifacts", name, self.bus.identity), data,
+                                            timeout=self.timeout, headers=headers)
         except nats.errors.NoRespondersError:
             raise QueryError("no artifacts service is answering") from None
         except (nats.errors.TimeoutError, asyncio.TimeoutError):
@@ -55,7 +57,6 @@ class ArtifactClient:
             H_KIND: ArtifactKind(kind).value,
             H_NAME: name,
             H_MEDIA: media_type,
-            H_OWNER: self.owner,
             H_SESSION: session_id or self.session_id,
         }
         msg = await self._request("put", data, headers)

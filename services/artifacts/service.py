@@ -15,7 +15,7 @@ from schemas import Event
 from schemas.artifact import ArtifactKind, ArtifactStored
 from schemas.base import derived_id, is_subject_token
 
-from .client import H_ERROR, H_KIND, H_MEDIA, H_NAME, H_NEW, H_OWNER, H_SESSION, H_SHA
+from .client import H_ERROR, H_KIND, H_MEDIA, H_NAME, H_NEW, H_SESSION, H_SHA
 from .store import ArtifactError, BlobStore
 
 SYSTEM_SESSION = "system"
@@ -69,7 +69,7 @@ class ArtifactService:
                     kind=kind,
                     name=h.get(H_NAME, "")[:300],
                     media_type=h.get(H_MEDIA, "application/octet-stream")[:200],
-                    owner=h.get(H_OWNER) or None,
+                    owner=_asker(msg.subject),
                 ),
                 session_id=session,
                 source=self.source,
@@ -86,6 +86,13 @@ class ArtifactService:
             await self._reply(msg, headers={H_ERROR: str(exc)})
             return
         await self._reply(msg, data, {H_SHA: msg.data.decode()})
+
+
+def _asker(subject: str) -> str | None:
+    """The identity that asked (``aarq.artifacts.put.<identity>``: the server lets each
+    identity use only its own name there)."""
+    tokens = subject.split(".")
+    return tokens[3] if len(tokens) == 4 and is_subject_token(tokens[3]) else None
 
 
 async def main() -> None:

@@ -16,6 +16,7 @@ from typing import NamedTuple
 from nats.js.errors import NotFoundError
 
 from bus import Bus
+from bus.client import PUBLISHER_HEADER
 from bus.roles import STREAM
 
 FORUM_SUBJECTS = "aar.*.forum.>"
@@ -25,6 +26,7 @@ class StoredMessage(NamedTuple):
     seq: int
     subject: str
     data: bytes
+    publisher: str | None = None  # the gateway's Aar-Publisher header
 
 
 async def stream_allows_direct(bus: Bus) -> bool | None:
@@ -49,5 +51,6 @@ async def scan(
             return  # no further message on these subjects (or no stream)
         if msg.seq is None or msg.subject is None:
             return
-        yield StoredMessage(int(msg.seq), msg.subject, bytes(msg.data or b""))
+        publisher = (msg.headers or {}).get(PUBLISHER_HEADER)
+        yield StoredMessage(int(msg.seq), msg.subject, bytes(msg.data or b""), publisher)
         seq = int(msg.seq) + 1

@@ -27,7 +27,7 @@ from nats.aio.msg import Msg
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from bus import Bus
-from bus.client import BusError
+from bus.client import PUBLISHER_HEADER, BusError
 from schemas import Event, EventType, Rejection, decode
 from schemas.base import SessionId
 from schemas.forum import ForumModerated
@@ -101,7 +101,7 @@ class ForumService:
         self.live = False
         self.last_seq = 0  # the last stream sequence read by a scan
         self.skipped = 0
-        self._buffer: list[tuple[str, bytes]] = []
+        self._buffer: list[tuple[str, bytes, str | None]] = []
         self._moderating: set[tuple[str, str]] = set()
         self.log = structlog.get_logger("forum").bind(service=source)
 
@@ -118,8 +118,8 @@ class ForumService:
             await sub.unsubscribe()
             return
         buffered, self._buffer = self._buffer, []
-        for subject, data in buffered:
-            self._apply(subject, data)
+        for subject, data, publisher in buffered:
+            self._apply(subject, data, publisher)
         self.live = True
         self.log.info(
             "forum_rebuilt",
@@ -160,7 +160,7 @@ class ForumService:
                 self.log.warning("forum_no_stream", note="nothing to rebuild from yet")
                 return True
             async for msg in scan(self.bus, self.last_seq + 1, direct=direct):
-                self._apply(msg.subject, msg.data)
+                self._apply(msg.subject, msg.data, msg.publisher)
                 self.last_seq = msg.seq
             return True
         except _RETRYABLE as exc:
@@ -170,17 +170,19 @@ class ForumService:
     # -- events -----------------------------------------------------------------
 
     async def _on_msg(self, msg: Msg) -> None:
+        publisher = (msg.headers or {}).get(PUBLISHER_HEADER)
         if not self.live:
-            self._buffer.append((msg.subject, msg.data))
+            self._buffer.append((msg.subject, msg.data, publisher))
             return
-        event = self._apply(msg.subject, msg.data)
+        event = self._apply(msg.subject, msg.data, publisher)
         if event is not None and event.type is EventType.FORUM_POSTED:
             await self._moderate(event.session_id, event.payload.post_id)  # type: ignore[attr-defined]
 
-    def _apply(self, subject: str, data: bytes) -> Event | None:
-        """Decode and apply; the event when it was new, else None. Invalid messages
-        are skipped with a log line (the recorder records them as rejected)."""
-        decoded = decode(data, subject)
+    def _apply(self, subject: str, data: bytes, publisher: str | None = None) -> Event | None:
+        """Decode and apply; the event when it was new, else None. Invalid messages, and
+        events claiming another identity than their publisher's, are skipped with a log
+        line (the recorder records them as rejected)."""
+        decoded = decode(data, subject, publisher=publisher)
         if isinstance(decoded, Rejection):
             self.skipped += 1
             self.log.warning("forum_event_skipped", subject=subject, reason=decoded.reason, event_id=decoded.event_id)

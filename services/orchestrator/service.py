@@ -19,8 +19,8 @@ from typing import Any
 
 from nats.aio.msg import Msg
 
-from bus import Bus
-from schemas import Event, decode
+from bus import Bus, Role, decode_msg
+from schemas import Event
 from schemas.agent import AgentLlmCalled, AgentStopped
 from schemas.experiment import ExperimentFailed, ExperimentFinished, ExperimentRequested, Purpose, Split
 from schemas.scoring import ScorePublished
@@ -120,11 +120,20 @@ class Orchestrator:
             await asyncio.sleep(0.2)
         return f"{len(self.outstanding)} experiment(s) still running at the end" if self.outstanding else "drained"
 
-    async def _assignment(self, data: bytes) -> dict[str, Any]:
-        """An agent's assignment. ``agent_id`` empty or "auto" (replicas of one compose
-        service): the next slot nobody has claimed yet."""
+    async def _assignment(self, data: bytes, asker: str = "") -> dict[str, Any]:
+        """An agent's assignment: the slot of the asking identity (``agent-1`` gets
+        agent-1's; an agent can never take another's, since everything it publishes must
+        carry its own identity). Admin may ask for any slot, or "auto": the next one
+        nobody has claimed yet."""
         request = json.loads(data or b"{}")
         agent_id = str(request.get("agent_id") or "auto")
+        if asker and asker != Role.ADMIN.value:
+            if agent_id not in ("auto", asker):
+                raise ValueError(f"{asker} cannot take the assignment of {agent_id}")
+            if asker not in self.assignments:
+                raise ValueError(f"identity {asker!r} has no agent slot in this session; "
+                                 f"agents: {sorted(self.assignments)}")
+            agent_id = asker
         if agent_id == "auto":
             free = [a for a in self.assignments if a not in self.claimed]
             if not free:
@@ -136,7 +145,7 @@ class Orchestrator:
         return self.assignments[agent_id].model_dump(mode="json")
 
     async def _on_event(self, msg: Msg) -> None:
-        event = decode(msg.data, msg.subject)
+        event = decode_msg(msg)
         if not isinstance(event, Event):
             return
         p = event.payload

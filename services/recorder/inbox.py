@@ -10,9 +10,10 @@ write to *another* attached database does not wait. So:
   from there: the event is durable, in DuckDB, and a checkpoint of the log never
   delays the ack;
 - a mover folds the inboxes into the log (``events`` / ``rejected_events``, where
-  the primary keys deduplicate) when the log is not checkpointing, a few times a
-  second; the same transaction advances ``inbox_state.seq`` in the log, so a move
-  is all-or-nothing and never repeated;
+  the primary keys deduplicate; see ``moves``) when the log is not checkpointing, a
+  few times a second; the same transaction appends the move's link to the log's hash
+  chain (``chain``) and advances ``inbox_state.seq`` in the log, so a move is
+  all-or-nothing and never repeated;
 - an inbox file has a WAL of its own, which must be checkpointed too, and that
   would block appends again. So there are two: appends go to one until its WAL
   passes ``WAL_BYTES``, then to the other; the mover empties and checkpoints the
@@ -124,22 +125,29 @@ class Inboxes:
 
     # -- move side -----------------------------------------------------------------
 
-    def move_statements(self, top: int, *, verb: str, dedupe: bool) -> list[tuple[str, str]]:
-        """INSERTs into the log of the rows in (moved, top]: first copies of each key only
-        when ``dedupe`` (costs a window; needed only when a key repeats)."""
-        out = []
-        for table, key in MOVED.items():
-            if table == "rejected_events" and self.rejected_top <= self.moved:
-                continue  # no rejection to move: skip the statement
-            parts = [f"SELECT * FROM {catalog(k)}.{table} "
-                     f"WHERE inbox_seq > {int(self.moved)} AND inbox_seq <= {int(top)}"
-                     for k, f in enumerate(self.files) if f.top > self.moved]
-            if not parts:
-                continue
-            first = f" QUALIFY row_number() OVER (PARTITION BY {key} ORDER BY inbox_seq) = 1" if dedupe else ""
-            out.append((table, f"{verb} INTO {table} SELECT * EXCLUDE (inbox_seq) "
-                               f"FROM ({' UNION ALL '.join(parts)}){first}"))
-        return out
+    def source(self, table: str, lo: int, hi: int) -> tuple[str, list[int]] | None:
+        """SQL (and its parameters) for the rows of ``table`` with ``lo < inbox_seq <= hi``
+        in both files; None when no file can hold any."""
+        if table == "rejected_events" and self.rejected_top <= lo:
+            return None  # no rejection to move: skip the statement
+        parts, params = [], []
+        for k, f in enumerate(self.files):
+            if f.top > lo:
+                parts.append(f"SELECT * FROM {catalog(k)}.{table} WHERE inbox_seq > ? AND inbox_seq <= ?")
+                params += [int(lo), int(hi)]
+        if not parts:
+            return None
+        return " UNION ALL ".join(parts), params
+
+    def find(self, con: duckdb.DuckDBPyConnection, seq: int) -> tuple[str, dict[str, object]] | None:
+        """The inbox row numbered ``seq`` (its table and its columns), if any."""
+        for k in range(FILES):
+            for table in MOVED:
+                cur = con.execute(f"SELECT * FROM {catalog(k)}.{table} WHERE inbox_seq = ? LIMIT 1", [int(seq)])
+                row = cur.fetchone()
+                if row is not None:
+                    return table, dict(zip([d[0] for d in cur.description], row))
+        return None
 
     def recyclable(self, *, all_files: bool = False) -> list[int]:
         """Files that hold only rows already in the log and are not clean: the idle one

@@ -62,13 +62,14 @@ class Projection:
         cols += [f'"{name}" {_column_type(t)}' for name, t in self.fields.items()]
         return f"CREATE TABLE IF NOT EXISTS {self.table} ({', '.join(cols)})"
 
-    def _parsed(self, above: str, upto: str | None = None) -> str:
-        """Events of this kind with ``rowid`` above ``above`` (and at most ``upto``), parsed."""
+    def _parsed(self, above: str, upto: str | None = None, db: str = "") -> str:
+        """Events of this kind with ``rowid`` above ``above`` (and at most ``upto``), parsed
+        (``db``: a prefix for the log's tables)."""
         fields = ", ".join(f'p."{name}" AS "{name}"' for name in self.fields)
         bound = f" AND rowid <= {upto}" if upto is not None else ""
         envelope = ", ".join(ENVELOPE)
         return (f"SELECT rid, {envelope}, {fields} FROM (SELECT rowid AS rid, {envelope}, "
-                f"from_json(payload, '{self.spec}') AS p FROM events "
+                f"from_json(payload, '{self.spec}') AS p FROM {db}events "
                 f"WHERE {self.type_filter()} AND rowid > {above}{bound})")
 
     def source_sql(self) -> str:
@@ -161,3 +162,22 @@ def refresh(con: duckdb.DuckDBPyConnection) -> int:
         con.execute("ROLLBACK")
         raise
     return int(added)
+
+
+def check_sql(db: str = "") -> str:
+    """SQL: for each projection, the rows that differ from what the events they were
+    built from give (``extra``: in the projection only, ``missing``: only in the events
+    up to its mark), and the first events rowid concerned. All zero: the projections
+    (which the views read) say what the log says. ``db``: a prefix for the log's tables."""
+    parts = []
+    for p in PROJECTIONS.values():
+        cols = ", ".join(f'"{c}"' for c in ("rid", *ENVELOPE, *p.fields))
+        mark = f"coalesce((SELECT rid FROM {db}projection_state WHERE name = {sql_literal(p.name)}), -1)"
+        parsed = p._parsed("-1", mark, db)
+        parts.append(
+            f"SELECT {sql_literal(p.name)} AS projection, coalesce(sum(greatest(a - b, 0)), 0) AS extra, "
+            f"coalesce(sum(greatest(b - a, 0)), 0) AS missing, min(rid) AS first_rid FROM ("
+            f"SELECT rid, count(*) FILTER (WHERE src = 0) AS a, count(*) FILTER (WHERE src = 1) AS b FROM ("
+            f"SELECT {cols}, 0 AS src FROM {db}{p.table} UNION ALL SELECT {cols}, 1 AS src FROM ({parsed})"
+            f") GROUP BY {cols}) WHERE a <> b")
+    return " UNION ALL ".join(parts) + " ORDER BY projection"

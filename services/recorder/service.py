@@ -7,10 +7,14 @@
   events are ignored on their id, and checkpoints the log, without ever holding
   up a commit or an ack (see ``inbox``);
 - messages that are not valid events go to ``rejected_events`` with the reason
-  and raw bytes, and a ``recorder.rejected`` event is published;
+  and raw bytes, and a ``recorder.rejected`` event is published; so do events the
+  log cannot store as they are, and conflicts (an id already recorded with another
+  body). No message can crash the recorder or hold up the ones after it (``poison``);
+  a batch that cannot be stored at all is not acknowledged (the server redelivers it);
 - ``max_deliver`` exhaustion on any consumer (advisory) becomes a
   ``recorder.dead_lettered`` event;
-- read-only audit SQL is answered on ``aarq.recorder.audit``.
+- read-only audit SQL is answered on ``aarq.recorder.audit``, on a thread pool of
+  its own (``audit_pool``), never the executor the appends and moves use.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import contextlib
 import json
 import os
 import time
+from datetime import datetime
 from typing import Any
 
 import nats.errors
@@ -28,11 +33,15 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from aar.paths import AarHome
-from bus import Bus, PublishDenied
+from bus import Bus, PublishDenied, decode_msg
 from bus.roles import STREAM
 from schemas import Event, Rejection, decode
+from schemas.base import MAX_NAME, MAX_TEXT  # the longest reason and subject of a recorder.rejected
 from schemas.recorder import RecorderDeadLettered, RecorderRejected
 
+from . import poison
+from .audit import MAX_BYTES, MAX_ROWS
+from .audit_pool import DEFAULT_QUEUE, DEFAULT_WORKERS, AuditPool
 from .store import EventStore, Recorded, RejectedRecord
 
 DURABLE = "recorder"
@@ -40,6 +49,10 @@ SYSTEM_SESSION = "system"
 # A fetch this large means a backlog: fetch more while the previous batch commits.
 # (Smaller ones wait for the commit instead of asking the server again and again.)
 BACKLOG = 100
+# Room left in a reply for the envelope around the rows (ok, error, columns, ...).
+REPLY_MARGIN = 32 * 1024
+# After a batch could not be stored at all (the store is failing, not a message).
+COMMIT_RETRY_S = 1.0
 
 log = structlog.get_logger("recorder")
 
@@ -58,6 +71,9 @@ class Recorder:
         checkpoint_wal_bytes: int = 8_000_000,
         idle_after: float = 0.2,
         move_every: float = 0.2,
+        audit_workers: int = DEFAULT_WORKERS,
+        audit_queue: int = DEFAULT_QUEUE,
+        audit_timeout_s: float | None = None,
     ) -> None:
         self.bus = bus
         self.store = store
@@ -84,7 +100,11 @@ class Recorder:
         self.batches = 0
         self.last_batch_ms = 0.0
         self.counts: dict[str, int] = {"events": 0, "rejected": 0}
+        self.failed_commits = 0
         self.log = structlog.get_logger("recorder").bind(service=source)
+        # Audits on threads of their own: the appends and moves (asyncio's default
+        # executor) never queue behind them.
+        self.audits = AuditPool(store, workers=audit_workers, queue=audit_queue, timeout_s=audit_timeout_s)
 
     async def run(self, stop: asyncio.Event) -> None:
         # Explicit acks, one per message. (AckPolicy.ALL would be cheaper but is not
@@ -97,15 +117,18 @@ class Recorder:
             f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{STREAM}.*", cb=self._on_max_deliveries
         )
         self.log.info("recorder_ready", db=str(self.store.path),
-                      inboxes=[str(p) for p in self.store.inbox_paths], **self.counts)
+                      inboxes=[str(p) for p in self.store.inbox_paths], chain_batch=self.store.chain_batch,
+                      chain_head=self.store.chain_head, **self.counts)
         done = asyncio.Event()
         mover = asyncio.create_task(self._mover(done))
         try:
             await self._receive(sub, stop)
         finally:
+            self.audits.close()  # running audits are interrupted: nothing waits for them
             done.set()
             self._committed.set()  # wake the mover now, not after ``idle_after``
             await mover  # its last move folds in everything committed
+            self.log.info("recorder_stopped", chain_batch=self.store.chain_batch, chain_head=self.store.chain_head)
 
     async def _receive(self, sub: Any, stop: asyncio.Event) -> None:
         # Pipelined: while batch n commits in a worker thread (DuckDB releases the
@@ -201,8 +224,10 @@ class Recorder:
         self.log.debug(
             "batch_moved", new=moved.events, rejected=moved.rejected, upto=moved.upto,
             recorded_upto=moved.recorded_upto.timestamp() if moved.recorded_upto else None,
-            ms=(time.perf_counter() - started) * 1000,
+            ms=(time.perf_counter() - started) * 1000, chain_batch=moved.chain_batch, chain_head=moved.chain_head,
         )
+        for made in moved.made:  # conflicts, and rows the log refused
+            await self._announce(made.stream_seq, made.subject, made.reason, made.raw_size)
         return True
 
     async def _fetch(self, sub: Any, n: int, timeout: float, backlog: bool) -> list[Msg]:
@@ -218,32 +243,54 @@ class Recorder:
 
     @staticmethod
     def decode(msgs: list[Msg]) -> tuple[list[Recorded], list[RejectedRecord]]:
+        """Each message as an event or a rejection; never raises, whatever it holds."""
         events: list[Recorded] = []
         rejected: list[RejectedRecord] = []
         for msg in msgs:
-            seq = msg.metadata.sequence.stream
-            item = decode(msg.data, msg.subject)
-            if isinstance(item, Rejection):
-                rejected.append(RejectedRecord(item, seq))
+            seq, stamp = _position(msg)
+            item = _decode(msg)
+            if isinstance(item, Event):
+                events.append(Recorded(item, seq, msg.data))
             else:
-                events.append(Recorded(item, seq))
+                rejected.append(RejectedRecord(item, seq, stamp))  # type: ignore[arg-type]
         return events, rejected
 
     async def commit(self, batch: _Pending) -> None:
+        """Store the batch, then acknowledge it. If it cannot be stored at all (the
+        store is failing: no message can cause that, see ``poison``), nothing is
+        acknowledged: the server redelivers it, and the recorder goes on."""
         msgs, rejected = batch.msgs, batch.rejected
         started = time.perf_counter()
-        # DuckDB work off the event loop: heartbeats and queries keep flowing.
-        written = await asyncio.to_thread(self.store.append, batch.events, rejected)
+        try:
+            # DuckDB work off the event loop: heartbeats and queries keep flowing.
+            written = await asyncio.to_thread(self.store.append_batch, batch.events, rejected)
+        except Exception as exc:  # noqa: BLE001 - never ack what was not stored; never die of it
+            self.failed_commits += 1
+            self.log.error("commit_failed", messages=len(msgs), error=f"{type(exc).__name__}: {exc}"[:500],
+                           hint="not acknowledged: the server redelivers these messages")
+            for msg in msgs:
+                with contextlib.suppress(Exception):
+                    await msg.nak(delay=COMMIT_RETRY_S)
+            await asyncio.sleep(COMMIT_RETRY_S)
+            return
         appended = time.perf_counter()
         self._committed.set()
         for msg in msgs:
-            await msg.ack()
+            try:
+                await msg.ack()
+            except Exception as exc:  # noqa: BLE001 - stored: a redelivery is deduplicated
+                self.log.warning("ack_failed", error=f"{type(exc).__name__}: {exc}"[:300])
         self.batches += 1
         self.last_batch_ms = (time.perf_counter() - started) * 1000
-        if rejected:
-            await self._announce_rejections(rejected)
+        for rec in rejected:
+            rej = rec.rejection
+            await self._announce(rec.stream_seq, getattr(rej, "subject", None), getattr(rej, "reason", ""),
+                                 len(poison.raw_bytes(getattr(rej, "raw", b""))), rec.stream_time)
+        for made in written.made:  # events that could not be stored as they were
+            await self._announce(made.stream_seq, made.subject, made.reason, made.raw_size)
         self.log.debug(
-            "batch_committed", received=len(msgs), written=written, rejected=len(rejected), ms=self.last_batch_ms,
+            "batch_committed", received=len(msgs), written=written.rows, rejected=len(rejected) + len(written.made),
+            ms=self.last_batch_ms,
             append_ms=(appended - started) * 1000,  # the DuckDB write; the rest is acks
             queued_ms=(started - batch.first) * 1000,  # first message fetched -> write began
         )
@@ -283,21 +330,27 @@ class Recorder:
         if await asyncio.to_thread(self.store.recycle):
             self.log.debug("inbox_recycled", ms=(time.perf_counter() - started) * 1000)
 
-    async def _announce_rejections(self, rejected: list[RejectedRecord]) -> None:
-        for rec in rejected:
-            rej = rec.rejection
-            self.log.warning("event_rejected", reason=rej.reason[:300], subject=rej.subject, stream_seq=rec.stream_seq)
-            session = _session_of(rej.subject) or SYSTEM_SESSION
+    async def _announce(self, stream_seq: int | None, subject: str | None, reason: str, raw_size: int,
+                        stamp: Any = None) -> None:
+        """Publish ``recorder.rejected`` for a stored rejection. Never raises: the row is
+        stored whatever happens here. Its id is ``rej-<stream_seq>`` and its time the
+        message's time in the stream, so announcing again is the same event (deduplicated)."""
+        try:
+            reason_text = poison.storable(reason, MAX_TEXT) or ""
+            subject_text = poison.storable(subject, MAX_NAME)
+            self.log.warning("event_rejected", reason=reason_text[:300], subject=subject_text, stream_seq=stream_seq)
+            if stream_seq is None or stream_seq < 0:
+                return  # not from the stream: nothing to name it by
             event = Event.create(
-                RecorderRejected(reason=rej.reason, subject=rej.subject, stream_seq=rec.stream_seq, raw_size=len(rej.raw)),
-                session_id=session,
+                RecorderRejected(reason=reason_text, subject=subject_text, stream_seq=stream_seq, raw_size=raw_size),
+                session_id=_session_of(subject_text) or SYSTEM_SESSION,
                 source=self.source,
-                id=f"rej-{rec.stream_seq}",  # deterministic: a re-announcement is deduplicated
+                id=f"rej-{stream_seq}",  # deterministic: a re-announcement is deduplicated
+                time=stamp if isinstance(stamp, datetime) and stamp.tzinfo is not None else None,
             )
-            try:
-                await self.bus.publish(event)
-            except (PublishDenied, Exception) as exc:  # noqa: BLE001 - the row is already stored
-                self.log.error("rejection_announce_failed", error=str(exc))
+            await self.bus.publish(event)
+        except (PublishDenied, Exception) as exc:  # noqa: BLE001 - the row is already stored
+            self.log.error("rejection_announce_failed", stream_seq=stream_seq, error=f"{type(exc).__name__}: {exc}"[:500])
 
     async def _on_max_deliveries(self, msg: Msg) -> None:
         try:
@@ -328,14 +381,43 @@ class Recorder:
             self.log.error("dead_letter_failed", error=str(exc))
 
     async def _audit(self, data: bytes) -> Any:
-        request = json.loads(data)
-        result = await asyncio.to_thread(self.store.query, str(request.get("sql", "")))
-        return result.model_dump()
+        """``{"sql": ..., "timeout_s"?: ..., "max_rows"?: ...}`` -> the result (see
+        ``audit.run_query``), cut to fit one NATS reply."""
+        try:
+            request = json.loads(data)
+        except ValueError:
+            raise ValueError("the audit request must be JSON: {\"sql\": \"SELECT ...\"}") from None
+        if not isinstance(request, dict):
+            raise TypeError("the audit request must be a JSON object: {\"sql\": \"SELECT ...\"}")
+        max_rows = request.get("max_rows")
+        max_rows = min(max_rows, MAX_ROWS) if isinstance(max_rows, int) and max_rows > 0 else None
+        room = self._reply_room()
+        result = await self.audits.run(str(request.get("sql", "")), timeout_s=request.get("timeout_s"),
+                                       max_bytes=room, max_rows=max_rows)
+        out = result.model_dump()
+        # The estimate in run_query is generous; still, never send what the server refuses.
+        while len(json.dumps(out, default=str).encode("utf-8", "backslashreplace")) > room and out["rows"]:
+            keep = len(out["rows"]) // 2
+            out["rows"] = out["rows"][:keep]
+            out["truncated"] = True
+            out["truncated_reason"] = (f"the result did not fit one reply ({room:,} bytes): only the first "
+                                       f"{keep:,} rows are returned")
+        return out
+
+    def _reply_room(self) -> int:
+        """Bytes of rows one reply may carry (the server's max_payload, less a margin)."""
+        try:
+            payload = int(self.bus.nc.max_payload)
+        except (AttributeError, TypeError, ValueError):
+            payload = 1024 * 1024
+        return max(4096, min(MAX_BYTES, payload - REPLY_MARGIN))
 
     async def _health(self, data: bytes) -> Any:
         return {**self.counts, "batches": self.batches, "last_batch_ms": self.last_batch_ms,
                 "checkpoints": self.checkpoints, "wal_bytes": self.store.wal_bytes(), "moves": self.moves,
-                "inbox": self.store.pending(), "pid": os.getpid()}
+                "inbox": self.store.pending(), "pid": os.getpid(), "failed_commits": self.failed_commits,
+                "audits_running": self.audits.running, "audits_waiting": self.audits.waiting,
+                "chain_batch": self.store.chain_batch, "chain_head": self.store.chain_head}
 
 
 async def fetch_available(sub: JetStreamContext.PullSubscription, batch: int, timeout: float = 1.0) -> list[Msg]:
@@ -363,7 +445,7 @@ async def fetch_available(sub: JetStreamContext.PullSubscription, batch: int, ti
             if JetStreamContext.is_status_msg(msg):
                 break  # 404 no (more) messages, or a stale status of an earlier request
             msgs.append(msg)
-    except (nats.errors.TimeoutError, asyncio.TimeoutError):
+    except (TimeoutError, nats.errors.TimeoutError):
         pass  # no answer (yet): the caller simply asks again
     except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError,
             nats.errors.StaleConnectionError) as exc:
@@ -392,6 +474,29 @@ class _Pending:
         self.rejected.extend(rejected)
 
 
+def _decode(msg: Msg) -> Event | Rejection:
+    """An event or a rejection; never raises (a decoder that does is a rejection too)."""
+    try:
+        item = decode_msg(msg)  # checks the publisher the gateway names, too
+        if isinstance(item, (Event, Rejection)):
+            return item
+        why = f"the decoder returned a {type(item).__name__}"
+    except Exception as exc:  # noqa: BLE001 - no message may stop the recorder
+        why = f"{type(exc).__name__}: {exc}"
+    return Rejection.model_construct(
+        reason=poison.storable(f"undecodable: {why}", poison.MAX_REASON), raw=poison.raw_bytes(msg.data),
+        subject=poison.storable(getattr(msg, "subject", None)), event_id=None, event_type=None, session_id=None)
+
+
+def _position(msg: Msg) -> tuple[int | None, datetime | None]:
+    """The message's stream sequence and time (None, None if its metadata is unreadable)."""
+    try:
+        meta = msg.metadata
+        return int(meta.sequence.stream), meta.timestamp
+    except Exception:  # noqa: BLE001
+        return None, None
+
+
 def _session_of(subject: str | None) -> str | None:
     if not subject:
         return None
@@ -410,6 +515,15 @@ async def main() -> None:
     async with service("recorder") as (bus, stop, log):
         store = EventStore(home.events_db)
         try:
-            await Recorder(bus, store, source=service_id("recorder")).run(stop)
+            await Recorder(bus, store, source=service_id("recorder"),
+                           audit_workers=_env_int("AAR_AUDIT_WORKERS", DEFAULT_WORKERS),
+                           audit_queue=_env_int("AAR_AUDIT_QUEUE", DEFAULT_QUEUE)).run(stop)
         finally:
             store.close()
+
+
+def _env_int(name: str, default: int) -> int:
+    try:
+        return max(0, int(os.environ.get(name, "")))
+    except ValueError:
+        return default

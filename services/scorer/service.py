@@ -35,7 +35,7 @@ import structlog
 from nats.aio.msg import Msg
 
 from aar.paths import AarHome
-from bus import Bus
+from bus import Bus, decode_msg
 from bus.client import QueryError
 from schemas import Event, decode
 from schemas.base import derived_id as base_derived_id
@@ -74,6 +74,7 @@ class SessionState:
     scores: dict[str, ScorePublished] = field(default_factory=dict)  # experiment_id -> score
     promoted: set[str] = field(default_factory=set)  # idea ids
     ideas: dict[str, IdeaProposed] = field(default_factory=dict)
+    idea_events: dict[str, str] = field(default_factory=dict)  # idea id -> the event that proposed it
     flags: dict[str, list[str]] = field(default_factory=dict)  # idea id -> integrity checks that fired
     draining: bool = False
 
@@ -87,7 +88,7 @@ class Scorer:
         self.source = source
         self.ack_wait = ack_wait
         self.sessions: dict[str, SessionState] = {}
-        self.artifacts = ArtifactClient(bus, owner=source, timeout=60.0)
+        self.artifacts = ArtifactClient(bus, timeout=60.0)
         self.log = structlog.get_logger("scorer").bind(service=source)
         self.scored = 0
 
@@ -110,7 +111,7 @@ class Scorer:
                 await msg.ack()
 
     async def handle(self, msg: Msg) -> None:
-        event = decode(msg.data, msg.subject)
+        event = decode_msg(msg)
         if not isinstance(event, Event):
             return
         payload = event.payload
@@ -197,9 +198,12 @@ class Scorer:
         if not found:
             return None
         state = await self.on_session_started(found[0])
-        types = "('experiment.requested', 'score.published', 'score.withheld')"
+        types = "('idea.proposed', 'experiment.requested', 'score.published', 'score.withheld')"
         for ev in await self._events(f"{where} AND type IN {types} ORDER BY time"):
-            if isinstance(ev, Event) and isinstance(ev.payload, ExperimentRequested):
+            if isinstance(ev, Event) and isinstance(ev.payload, IdeaProposed):
+                state.ideas.setdefault(ev.payload.idea_id, ev.payload)
+                state.idea_events.setdefault(ev.payload.idea_id, ev.id)
+            elif isinstance(ev, Event) and isinstance(ev.payload, ExperimentRequested):
                 state.requests[ev.payload.experiment_id] = ev.payload
                 if ev.payload.purpose is not Purpose.SCORE and ev.payload.idea_id:
                     state.promoted.add(ev.payload.idea_id)
@@ -228,12 +232,22 @@ class Scorer:
         if state is None:
             self.log.warning("idea_without_session", idea_id=idea.idea_id, session_id=event.session_id)
             return
+        first = state.idea_events.setdefault(idea.idea_id, event.id)
+        if first != event.id:
+            # An idea id belongs to the first proposal under it: another event reusing it
+            # (an agent copying an id it saw) schedules nothing. (A redelivery of the same
+            # event goes on: what it already scheduled is not scheduled again.)
+            self.log.warning("idea_id_reused", idea_id=idea.idea_id, agent_id=idea.agent_id, source=event.source,
+                             first_event=first, event_id=event.id)
+            return
         state.ideas[idea.idea_id] = idea
         if state.draining:
             self.log.info("idea_after_budget", idea_id=idea.idea_id, agent_id=idea.agent_id)
             return
-        if not state.limiter.allow(idea.agent_id):
-            wait = state.limiter.retry_after(idea.agent_id)
+        # Rate limits count the verified publisher (the gateway binds agent_id to it).
+        who = event.source
+        if not state.limiter.allow(who):
+            wait = state.limiter.retry_after(who)
             await self._emit(
                 event,
                 IntegrityFlagged(
@@ -260,6 +274,8 @@ class Scorer:
         experiment_id = "x-" + hashlib.sha256(
             f"{cause.id}/{purpose.value}/{split.value}/{setup.dataset}".encode()
         ).hexdigest()[:24]
+        if (known := state.requests.get(experiment_id)) is not None:
+            return known  # already scheduled (a redelivered cause, after a restart)
         req = ExperimentRequested(
             experiment_id=experiment_id, idea_id=idea_id, agent_id=agent_id, purpose=purpose, split=split,
             dataset=setup.dataset, weak_model=setup.weak_model, strong_model=setup.strong_model,
@@ -403,15 +419,17 @@ class Scorer:
             "threshold": state.config.ablation_retained, "ablation_experiment_id": req.experiment_id,
         }
         if retained >= state.config.ablation_retained:
+            # Agents read integrity flags: the ablation's own score stays withheld (it is
+            # in its score.withheld event, which the evidence names).
             await self._emit(
                 event,
                 IntegrityFlagged(
                     check=IntegrityCheck.TEACHER_ABLATION, severity=Severity.WARNING,
-                    detail=(f"idea {req.idea_id} keeps {retained:.0%} of its gain over the weak floor with shuffled "
-                            f"weak labels ({ablated.accuracy:.3f} vs {original.accuracy:.3f}): "
-                            "the method does not rely on its teacher"),
+                    detail=(f"idea {req.idea_id} keeps at least {state.config.ablation_retained:.0%} of its gain over "
+                            "the weak floor with shuffled weak labels: the method does not rely on its teacher"),
                     idea_id=req.idea_id, experiment_id=original.experiment_id, agent_id=req.agent_id,
-                    evidence=evidence,
+                    evidence={"threshold": state.config.ablation_retained,
+                              "ablation_experiment_id": req.experiment_id},
                 ),
                 derived_id(event.id, "ablation_flag"),
                 correlation=req.idea_id,
@@ -433,9 +451,12 @@ class Scorer:
                 event,
                 IntegrityFlagged(
                     check=IntegrityCheck.DEV_TEST_GAP, severity=Severity.WARNING,
-                    detail=f"idea {req.idea_id}: dev PGR {dev.pgr:.3f} but test PGR {test.pgr:.3f}",
+                    # The test score itself stays withheld (its score.withheld event is named).
+                    detail=(f"idea {req.idea_id}: its test PGR is more than {state.config.dev_test_gap:g} "
+                            "and 3 standard errors below its dev PGR"),
                     idea_id=req.idea_id, experiment_id=req.experiment_id, agent_id=req.agent_id,
-                    evidence={"dev_pgr": dev.pgr, "test_pgr": test.pgr, "gap": gap, "gap_se": se},
+                    evidence={"dev_experiment_id": dev.experiment_id, "test_experiment_id": req.experiment_id,
+                              "threshold": state.config.dev_test_gap},
                 ),
                 derived_id(event.id, "dev_test_gap"),
                 correlation=req.idea_id,

@@ -21,9 +21,9 @@ import structlog
 from nats.aio.msg import Msg
 
 from aar.paths import AarHome
-from bus import Bus
+from bus import Bus, decode_msg
 from bus.client import QueryError
-from schemas import Event, decode
+from schemas import Event
 from schemas.base import derived_id as base_derived_id
 from schemas.artifact import ArtifactKind
 from schemas.experiment import (
@@ -68,7 +68,7 @@ class TrainerWorker:
         self.limits = limits or SandboxLimits()
         self.ack_wait = ack_wait
         self.max_deliver = max_deliver
-        self.artifacts = ArtifactClient(bus, owner=source, timeout=60.0)
+        self.artifacts = ArtifactClient(bus, timeout=60.0)
         self.jobs_done = 0
         self.log = structlog.get_logger("trainer").bind(service=source)
         self._inputs: dict[tuple[Any, ...], Inputs] = {}
@@ -89,7 +89,7 @@ class TrainerWorker:
     # -- one job -----------------------------------------------------------
 
     async def handle(self, msg: Msg) -> None:
-        event = decode(msg.data, msg.subject)
+        event = decode_msg(msg)
         if not isinstance(event, Event) or not isinstance(event.payload, ExperimentRequested):
             # Not a job: the recorder has recorded it as rejected; do not retry it.
             self.log.warning("not_a_job", subject=msg.subject)
@@ -172,9 +172,16 @@ class TrainerWorker:
             )
         except JobFailed as exc:
             log_sha = await self._store_log(event, req, exc.log)
-            if exc.violations:
+            # What the kernel and the trainer saw (kernel / monitor) decides; what the
+            # method's own process reported (inside / stderr) is evidence alongside.
+            if any(v.get("blocking") for v in exc.violations):
                 await self._flag(
                     event, IntegrityCheck.SANDBOX_VIOLATION, Severity.DISQUALIFY, exc.message, req,
+                    evidence={"violations": exc.violations[:20], "log_artifact": log_sha},
+                )
+            elif exc.violations:
+                await self._flag(
+                    event, IntegrityCheck.SANDBOX_LIMIT, Severity.WARNING, exc.message, req,
                     evidence={"violations": exc.violations[:20], "log_artifact": log_sha},
                 )
             await self._failed(
@@ -295,7 +302,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--ack-wait", type=float, default=30.0, help="seconds before an unacknowledged job is redelivered")
     parser.add_argument("--wall-s", type=float, default=600.0, help="wall-clock limit per sandboxed seed")
-    parser.add_argument("--memory-gb", type=float, default=8.0, help="address-space limit per sandboxed seed")
+    parser.add_argument("--memory-gb", type=float, default=8.0,
+                        help="memory of the whole sandbox per seed, RAM disks included (without cgroups: per process)")
     return parser.parse_args(argv)
 
 

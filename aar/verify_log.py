@@ -1,0 +1,274 @@
+"""``aar verify-log``: is the event log as it was recorded?
+
+Checks, each with plain SQL through the guarded audit path (the recorder while a stack
+runs, else the file read-only, attached in a fresh in-memory database so that nothing
+stored in the file can stand in for a built-in function):
+
+1. the hash chain (``services.recorder.chain``): every link, every batch's rows, and
+   rows outside every batch; the first broken link is reported with its batch, table,
+   positions, the event id (or stream sequence) found there and what differs;
+2. the typed projections the views read (``proj_*``) against the events they were
+   built from;
+3. the views' definitions against the ones AAR creates, and no user-defined
+   functions in the file.
+
+Exit status: 0 intact, 1 broken (or ``--head`` not in the chain), 2 nothing could be
+verified (no log, no chain, an error).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Annotated, Any
+
+import typer
+
+Runner = Callable[[str], dict[str, Any]]
+HEX = re.compile(r"^[0-9a-f]{8,64}$")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("verify-log")(verify_log)
+
+
+@dataclass
+class Report:
+    log: str
+    via: str
+    summary: dict[str, Any] = field(default_factory=dict)
+    breaks: list[dict[str, Any]] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)  # projections, views, functions, head
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def intact(self) -> bool:
+        return not self.breaks and not self.problems
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"log": self.log, "via": self.via, "intact": self.intact, "summary": self.summary,
+                "first_break": self.breaks[0] if self.breaks else None, "breaks": self.breaks,
+                "problems": self.problems, "notes": self.notes, "seconds": round(self.seconds, 3)}
+
+
+def _rows(result: dict[str, Any]) -> list[dict[str, Any]]:
+    columns = [str(c) for c in result["columns"]]
+    return [dict(zip(columns, row)) for row in result["rows"]]
+
+
+def expected_views() -> dict[str, str]:
+    """The views AAR creates, as DuckDB stores their definitions."""
+    import duckdb
+
+    from services.recorder import chain
+    from services.recorder.views import create_schema
+
+    con = duckdb.connect(":memory:")
+    try:
+        create_schema(con)
+        chain.ensure(con)
+        return dict(con.execute("SELECT view_name, sql FROM duckdb_views() WHERE NOT internal "
+                                "AND database_name = current_database()").fetchall())
+    finally:
+        con.close()
+
+
+def check(run: Runner, db: str, database: str, *, head: str | None = None, projections: bool = True,
+          log: str = "", via: str = "") -> Report:
+    """All the checks, with ``run`` answering SQL; ``db`` prefixes the log's tables and
+    ``database`` is its catalog name as SQL string literal (e.g. ``current_database()``)."""
+    from services.recorder import chain
+    from services.recorder import projections as proj
+
+    started = time.perf_counter()
+    report = Report(log=log, via=via)
+    tables = {r["table_name"] for r in _rows(run(
+        f"SELECT table_name FROM duckdb_tables() WHERE schema_name = 'main' AND database_name = {database}"))}
+    if "events" not in tables:
+        raise NoChain(f"{log}: not an event log (it has no events table)")
+    if chain.TABLE not in tables:
+        raise NoChain(f"{log}: this log has no hash chain (it was recorded before AAR kept one); the next "
+                      "recorder to open it starts one over what it holds")
+    summary = _rows(run(chain.summary_sql(db)))[0]
+    report.summary = summary
+    if not summary["batches"]:
+        if summary["events_in_log"] or summary["rejected_in_log"]:
+            raise NoChain(f"{log}: this log has no hash chain (it was recorded before AAR kept one); the next "
+                          "recorder to open it starts one over what it holds")
+        report.notes.append("the log is empty: nothing to verify")
+    for note in summary.get("notes") or []:
+        report.notes.append(str(note))
+    report.breaks = _rows(run(chain.breaks_sql(db)))
+    if head is not None:
+        found = _rows(run(f"SELECT batch, hash FROM {db}{chain.TABLE} WHERE starts_with(hash, '{head}') "
+                          "ORDER BY batch"))
+        if not found:
+            report.problems.append(
+                f"the head you trusted ({head}) is not the hash of any batch of this chain: the chain was "
+                "rewritten or cut short after you took it (or it is another log)")
+        else:
+            report.notes.append(f"the head you trusted is batch {found[0]['batch']}'s "
+                                f"(the chain has {summary['batches']} batches)")
+    if projections:
+        for row in _rows(run(proj.check_sql(db))):
+            if row["extra"] or row["missing"]:
+                report.problems.append(
+                    f"projection proj_{row['projection']} (read by the views) does not match the events: "
+                    f"{row['extra']} row(s) not from the log, {row['missing']} missing; first at events rowid "
+                    f"{row['first_rid']}. Delete its row in projection_state to have the next recorder rebuild it")
+    stored = {r["view_name"]: r["sql"] for r in _rows(run(
+        "SELECT view_name, sql FROM duckdb_views() WHERE NOT internal AND schema_name = 'main' "
+        f"AND database_name = {database}"))}
+    for name, sql in expected_views().items():
+        if name not in stored:
+            report.problems.append(f"view {name} is missing")
+        elif stored[name] != sql:
+            report.problems.append(f"view {name} was redefined: it is not the view AAR creates")
+    for name in sorted(set(stored) - set(expected_views())):
+        report.problems.append(f"view {name} is not one AAR creates")
+    functions = _rows(run("SELECT DISTINCT function_name, function_type FROM system.main.duckdb_functions() "
+                          f"WHERE NOT internal AND database_name = {database} ORDER BY ALL"))
+    for f in functions:
+        report.problems.append(f"user-defined {f['function_type']} {f['function_name']} in the log (AAR creates "
+                               "none; it can take the place of a built-in in any query)")
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+class NoChain(RuntimeError):
+    pass
+
+
+def file_runner(path: Any, timeout_s: float) -> tuple[Runner, Callable[[], None]]:
+    """SQL on the log file, attached read-only as ``log`` in an in-memory database (so
+    functions stored in the file never resolve), with the audit guard."""
+    import duckdb
+
+    from services.recorder.audit import run_query, sql_literal
+    from services.recorder.inbox import unfolded
+
+    if not path.exists():
+        raise FileNotFoundError(f"no event log at {path}: run `aar up` first (or set AAR_HOME)")
+    con = duckdb.connect(":memory:")
+    con.execute(f"ATTACH {sql_literal(str(path))} AS log (READ_ONLY)")
+    con.execute("SET enable_external_access = false")
+    con.execute("SET lock_configuration = true")
+    if waiting := unfolded(path):
+        _err().print(f"[yellow]{waiting} rows wait in the inboxes of {path} (a recorder stopped before moving "
+                     "them): they are not in the log, nor in the chain, until the next recorder folds them in"
+                     "[/yellow]")
+
+    def run(sql: str) -> dict[str, Any]:
+        return run_query(con, sql, timeout_s=timeout_s).model_dump()
+
+    return run, con.close
+
+
+def recorder_runner(settings: Any, timeout_s: float) -> tuple[Runner, Callable[[], None]]:
+    from bus import Bus
+
+    loop = asyncio.new_event_loop()
+    bus = loop.run_until_complete(Bus.connect(settings, name="aar-verify-log"))
+
+    def run(sql: str) -> dict[str, Any]:
+        return loop.run_until_complete(  # type: ignore[no-any-return]
+            bus.request("recorder", "audit", {"sql": sql, "timeout_s": timeout_s}, timeout=timeout_s + 15))
+
+    def close() -> None:
+        loop.run_until_complete(bus.close())
+        loop.close()
+
+    return run, close
+
+
+def _err() -> Any:
+    from .cli import err
+
+    return err
+
+
+def verify_log(
+    head: Annotated[str | None, typer.Option("--head", help="a chain head (hash) you kept: check it is in the chain")] = None,
+    format: Annotated[str, typer.Option("--format", "-f", help="text | json")] = "text",
+    projections: Annotated[bool, typer.Option("--projections/--no-projections",
+                                              help="also check the typed projections the views read")] = True,
+    timeout: Annotated[float, typer.Option(min=1, help="seconds each check may run (the recorder caps it)")] = 300.0,
+) -> None:
+    """Check the event log against its hash chain (and its projections and views): exit 0 when intact,
+    1 with the first broken link, 2 when it cannot be verified."""
+    from bus.client import QueryError
+    from services.recorder.audit import AuditRefused, AuditTimeout
+
+    from .paths import AarHome
+    from .supervisor import admin_settings_from_home
+
+    err = _err()
+    if head is not None:
+        head = head.strip().lower()
+        if not HEX.fullmatch(head):
+            err.print("[red]--head takes a chain hash: 8 to 64 hex digits[/red]")
+            raise typer.Exit(2)
+    home = AarHome.from_env()
+    settings = admin_settings_from_home(home)
+    try:
+        if settings is not None:
+            run, close = recorder_runner(settings, timeout)
+            db, database, via = "", "current_database()", "the running recorder"
+        else:
+            run, close = file_runner(home.events_db, timeout)
+            db, database, via = "log.", "'log'", "the file, read-only"
+    except (FileNotFoundError, QueryError, OSError) as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    except Exception as exc:  # noqa: BLE001 - duckdb: the file is held, or not a log
+        err.print(f"[red]cannot open the log: {type(exc).__name__}: {exc}[/red]")
+        raise typer.Exit(2) from None
+    try:
+        report = check(run, db, database, head=head, projections=projections, log=str(home.events_db), via=via)
+    except NoChain as exc:
+        err.print(f"[yellow]{exc}[/yellow]")
+        raise typer.Exit(2) from None
+    except (AuditRefused, AuditTimeout, QueryError) as exc:
+        err.print(f"[red]could not verify: {exc}[/red]")
+        raise typer.Exit(2) from None
+    except Exception as exc:  # noqa: BLE001 - a log too damaged to query is not intact either
+        err.print(f"[red]could not verify: {type(exc).__name__}: {exc}[/red]")
+        raise typer.Exit(2) from None
+    finally:
+        close()
+    if format == "json":
+        sys.stdout.write(json.dumps(report.as_dict(), default=str) + "\n")
+    else:
+        _print(report)
+    raise typer.Exit(0 if report.intact else 1)
+
+
+def _print(report: Report) -> None:
+    from .cli import console
+
+    s = report.summary
+    console.print(f"log {report.log} (via {report.via}): {s.get('events_in_log', 0)} events, "
+                  f"{s.get('rejected_in_log', 0)} rejected events; chain of {s.get('batches', 0)} batches, "
+                  f"head {s.get('head')}", highlight=False, soft_wrap=True)
+    for note in report.notes:
+        console.print(f"  note: {note}", highlight=False, soft_wrap=True)
+    if report.breaks:
+        first = report.breaks[0]
+        where = f"batch {first['batch']}" if first["batch"] is not None else "after the last batch"
+        console.print(f"[red]BROKEN[/red]: first broken link: {where}, table {first['tbl'] or 'log_chain'}: "
+                      f"{first['problem']}: {first['detail']}", highlight=False, soft_wrap=True)
+        if len(report.breaks) > 1:
+            console.print(f"  ({len(report.breaks) - 1} more problem(s) after it: aar verify-log -f json lists "
+                          "them; later batches usually break only because an earlier one did)", highlight=False)
+    for problem in report.problems:
+        console.print(f"[red]BROKEN[/red]: {problem}", highlight=False, soft_wrap=True)
+    if report.intact:
+        console.print(f"[green]intact[/green]: every row is where the chain says, as recorded "
+                      f"(checked in {report.seconds:.2f} s). Keep the head to check against later: "
+                      f"aar verify-log --head {s.get('head')}", highlight=False, soft_wrap=True)
