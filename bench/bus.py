@@ -660,11 +660,20 @@ async def phase_e2e_and_latency(args: argparse.Namespace, procs: Processes, home
             f"each created right before its publish")
         lat_factory = EventFactory(seed=3)
         payloads = [lat_factory.payload() for _ in range(n)]  # payload content only; envelope made at send
+        publisher, source = bus, "bench-latency"
+        if args.gateway:  # through the gateway, as a trainer identity: size, budget and identity checks on
+            publisher, source, gw = await start_gateway(procs, srv, aar_home, pids)
+            payloads = [ExperimentProgress(experiment_id=f"x-{i:08d}", trainer_id=source, fraction=(i % 100) / 100,
+                                           message=lat_factory._text(25, 40)[:300]) for i in range(n)]
+            say(f"  through the gateway (pid {gw.pid}) as {source}: experiment.progress events")
         py_spy = await start_py_spy(args, procs, rec.pid, "latency")
         with CpuMeter(pids) as cpu:
-            paced = await paced_publish(bus, payloads, args.rate, args.tick_ms, lat_session)
+            paced = await paced_publish(publisher, payloads, args.rate, args.tick_ms, lat_session, source=source)
             seen, count = await wait_for_count(bus, base + n, 60.0, args.poll, rec)
         stop_py_spy(procs, py_spy)
+        if publisher is not bus:
+            await publisher.close()
+        report["latency_through_gateway"] = bool(args.gateway)
         if paced.errors:
             raise RuntimeError(f"{len(paced.errors)} publishes failed in the latency phase, "
                                f"first: {paced.errors[0]!r}")
@@ -708,8 +717,33 @@ class Paced:
     errors: list[BaseException]
 
 
+async def start_gateway(procs: Processes, srv: NatsServer, home: Path,
+                        pids: dict[str, int]) -> tuple[Bus, str, subprocess.Popen[bytes]]:
+    """A gateway process (its budgets out of the way) and a trainer identity's bus."""
+    identity = "trainer-bench"
+    srv.add_identity(identity, Role.TRAINER)
+    env = {**os.environ, **BusSettings.for_role(srv.url, srv.credentials, Role.GATEWAY).to_env(),
+           "AAR_HOME": str(home), "AAR_LOG_FORMAT": "json", "AAR_PUBLISH_BUDGETS": json.dumps({"trainer": 10**12})}
+    gw = procs.spawn([sys.executable, "-m", "services.gateway"], env=env, log=home / "gateway.log")
+    pids["gateway"] = gw.pid
+    admin = await connect_admin(srv, "bench-gateway-probe")
+    try:
+        for _ in range(300):
+            try:
+                await admin.request("gateway", "health", {}, timeout=0.5)
+                break
+            except QueryError:
+                await asyncio.sleep(0.1)
+        else:
+            raise RuntimeError(f"the gateway did not answer within 30s; see {home / 'gateway.log'}")
+    finally:
+        await admin.close()
+    bus = await Bus.connect(BusSettings.for_identity(srv.url, srv.credentials, identity), name=identity)
+    return bus, identity, gw
+
+
 async def paced_publish(bus: Bus, payloads: Sequence[Payload], rate: float, tick_ms: float,
-                        session_id: str) -> Paced:
+                        session_id: str, source: str = "bench-latency") -> Paced:
     """Publish one event per slot of a fixed schedule (``rate`` per second, no
     drift: slot i is at start + i/rate). Each event is created right before its
     publish and acks are not awaited before the next one. With ``tick_ms`` > 0
@@ -732,7 +766,7 @@ async def paced_publish(bus: Bus, payloads: Sequence[Payload], rate: float, tick
             out.acks[k] = now
 
     def make(i: int, slot0: float, interval: float) -> Event:
-        ev = Event.create(payloads[i], session_id=session_id, source="bench-latency")
+        ev = Event.create(payloads[i], session_id=session_id, source=source)
         out.sent[i] = ev.time.timestamp()
         out.lag[i] = loop.time() - (slot0 + i * interval)
         return ev
@@ -1028,6 +1062,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--recorder-args", default="-m services.recorder",
                    help="how the recorder is started after the interpreter (to try variants)")
     p.add_argument("--keep", action="store_true", help="keep the temp AAR_HOMEs (always kept on error)")
+    p.add_argument("--gateway", action="store_true",
+                   help="latency phase through the gateway, as a trainer identity (identity, size and budget checks)")
     return p.parse_args(argv)
 
 
@@ -1071,7 +1107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "recorder_us_per_event_full_batches", "recorder_rate_while_publishing", "recorder_rate_alone",
             "schedule_lag_p99_ms", "schedule_lag_max_ms", "p50_from_slot_ms", "p99_from_slot_ms",
             "p50_visible_ms", "p99_visible_ms", "latency_checkpoints", "latency_checkpoint_ms_max", "wal_bytes_after_burst",
-            "burst_checkpoint_wait_s", "tick_ms", "wall_s")
+            "burst_checkpoint_wait_s", "tick_ms", "latency_through_gateway", "wall_s")
     out = {k: (round(report[k], 3) if isinstance(report.get(k), float) else report.get(k)) for k in keys}
     out["e2e_pass"] = report["e2e_over_raw"] >= TARGET_E2E_OVER_RAW
     out["p99_pass"] = p99_pass(report)

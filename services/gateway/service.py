@@ -25,6 +25,7 @@ from schemas.gateway import GatewayRefused, RefusalKind
 from .budget import ByteBudget
 
 SYSTEM_SESSION = "system"
+ACK_WAIT_S = 10.0  # a forwarded event not acked by JetStream by then goes unanswered
 MAX_REMEMBERED = 200_000  # msg ids kept for conflict detection (the duplicate window's worth)
 BUDGETS_ENV = "AAR_PUBLISH_BUDGETS"  # JSON {role: bytes per minute}, over bus.roles.PUBLISH_BUDGETS
 
@@ -56,6 +57,19 @@ class _Tally:
 
 
 @dataclass(slots=True)
+class _Forwarded:
+    """An event sent on to the stream, waiting for JetStream's ack to be answered."""
+
+    msg: Msg
+    ack: asyncio.Future[Any]
+    checked: Event | Rejection
+    key: str  # its Nats-Msg-Id
+    digest: bytes  # SHA-256 of its bytes
+    session: str
+    deadline: float  # monotonic: no ack by then, no answer (the publisher retries)
+
+
+@dataclass(slots=True)
 class _Stats:
     forwarded: int = 0
     rejected_forwarded: int = 0
@@ -78,7 +92,10 @@ class Gateway:
         self.max_event_bytes = max_event_bytes
         self.window_s = window_s
         self._buckets: dict[str, ByteBudget] = {}
-        self._answering: set[asyncio.Future[None]] = set()
+        # Forwarded events in the order they were sent, answered in that order by one task
+        # (no task per message: the door's cost per event is most of what it adds).
+        self._forwarded: collections.deque[_Forwarded] = collections.deque()
+        self._more = asyncio.Event()
         # msg id -> SHA-256 of what was stored under it, for the stream's duplicate window
         self._recent: dict[str, bytes] = {}
         self._recent_times: collections.deque[tuple[float, str]] = collections.deque()
@@ -93,14 +110,18 @@ class Gateway:
         self.log.info("gateway_ready", budgets={r.value: b for r, b in self.budgets.items()},
                       max_event_bytes=self.max_event_bytes)
         flusher = asyncio.create_task(self._flush_loop(stop))
+        answerer = asyncio.create_task(self._answer_loop())
         try:
             await stop.wait()
         finally:
             with contextlib.suppress(Exception):
-                await sub.drain()  # what arrived is still answered
-            flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await flusher
+                await sub.drain()  # what arrived is still forwarded ...
+            with contextlib.suppress(TimeoutError):  # ... and answered
+                await asyncio.wait_for(self._drained(), 10.0)
+            for task in (flusher, answerer):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await self._flush(force=True)
 
     # -- one message --------------------------------------------------------------
@@ -114,7 +135,9 @@ class Gateway:
     async def _handle(self, msg: Msg) -> None:
         tokens = msg.subject.split(".")
         data = msg.data
-        if len(tokens) != 5 or not all(is_subject_token(t) for t in tokens[1:]):
+        # The server checked the identity token (each identity may use only its own) and
+        # the domain and event (its permissions); the session token is checked here.
+        if len(tokens) != 5 or not is_subject_token(tokens[1]) or not is_subject_token(tokens[4]):
             await self._refuse(msg, tokens[-1] if tokens else "?", RefusalKind.BAD_SUBJECT,
                                f"subject {msg.subject[:200]!r} is not {INGEST_PREFIX}.<session>.<domain>.<event>.<identity>")
             return
@@ -137,17 +160,36 @@ class Gateway:
         digest = hashlib.sha256(data).digest()
         headers = {"Nats-Msg-Id": key, PUBLISHER_HEADER: identity}
         ack = await self.bus.js.publish_async(target, data, headers=headers)
-        task = asyncio.ensure_future(self._answer(msg, ack, checked, key, digest, session))
-        self._answering.add(task)
-        task.add_done_callback(self._answering.discard)
+        self._forwarded.append(_Forwarded(msg, ack, checked, key, digest, session, time.monotonic() + ACK_WAIT_S))
+        self._more.set()
 
-    async def _answer(self, msg: Msg, ack: asyncio.Future[Any], checked: Event | Rejection, key: str,
-                      digest: bytes, session: str) -> None:
-        try:
-            stored = await asyncio.wait_for(ack, 10.0)
-        except Exception as exc:  # noqa: BLE001 - no answer: the publisher retries the same bytes
-            self.log.warning("forward_failed", subject=msg.subject[:200], error=f"{type(exc).__name__}: {exc}"[:300])
-            return
+    async def _answer_loop(self) -> None:
+        """Answer each forwarded event once JetStream has acked it, in order."""
+        while True:
+            if not self._forwarded:
+                self._more.clear()
+                await self._more.wait()
+                continue
+            item = self._forwarded[0]
+            if not item.ack.done():
+                await asyncio.wait({item.ack}, timeout=max(0.0, item.deadline - time.monotonic()))
+            self._forwarded.popleft()
+            try:
+                await self._answer(item)
+            except Exception as exc:  # noqa: BLE001 - one answer must never stop the others
+                self.log.error("answer_failed", subject=item.msg.subject[:200], error=f"{type(exc).__name__}: {exc}"[:300])
+
+    async def _drained(self) -> None:
+        while self._forwarded:
+            await asyncio.sleep(0.01)
+
+    async def _answer(self, item: _Forwarded) -> None:
+        msg, checked, key, digest, session = item.msg, item.checked, item.key, item.digest, item.session
+        if not item.ack.done() or item.ack.cancelled() or item.ack.exception() is not None:
+            why = "no ack from JetStream" if not item.ack.done() or item.ack.cancelled() else repr(item.ack.exception())
+            self.log.warning("forward_failed", subject=msg.subject[:200], error=why[:300])
+            return  # no answer: the publisher retries the same event
+        stored = item.ack.result()
         seen = self._recent.get(key)
         if not stored.duplicate:
             self._remember(key, digest)
