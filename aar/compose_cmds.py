@@ -260,7 +260,7 @@ async def run_healthcheck(
     import nats.js.errors
 
     from bus import STREAM, Bus, BusSettings
-    from bus.roles import inbox_prefix
+    from bus.roles import Role, inbox_prefix, uses_jetstream
 
     assert isinstance(settings, BusSettings)
     results: list[tuple[bool, str]] = []
@@ -282,12 +282,13 @@ async def run_healthcheck(
         if ensure_stream:
             await bus.ensure_stream()
             results.append((True, f"stream {STREAM} created or updated"))
-        try:
-            info = await bus.js.stream_info(STREAM)
-            results.append((True, f"stream {STREAM}: {info.state.messages} messages"))
-        except nats.js.errors.NotFoundError:
-            results.append((False, f"stream {STREAM} does not exist (the stream-init service creates it)"))
-            return results
+        if uses_jetstream(Role(role)):  # agents may not ask JetStream anything
+            try:
+                info = await bus.js.stream_info(STREAM)
+                results.append((True, f"stream {STREAM}: {info.state.messages} messages"))
+            except nats.js.errors.NotFoundError:
+                results.append((False, f"stream {STREAM} does not exist (the stream-init service creates it)"))
+                return results
         durable = OWN_CONSUMERS.get(role)
         if durable is not None:
             try:

@@ -40,7 +40,7 @@ from pydantic import BaseModel
 from schemas import Event, Rejection, decode
 from schemas.base import MAX_EVENT_BYTES
 
-from .roles import DIRECT, INGEST_PREFIX, QUERY_PREFIX, STREAM, inbox_prefix
+from .roles import DIRECT, INGEST_PREFIX, QUERY_PREFIX, STREAM, Role, inbox_prefix
 from .settings import BusSettings
 
 log = structlog.get_logger(__name__)
@@ -48,6 +48,7 @@ log = structlog.get_logger(__name__)
 M = TypeVar("M", bound=BaseModel)
 
 DUPLICATE_WINDOW_S = 120.0
+RESEND_S = 2.0  # an event the gateway has not answered within this is sent again
 _DENIED_RE = re.compile(r'Permissions Violation for Publish to "?([^"\s]+)"?', re.IGNORECASE)
 
 
@@ -72,16 +73,32 @@ class PublishRefused(BusError):
         self.code = code
 
 
-# The gateway names the verified publisher of every event it forwards into the stream.
+# Every message of the stream names its publisher: the gateway writes the verified
+# identity of what it forwards; admin, the recorder and the gateway name themselves.
 PUBLISHER_HEADER = "Aar-Publisher"
 
 
 def decode_msg(msg: Msg) -> "Event | Rejection":
     """An event from the stream (or a core subscription on it), checked against its
-    subject and against the publisher the gateway names. Use this, not ``decode``,
-    on every message from the bus."""
-    publisher = (msg.headers or {}).get(PUBLISHER_HEADER)
-    return decode(msg.data, msg.subject, publisher=publisher)
+    subject and against the publisher its header names. Use this (or
+    :func:`decode_published`), not ``decode``, on every message from the bus."""
+    return decode_published(msg.data, msg.subject, (msg.headers or {}).get(PUBLISHER_HEADER))
+
+
+def decode_published(data: bytes, subject: str | None, publisher: str | None) -> "Event | Rejection":
+    """``decode`` for a message of the stream with its ``Aar-Publisher`` header: none (a
+    message that came in some other way: a server's reply aimed at the stream, say) is
+    refused; ``admin`` may publish in any name (replays, operators); any other identity
+    only in its own."""
+    if publisher is None:
+        checked = decode(data, subject)
+        return Rejection(
+            reason="no verified publisher: the message names none (only what the gateway, the recorder and admin "
+                   "publish enters the stream)", raw=bytes(data), subject=subject,
+            event_id=checked.id if isinstance(checked, Event) else checked.event_id,
+            event_type=checked.type.value if isinstance(checked, Event) else checked.event_type,
+            session_id=checked.session_id)
+    return decode(data, subject, publisher=None if publisher == Role.ADMIN.value else publisher)
 
 
 def msg_id(identity: str, key: str) -> str:
@@ -113,6 +130,15 @@ class QueryReply(BaseModel):
     ok: bool
     result: Any = None
     error: str | None = None
+
+
+def reply_allowed(msg: Msg, asker: str) -> bool:
+    """Whether ``msg`` may be answered: its reply subject is in the asker's own inbox.
+    A responder's ``allow_responses`` lets it publish to whatever reply subject came with
+    a request, so without this check an asker could aim the answer anywhere: into the
+    stream (``aar.*``), at the JetStream API (``$JS.API.STREAM.DELETE.AAR``), at another
+    service (``aarq.recorder.audit.scorer``) or at the gateway in another's name."""
+    return bool(msg.reply) and bool(asker) and msg.reply.startswith(inbox_prefix(asker) + ".")
 
 
 def query_subject(service: str, name: str, identity: str = "*") -> str:
@@ -251,7 +277,9 @@ class Bus:
             denials[key] = self._denials[key]
         acks = []
         for subject, data, dedupe in items:
-            headers = {"Nats-Msg-Id": msg_id(self.identity, dedupe)} if dedupe else None
+            headers = {PUBLISHER_HEADER: self.identity}
+            if dedupe:
+                headers["Nats-Msg-Id"] = msg_id(self.identity, dedupe)
             acks.append(await self.js.publish_async(subject, data, headers=headers))
         gathered = asyncio.gather(*acks)
         denied = asyncio.ensure_future(asyncio.wait(list(denials.values()), return_when=asyncio.FIRST_COMPLETED))
@@ -294,8 +322,9 @@ class Bus:
                     futures[i] = self._replies[token] = loop.create_future()
                     await self.nc.publish(subjects[i], items[i][1], reply=token)
                 waiting = [*futures.values(), *denials.values()]
+                resend_at = loop.time() + RESEND_S  # unanswered by then: sent again (stored once)
                 while not self._denied(denials) and not all(f.done() for f in futures.values()):
-                    left = deadline - loop.time()
+                    left = min(deadline, resend_at) - loop.time()
                     if left <= 0:
                         break
                     await asyncio.wait(waiting, timeout=left, return_when=asyncio.FIRST_COMPLETED)
@@ -450,7 +479,9 @@ class Bus:
                     reply = QueryReply(ok=True, result=result)
                 except Exception as exc:  # reported to the caller, never fatal
                     reply = QueryReply(ok=False, error=f"{type(exc).__name__}: {exc}")
-            if not msg.reply:
+            if not reply_allowed(msg, asker):
+                if msg.reply:
+                    log.warning("reply_refused", service=service, query=name, asker=asker, reply=msg.reply[:120])
                 return
             try:
                 await msg.respond(reply.model_dump_json().encode())

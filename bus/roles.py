@@ -56,7 +56,7 @@ PUBLISH_BUDGETS: dict[Role, int] = {
     Role.AGENT: 2_000_000,
     Role.TRAINER: 8_000_000,
     Role.SCORER: 8_000_000,
-    Role.ARTIFACTS: 4_000_000,
+    Role.ARTIFACTS: 16_000_000,  # it announces every identity's blobs (each identity's puts are budgeted)
     Role.FORUM: 1_000_000,
     Role.ORCHESTRATOR: 1_000_000,
 }
@@ -153,6 +153,11 @@ WATCHES: dict[Role, tuple[str, ...]] = {
 }
 
 
+def uses_jetstream(role: Role) -> bool:
+    """Whether ``role`` talks to JetStream (durable consumers, or the stream itself)."""
+    return role in DIRECT or bool(CONSUMERS.get(role))
+
+
 def _one_token(pattern: str) -> str:
     """``domain.>`` -> ``domain.*``: every event subject is ``<domain>.<event>``."""
     return pattern[:-1] + "*" if pattern.endswith(".>") else pattern
@@ -174,8 +179,11 @@ def permissions(role: Role, identity: str | None = None, session: str | None = N
     else:
         pub = [f"{INGEST_PREFIX}.{sid}.{_one_token(s)}.{me}" for s in PUBLISHES.get(role, ())]
     pub += [f"{QUERY_PREFIX}.{svc}.*.{me}" for svc in ASKS.get(role, ())]
-    # JetStream: account/stream info and publishing acks are read-only calls.
-    pub += [f"{api}.INFO", f"{api}.STREAM.INFO.{STREAM}"]
+    # JetStream: account and stream info, for the roles that use JetStream at all. Agents
+    # do not: any JetStream API call lets its caller aim the server's answer anywhere,
+    # into the stream included, and stream info tells how many withheld scores exist.
+    if uses_jetstream(role):
+        pub += [f"{api}.INFO", f"{api}.STREAM.INFO.{STREAM}"]
     for durable in CONSUMERS.get(role, ()):
         pub += [
             f"{api}.CONSUMER.INFO.{STREAM}.{durable}",

@@ -6,6 +6,8 @@ from pydantic import Field
 
 from .base import MAX_ID, MAX_TEXT, Count, EventType, Ident, JsonObject, NonNegative, Payload, Text
 from .registry import event
+
+MAX_CALL_TOKENS = 10_000_000  # tokens of one kind in one Messages call (context windows are far smaller)
 from .session import Backend
 
 
@@ -28,10 +30,10 @@ class AgentLlmCalled(Payload):
 
     agent_id: Ident
     model: Text(MAX_ID)
-    input_tokens: Count
-    output_tokens: Count
-    cache_read_tokens: Count = 0
-    cache_write_tokens: Count = 0
+    input_tokens: Count = Field(le=MAX_CALL_TOKENS)
+    output_tokens: Count = Field(le=MAX_CALL_TOKENS)
+    cache_read_tokens: Count = Field(default=0, le=MAX_CALL_TOKENS)
+    cache_write_tokens: Count = Field(default=0, le=MAX_CALL_TOKENS)
     cost_usd: NonNegative
     latency_s: NonNegative
     stop_reason: Text(MAX_ID) | None = None

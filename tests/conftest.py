@@ -129,16 +129,18 @@ async def service_ready(bus: Bus, service: str) -> bool:
 
 
 @contextlib.asynccontextmanager
-async def running(module: str, role: Role, server: NatsServer, home: AarHome, admin: Bus,
-                  **kw: object) -> AsyncIterator[ServiceProcess]:
-    """A service process, once it answers its ``health`` query."""
+async def running(module: str, role: Role, server: NatsServer, home: AarHome, admin: Bus, *,
+                  health: bool = True, **kw: object) -> AsyncIterator[ServiceProcess]:
+    """A service process, once it answers its ``health`` query (``health=False``: started
+    only, for services without one)."""
     proc = ServiceProcess(module, role, server, home, **kw).start()  # type: ignore[arg-type]
     service = module.rsplit(".", 1)[-1]
 
     async def ready() -> bool:
         return await service_ready(admin, service)
 
-    await wait_until(ready, 30, f"the {service} to answer health queries")
+    if health:
+        await wait_until(ready, 30, f"the {service} to answer health queries")
     try:
         yield proc
     finally:

@@ -96,3 +96,48 @@ async def test_put_get_over_nats_records_one_event(nats_server, home, admin, rec
         assert artifacts.proc is not None and artifacts.proc.poll() is None  # still running after refusals
     finally:
         await agent.close()
+
+
+async def test_an_agents_puts_are_budgeted_and_never_hold_up_a_trainers(nats_server, home, admin, gateway) -> None:  # type: ignore[no-untyped-def]
+    """A flood of tiny puts used to queue every other identity's puts behind it, and its
+    announcements spent the artifacts service's own publish budget, so a trainer's
+    predictions could not be stored. Puts are budgeted per identity (bytes and puts a
+    minute, a total) and answered concurrently."""
+    import asyncio
+    import json
+
+    proc = ServiceProcess("services.artifacts", Role.ARTIFACTS, nats_server, home,
+                          env={"AAR_ARTIFACT_BUDGETS": json.dumps({"agent": [20_000_000, 30, 1 << 30]})}).start()
+    try:
+        agent = await Bus.connect(settings(nats_server, "agent-1"), name="agent-1")
+        trainer = await Bus.connect(settings(nats_server, "trainer-1"), name="trainer-1")
+        ready = ArtifactClient(admin, timeout=1.0)
+
+        async def up() -> bool:
+            try:
+                await ready.get("0" * 64)
+            except QueryError as exc:
+                return str(exc) == "no artifact " + "0" * 64
+            return False
+
+        await wait_until(up, 30, "the artifacts service")
+        client = ArtifactClient(agent, session_id="s-art", timeout=20.0)
+
+        async def put(i: int) -> str:
+            try:
+                return await client.put(f"blob {i}".encode(), "other")
+            except QueryError as exc:
+                return str(exc)
+
+        flood = asyncio.gather(*(put(i) for i in range(300)))
+        t0 = asyncio.get_running_loop().time()
+        sha = await ArtifactClient(trainer, session_id="s-art", timeout=10.0).put(b"predictions", "predictions")
+        assert asyncio.get_running_loop().time() - t0 < 5.0 and len(sha) == 64
+        answers = await flood
+        stored = [a for a in answers if len(a) == 64]
+        assert 25 <= len(stored) <= 31  # 30 a minute (one may refill meanwhile) ...
+        assert all("30 artifact puts a minute" in a for a in answers if len(a) != 64)  # ... the rest refused
+        await agent.close()
+        await trainer.close()
+    finally:
+        proc.stop()

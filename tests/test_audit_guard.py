@@ -141,6 +141,26 @@ def test_a_slow_audit_is_stopped_at_its_time_limit(tmp_path: Path) -> None:
         store.close()
 
 
+def test_an_audit_cannot_take_the_recorders_memory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """DuckDB may use 80% of RAM by default: one aggregate of long strings took the
+    recorder to 5 GB. The log's instance has a memory limit (AAR_RECORDER_MEMORY; a
+    quarter of RAM, at most 4 GiB): such a query fails, and the store goes on."""
+    monkeypatch.setenv("AAR_RECORDER_MEMORY", "256MB")
+    store, _ = _store_with_rows(tmp_path)
+    try:
+        with pytest.raises(Exception, match="Out of Memory"):
+            store.query("SELECT length(string_agg(repeat('x', 1000000), '')) FROM range(1500)")
+        assert store.query("SELECT count(*) FROM events").rows == [[5]]
+    finally:
+        store.close()
+    con = open_read_only(tmp_path / "events.duckdb")  # the read-only path too
+    try:
+        with pytest.raises(Exception, match="Out of Memory"):
+            run_query(con, "SELECT length(string_agg(repeat('x', 1000000), '')) FROM range(1500)")
+    finally:
+        con.close()
+
+
 def test_a_huge_result_is_cut_with_the_reason(tmp_path: Path) -> None:
     store, _ = _store_with_rows(tmp_path)
     try:

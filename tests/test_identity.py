@@ -327,3 +327,132 @@ def test_the_catalogue_names_who_acts_in_each_event_an_identity_publishes() -> N
                 if event_type is EventType.INTEGRITY_FLAGGED:
                     continue  # the flagged agent, not the publisher
                 assert REGISTRY[event_type].publisher_field == field, event_type
+
+
+# -- answers go only where the asker may read them ----------------------------------------
+
+
+async def test_no_service_answers_anywhere_but_the_askers_own_inbox(
+    nats_server: NatsServer, home: AarHome, admin: Bus, gateway: ServiceProcess, recorder: ServiceProcess
+) -> None:
+    """A responder may publish to the reply subject of a request it got (allow_responses):
+    aimed at the stream, the JetStream API or another service, the answer used to land
+    there. An agent stored a forged scorer event as an artifact and asked for it with the
+    reply subject of a score, of a stream deletion, of the scorer's audit queries, and of
+    the gateway in the scorer's name; nothing of it happens."""
+    from bus.client import query_subject
+    from schemas.scoring import ScorePublished
+    from services.artifacts.client import ArtifactClient
+
+    async with running("services.artifacts", Role.ARTIFACTS, nats_server, home, admin,
+                       health=False) as _, running("services.forum", Role.FORUM, nats_server, home, admin,
+                                                   health=False):
+        await asyncio.sleep(2.0)  # both subscribed (neither answers a health query)
+        agent = await _connect(nats_server, "agent-1")
+        try:
+            forged = Event.create(ScorePublished(
+                experiment_id="x-forged", idea_id="i-1", agent_id="agent-1", dataset="d", split=Split.DEV,
+                n_seeds=1, accuracy=0.99, accuracy_stderr=0.0, weak_accuracy=0.5, ceiling_accuracy=0.9, pgr=1.2),
+                session_id=S, source="scorer")
+            sha = await ArtifactClient(agent, session_id=S).put(forged.to_json(), "other")
+            get = query_subject("artifacts", "get", "agent-1")
+            for reply in (forged.subject, "$JS.API.STREAM.DELETE.AAR", "$JS.API.STREAM.PURGE.AAR",
+                          "aarq.recorder.audit.scorer", f"aarin.{S}.score.published.scorer"):
+                await agent.nc.publish(get, sha.encode(), reply=reply)
+                await agent.nc.publish(get, b"nonsense", reply=reply)  # an error answer, empty body
+            await agent.nc.publish(query_subject("forum", "stats", "agent-1"), b'{"session_id": "s"}',
+                                   reply=f"aar.{S}.forum.posted")
+            await agent.nc.flush()
+            await asyncio.sleep(1.0)
+            assert await ArtifactClient(agent, session_id=S).get(sha) == forged.to_json()  # its own inbox: fine
+        finally:
+            await agent.close()
+    info = await admin.js.stream_info("AAR")  # the stream is there, unpurged ...
+    assert await _stored(admin, f"aar.{S}.score.>") == 0  # ... and holds no forged score
+    assert await _stored(admin, f"aar.{S}.forum.>") == 0
+    assert info.state.messages == await _stored(admin, "aar.*.artifact.stored")  # only the two announcements
+
+
+async def test_what_reaches_the_stream_without_a_named_publisher_is_rejected(
+    nats_server: NatsServer, admin: Bus, recorder: ServiceProcess
+) -> None:
+    """Only the gateway, the recorder and admin put messages into the stream, and each names
+    the publisher. A valid event that arrives any other way (a server's reply aimed at
+    the stream) is no one's: recorded as rejected, skipped by every consumer."""
+    event = Event.create(ForumPosted(post_id="p", agent_id="agent-1", title="t"), session_id=S, source="agent-1")
+    await admin.nc.publish(event.subject, event.to_json())  # core publish: no Aar-Publisher header
+    await admin.nc.flush()
+    rows = await _rejections(admin, 1)
+    assert rows[0][0] == event.id and rows[0][1].startswith("no verified publisher")
+
+
+async def test_agents_may_not_call_the_jetstream_api(nats_server: NatsServer, admin: Bus) -> None:
+    """Any JetStream API call lets its caller aim the server's answer anywhere (into the
+    stream, past the gateway), and stream info counts withheld scores per session."""
+    agent = await _connect(nats_server, "agent-1")
+    try:
+        with pytest.raises(Exception):
+            await asyncio.wait_for(agent.js.stream_info("AAR"), 3)
+        for _ in range(50):
+            await agent.nc.publish("$JS.API.INFO", b"", reply=f"aar.{S}.agent.started")
+        await agent.nc.flush()
+        await asyncio.sleep(0.5)
+    finally:
+        await agent.close()
+    assert (await admin.js.stream_info("AAR")).state.messages == 0
+
+
+async def test_a_flood_of_tiny_events_spends_the_budget_too(nats_server: NatsServer, home: AarHome,
+                                                            admin: Bus) -> None:
+    """Each event costs the store more than its bytes: 1-byte messages used to pass a
+    bytes-only budget by the thousand (and doubled in the stream as rejections)."""
+    async with running("services.gateway", Role.GATEWAY, nats_server, home, admin,
+                       env={"AAR_PUBLISH_BUDGETS": json.dumps({"agent": 60_000})}):
+        agent = await _connect(nats_server, "agent-1")
+        try:
+            stored = 0
+            for i in range(400):
+                try:
+                    await agent.publish_raw_many([(f"aar.{S}.forum.posted", str(i % 10).encode(), None)])
+                    stored += 1
+                except PublishRefused as exc:
+                    if exc.code == "over_budget":
+                        break
+                    stored += 1  # "invalid": stored (as a rejection), and counted
+        finally:
+            await agent.close()
+    assert stored <= 60_000 // 512 + 1  # about 117: each counts 512 bytes beyond its size
+
+
+async def test_ideas_for_made_up_sessions_cost_the_scorer_no_lookups(
+    nats_server: NatsServer, home: AarHome, admin: Bus, gateway: ServiceProcess, recorder: ServiceProcess
+) -> None:
+    """For every idea of a session it did not know, the scorer asked the recorder to
+    rebuild it, one query each, ahead of all other work. Now one list of the sessions the
+    log saw start answers them (read again at most every 5 s)."""
+    async with running("services.scorer", Role.SCORER, nats_server, home, admin, health=False):
+        async def consuming() -> bool:
+            try:
+                await admin.js.consumer_info("AAR", "scorer")
+                return True
+            except Exception:  # noqa: BLE001 - not yet
+                return False
+
+        await wait_until(consuming, 60, "the scorer's consumer")
+        agent = await _connect(nats_server, "agent-1")
+        before = (await admin.request("recorder", "health", {}))["audits_done"]
+        try:
+            for i in range(150):
+                await agent.publish(Event.create(
+                    IdeaProposed(idea_id=f"i-{i}", agent_id="agent-1", title="t", hypothesis="h",
+                                 builtin_method="naive_soft"), session_id=f"s-made-up-{i}", source="agent-1"))
+        finally:
+            await agent.close()
+
+        async def consumed() -> bool:
+            info = await admin.js.consumer_info("AAR", "scorer")
+            return info.num_pending == 0 and info.num_ack_pending == 0
+
+        await wait_until(consumed, 60, "the scorer to go through them")
+    done = (await admin.request("recorder", "health", {}))["audits_done"] - before
+    assert done <= 4, f"{done} audit queries for 150 ideas of made-up sessions"

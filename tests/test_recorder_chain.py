@@ -230,26 +230,6 @@ def test_the_chain_survives_crashes_redeliveries_and_isolated_rows(home: AarHome
     assert code == 0, output
 
 
-def test_chain_cost_stays_small_per_move(tmp_path: Path) -> None:
-    """The link costs a few ms per move (the issue asks for a measure: see bench notes in
-    docs/audits.md). Here only a loose bound, against the same moves' inserts."""
-    import time
-
-    store = EventStore(tmp_path / "events.duckdb")
-    try:
-        events = _events(4000)
-        spent = []
-        for k in range(0, 4000, 400):
-            store.append([Recorded(e, k + i + 1) for i, e in enumerate(events[k:k + 400])])
-            started = time.perf_counter()
-            store.move()
-            spent.append(time.perf_counter() - started)
-        assert sorted(spent)[len(spent) // 2] < 0.5
-        assert store.query(chain.breaks_sql()).rows == []
-    finally:
-        store.close()
-
-
 async def test_a_running_recorder_chains_what_it_records(
     admin: Bus, recorder: ServiceProcess, home: AarHome, nats_server: NatsServer
 ) -> None:

@@ -569,6 +569,11 @@ def _result(
     root = _SANDBOX_ROOT if sandboxed else str(job)
     records = klog.for_job(session, mon.seen)
     outside = _syscall_violations(records)
+    if sandboxed and klog.dropped is not None:
+        # The kernel dropped messages during the job: a seccomp record may be among them.
+        outside.append(kernel(ViolationKind.SYSCALL,
+                              f"the kernel dropped log messages during the job ({klog.dropped}): a denied "
+                              "system call may be hidden among them"))
     if not records or exit_signal(code) != signal.SIGSYS:
         outside += from_exit(code)
     outside += run.stopped + _limits_hit(mon, counters, limits)

@@ -27,8 +27,8 @@ from nats.aio.msg import Msg
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from bus import Bus
-from bus.client import PUBLISHER_HEADER, BusError
-from schemas import Event, EventType, Rejection, decode
+from bus.client import PUBLISHER_HEADER, BusError, decode_published
+from schemas import Event, EventType, Rejection
 from schemas.base import SessionId
 from schemas.forum import ForumModerated
 
@@ -182,7 +182,7 @@ class ForumService:
         """Decode and apply; the event when it was new, else None. Invalid messages, and
         events claiming another identity than their publisher's, are skipped with a log
         line (the recorder records them as rejected)."""
-        decoded = decode(data, subject, publisher=publisher)
+        decoded = decode_published(data, subject, publisher)
         if isinstance(decoded, Rejection):
             self.skipped += 1
             self.log.warning("forum_event_skipped", subject=subject, reason=decoded.reason, event_id=decoded.event_id)

@@ -16,20 +16,36 @@ import structlog
 from nats.aio.msg import Msg
 
 from bus import Bus
-from bus.client import DUPLICATE_WINDOW_S, PUBLISHER_HEADER, msg_id, raw_key
-from bus.roles import INGEST_PREFIX, PUBLISH_BUDGETS, Role, role_of
+from bus.client import DUPLICATE_WINDOW_S, PUBLISHER_HEADER, msg_id, raw_key, reply_allowed
+from bus.roles import DIRECT, INGEST_PREFIX, PUBLISH_BUDGETS, PUBLISHES, Role, role_of
 from schemas import Event, Rejection, decode
 from schemas.base import MAX_EVENT_BYTES, is_subject_token
 from schemas.gateway import GatewayRefused, RefusalKind
 
-from .budget import ByteBudget
+from bus.budget import ByteBudget
 
 SYSTEM_SESSION = "system"
+# Each event costs the stream and the log more than its bytes (headers, index, the log's
+# row): charged on top of its size, so that a flood of tiny events spends a budget too.
+MESSAGE_COST = 512
 ACK_WAIT_S = 10.0  # a forwarded event not acked by JetStream by then goes unanswered
 MAX_REMEMBERED = 200_000  # msg ids kept for conflict detection (the duplicate window's worth)
 BUDGETS_ENV = "AAR_PUBLISH_BUDGETS"  # JSON {role: bytes per minute}, over bus.roles.PUBLISH_BUDGETS
 
 log = structlog.get_logger("gateway")
+
+
+def ingest_subjects() -> list[str]:
+    """The subjects the gateway listens on: one per event subject a gated role may
+    publish (``aarin.*.<domain>.<event or *>.*``), each once."""
+    seen: dict[str, None] = {}
+    for role, patterns in PUBLISHES.items():
+        if role in DIRECT:
+            continue
+        for pattern in patterns:
+            event = pattern[:-1] + "*" if pattern.endswith(".>") else pattern
+            seen.setdefault(f"{INGEST_PREFIX}.*.{event}.*", None)
+    return list(seen)
 
 
 def budgets_from_env(env: dict[str, str] | None = None) -> dict[Role, int]:
@@ -104,8 +120,11 @@ class Gateway:
         self.log = log.bind(service=source)
 
     async def run(self, stop: asyncio.Event) -> None:
-        sub = await self.bus.nc.subscribe(f"{INGEST_PREFIX}.>", queue="gateway", cb=self._on_msg,
-                                          pending_msgs_limit=100_000, pending_bytes_limit=256 * 1024 * 1024)
+        # One subscription per subject an identity may use, agents' apart from the services':
+        # each has its own buffer and its own turn on the event loop, so a flood of agent
+        # events (over budget or not) can overflow only the agents' buffers.
+        subs = [await self.bus.nc.subscribe(subject, queue="gateway", cb=self._on_msg, pending_msgs_limit=20_000,
+                                            pending_bytes_limit=64 * 1024 * 1024) for subject in ingest_subjects()]
         await self.bus.serve("gateway", {"health": self._health})
         self.log.info("gateway_ready", budgets={r.value: b for r, b in self.budgets.items()},
                       max_event_bytes=self.max_event_bytes)
@@ -114,8 +133,9 @@ class Gateway:
         try:
             await stop.wait()
         finally:
-            with contextlib.suppress(Exception):
-                await sub.drain()  # what arrived is still forwarded ...
+            for sub in subs:
+                with contextlib.suppress(Exception):
+                    await sub.drain()  # what arrived is still forwarded ...
             with contextlib.suppress(TimeoutError):  # ... and answered
                 await asyncio.wait_for(self._drained(), 10.0)
             for task in (flusher, answerer):
@@ -148,11 +168,13 @@ class Gateway:
                                session=session)
             return
         bucket = self._bucket(identity)
-        if bucket is not None and not bucket.take(len(data)):
-            wait = bucket.retry_after(len(data))
+        cost = len(data) + MESSAGE_COST  # what it costs the store, not only its bytes
+        if bucket is not None and not bucket.take(cost):
+            wait = bucket.retry_after(cost)
             await self._refuse(msg, identity, RefusalKind.OVER_BUDGET,
-                               f"{identity} is over its publish budget of {bucket.per_minute:,} bytes per minute; "
-                               f"retry in {wait:.1f}s", session=session)
+                               f"{identity} is over its publish budget of {bucket.per_minute:,} bytes per minute "
+                               f"(each event counts {MESSAGE_COST} bytes more than its size); retry in {wait:.1f}s",
+                               session=session)
             return
         target = f"aar.{session}.{domain}.{name}"
         checked = decode(data, target, publisher=identity)
@@ -213,9 +235,13 @@ class Gateway:
         await self._reply(msg, answer)
 
     async def _reply(self, msg: Msg, answer: dict[str, Any]) -> None:
-        if msg.reply:
+        """Answer into the publisher's own inbox only (``bus.client.reply_allowed``): the
+        identity token of the subject is the publisher, checked by the server."""
+        if reply_allowed(msg, msg.subject.rsplit(".", 1)[-1]):
             with contextlib.suppress(Exception):
-                await self.bus.nc.publish(msg.reply, json.dumps(answer).encode())
+                await self.bus.nc.publish(msg.reply, json.dumps(answer).encode())  # type: ignore[arg-type]
+        elif msg.reply:
+            self.stats.refused["reply"] = self.stats.refused.get("reply", 0) + 1
 
     def _remember(self, key: str, digest: bytes) -> None:
         now = time.monotonic()

@@ -22,6 +22,7 @@ from nats.aio.msg import Msg
 from bus import Bus, Role, decode_msg
 from schemas import Event
 from schemas.agent import AgentLlmCalled, AgentStopped
+from services.agents.pricing import cost_usd
 from schemas.experiment import ExperimentFailed, ExperimentFinished, ExperimentRequested, Purpose, Split
 from schemas.scoring import ScorePublished
 from schemas.session import AgentAssignment, Budgets, EndReason, SessionDraining, SessionEnded, SessionStarted
@@ -47,7 +48,7 @@ class Orchestrator:
         }
         self.scored: set[str] = set()
         self.outstanding: set[str] = set()
-        self.cost_usd = 0.0
+        self.spent: dict[str, float] = {}  # agent id -> USD, as the price table says
         self.stopped_agents: set[str] = set()
         self.claimed: set[str] = set()
         self.reason: EndReason | None = None
@@ -88,10 +89,18 @@ class Orchestrator:
         if self.reason is not EndReason.INTERRUPTED:
             detail = await self._drain(started, stop)
         await self.bus.publish(Event.create(
-            SessionEnded(reason=self.reason, detail=detail, experiments=len(self.scored), cost_usd=round(self.cost_usd, 6)),
+            SessionEnded(reason=self.reason, detail=detail, experiments=len(self.scored),
+                         cost_usd=round(self.cost_usd, 6)),
             session_id=cfg.session_id, source=self.source, causation=started,
         ))
         return self.reason
+
+    @property
+    def cost_usd(self) -> float:
+        """The session's spend: each agent counts up to its own budget (one agent cannot
+        spend the others' share of the session's budget)."""
+        cap = self.config.max_usd_per_agent
+        return sum(v if cap is None else min(v, cap) for v in self.spent.values())
 
     def _budget_spent(self) -> EndReason | None:
         cfg = self.config
@@ -160,7 +169,11 @@ class Orchestrator:
             if p.split is Split.DEV and p.purpose is Purpose.SCORE:
                 self.scored.add(p.experiment_id)
         elif isinstance(p, AgentLlmCalled):
-            self.cost_usd += p.cost_usd
+            # What a call cost is what the price table says of its tokens, never more than
+            # the agent claims (an agent cannot inflate the session's spend and end it).
+            charged = min(p.cost_usd, cost_usd(p.model, p.input_tokens, p.output_tokens, p.cache_read_tokens,
+                                               p.cache_write_tokens))
+            self.spent[p.agent_id] = self.spent.get(p.agent_id, 0.0) + charged
         elif isinstance(p, AgentStopped):
             self.stopped_agents.add(p.agent_id)
         self.changed.set()

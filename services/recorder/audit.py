@@ -188,6 +188,18 @@ class _Deadline:
         self._timer.cancel()
 
 
+MEMORY_ENV = "AAR_RECORDER_MEMORY"  # a DuckDB size ("4GB"); default: a quarter of RAM, at most 4 GiB
+
+
+def memory_limit() -> str:
+    """The memory DuckDB may use for the log (the recorder's, or a read-only audit's)."""
+    if given := os.environ.get(MEMORY_ENV):
+        return given
+    import psutil
+
+    return f"{min(4 << 30, psutil.virtual_memory().total // 4) >> 20}MB"
+
+
 def open_read_only(path: Path) -> duckdb.DuckDBPyConnection:
     """Open the log read-only, with file access from SQL disabled and the configuration
     locked (no statement can turn file access back on). Refused (:class:`AuditRefused`)
@@ -201,7 +213,8 @@ def open_read_only(path: Path) -> duckdb.DuckDBPyConnection:
             "events_not_folded", rows=waiting, log=str(path),
             hint="a recorder stopped before moving these from its inbox into the log; "
                  "they are safe, and the next `aar up` folds them in")
-    con = duckdb.connect(str(path), read_only=True, config={"enable_external_access": False})
+    con = duckdb.connect(str(path), read_only=True,
+                         config={"enable_external_access": False, "memory_limit": memory_limit()})
     try:
         con.execute("SET lock_configuration = true")
         refuse_planted(con)

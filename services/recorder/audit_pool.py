@@ -27,7 +27,7 @@ class AuditBusy(RuntimeError):
 
 
 class AuditPool:
-    __slots__ = ("_executor", "_lock", "_running", "_waiting", "queue", "store", "timeout_s", "workers")
+    __slots__ = ("_executor", "_lock", "_running", "_waiting", "done", "queue", "store", "timeout_s", "workers")
 
     def __init__(self, store: EventStore, *, workers: int = DEFAULT_WORKERS, queue: int = DEFAULT_QUEUE,
                  timeout_s: float | None = None) -> None:
@@ -37,6 +37,7 @@ class AuditPool:
         self.timeout_s = default_timeout_s() if timeout_s is None else float(timeout_s)
         self._running = 0
         self._waiting = 0
+        self.done = 0  # audits answered (or failed) since start
         self._lock = threading.Lock()
         self._executor = concurrent.futures.ThreadPoolExecutor(self.workers, thread_name_prefix="recorder-audit")
 
@@ -73,6 +74,7 @@ class AuditPool:
             finally:
                 with self._lock:
                     self._running -= 1
+                    self.done += 1
 
         future = self._executor.submit(job)
         try:

@@ -36,7 +36,7 @@ from aar.paths import AarHome
 from bus import Bus, PublishDenied, decode_msg
 from bus.roles import STREAM
 from schemas import Event, Rejection, decode
-from schemas.base import MAX_NAME, MAX_TEXT  # the longest reason and subject of a recorder.rejected
+from schemas.base import MAX_NAME, MAX_TEXT, derived_id  # (the longest reason and subject of a recorder.rejected)
 from schemas.recorder import RecorderDeadLettered, RecorderRejected
 
 from . import poison
@@ -333,8 +333,9 @@ class Recorder:
     async def _announce(self, stream_seq: int | None, subject: str | None, reason: str, raw_size: int,
                         stamp: Any = None) -> None:
         """Publish ``recorder.rejected`` for a stored rejection. Never raises: the row is
-        stored whatever happens here. Its id is ``rej-<stream_seq>`` and its time the
-        message's time in the stream, so announcing again is the same event (deduplicated)."""
+        stored whatever happens here. Its id is derived (keyed: nobody else can predict and
+        claim it) from the stream sequence, and its time is the message's time in the
+        stream, so announcing again is the same event (deduplicated)."""
         try:
             reason_text = poison.storable(reason, MAX_TEXT) or ""
             subject_text = poison.storable(subject, MAX_NAME)
@@ -345,7 +346,7 @@ class Recorder:
                 RecorderRejected(reason=reason_text, subject=subject_text, stream_seq=stream_seq, raw_size=raw_size),
                 session_id=_session_of(subject_text) or SYSTEM_SESSION,
                 source=self.source,
-                id=f"rej-{stream_seq}",  # deterministic: a re-announcement is deduplicated
+                id=derived_id("rej-", stream_seq),
                 time=stamp if isinstance(stamp, datetime) and stamp.tzinfo is not None else None,
             )
             await self.bus.publish(event)
@@ -373,7 +374,7 @@ class Recorder:
                 source=self.source,
                 causation=item.id if isinstance(item, Event) else None,
                 correlation_id=item.correlation_id if isinstance(item, Event) else None,
-                id=f"dlq-{consumer}-{seq}",
+                id=derived_id("dlq-", consumer, seq),
             )
             await self.bus.publish(event)
             self.log.warning("dead_lettered", consumer=consumer, stream_seq=seq, subject=original.subject)
@@ -417,6 +418,7 @@ class Recorder:
                 "checkpoints": self.checkpoints, "wal_bytes": self.store.wal_bytes(), "moves": self.moves,
                 "inbox": self.store.pending(), "pid": os.getpid(), "failed_commits": self.failed_commits,
                 "audits_running": self.audits.running, "audits_waiting": self.audits.waiting,
+                "audits_done": self.audits.done,
                 "chain_batch": self.store.chain_batch, "chain_head": self.store.chain_head}
 
 

@@ -23,7 +23,7 @@ import structlog
 from schemas import Event, Rejection
 
 from . import chain, guard, inbox, moves, poison, projections
-from .audit import MAX_BYTES, MAX_ROWS, AuditResult, run_query, sql_literal
+from .audit import MAX_BYTES, MAX_ROWS, AuditResult, memory_limit, run_query, sql_literal
 from .views import create_schema
 
 log = structlog.get_logger("recorder.store")
@@ -143,6 +143,9 @@ class EventStore:
         # checkpoints itself instead (when idle, and once the WAL passes its cap), off
         # the path of the acks (see ``inbox``).
         self.con.execute("SET checkpoint_threshold = ?", [checkpoint_threshold])
+        # A bound on memory (DuckDB's default is 80% of RAM): a query past it spills to disk
+        # where it can, else fails with "Out of Memory", instead of taking the recorder down.
+        self.con.execute("SET memory_limit = ?", [memory_limit()])
         # And no statement can change a setting from now on (file access stays off).
         self.con.execute("SET lock_configuration = true")
         # ``self.con`` only makes cursors (DuckDB refuses a second call on a connection

@@ -36,7 +36,7 @@ from nats.aio.msg import Msg
 
 from aar.paths import AarHome
 from bus import Bus, decode_msg
-from bus.client import QueryError
+from bus.client import BusError
 from schemas import Event, decode
 from schemas.base import derived_id as base_derived_id
 from services.recorder.audit import sql_literal
@@ -55,6 +55,7 @@ from .policy import RateLimiter
 from .truth import GroundTruth, Setup
 
 DURABLE = "scorer"
+STARTED_REFRESH_S = 5.0
 
 
 def derived_id(*parts: object) -> str:
@@ -91,6 +92,8 @@ class Scorer:
         self.artifacts = ArtifactClient(bus, timeout=60.0)
         self.log = structlog.get_logger("scorer").bind(service=source)
         self.scored = 0
+        self._started: set[str] = set()  # sessions the log saw start (read on a miss, see _session)
+        self._started_at = float("-inf")
 
     async def run(self, stop: asyncio.Event) -> None:
         sub = await self.bus.pull(DURABLE, "aar.>", ack_wait=self.ack_wait, max_deliver=-1, max_ack_pending=10_000)
@@ -101,8 +104,9 @@ class Scorer:
                 async with Bus.heartbeat(msg, interval=max(1.0, self.ack_wait / 3)):
                     try:
                         await self.handle(msg)
-                    except QueryError as exc:
-                        # A service we depend on (artifacts, recorder) is not answering: retry later.
+                    except BusError as exc:
+                        # A service we depend on (artifacts, recorder, the gateway) did not answer or
+                        # took nothing: retry later (what was published before is stored once).
                         self.log.warning("scorer_retry_later", subject=msg.subject, error=str(exc))
                         await msg.nak(delay=2.0)
                         continue
@@ -190,9 +194,19 @@ class Scorer:
         return state.weak_artifacts[key]
 
     async def _session(self, session_id: str) -> SessionState | None:
-        """The session's state; rebuilt from the log after a restart."""
+        """The session's state; rebuilt from the log after a restart. A session the log
+        never saw start costs no query (one list of started sessions per process), so
+        events for made-up sessions cannot keep the scorer busy with lookups (the list is
+        read again at most every ``STARTED_REFRESH_S``, for a session that began meanwhile)."""
         if session_id in self.sessions:
             return self.sessions[session_id]
+        if session_id not in self._started and time.monotonic() >= self._started_at + STARTED_REFRESH_S:
+            rows = (await self.bus.request("recorder", "audit", {
+                "sql": "SELECT DISTINCT session_id FROM events WHERE type = 'session.started'"}, timeout=30.0))["rows"]
+            self._started = {str(r[0]) for r in rows}
+            self._started_at = time.monotonic()
+        if session_id not in self._started:
+            return None
         where = f"session_id = {sql_literal(session_id)}"
         found = await self._events(f"{where} AND type = 'session.started' LIMIT 1")
         if not found:

@@ -278,6 +278,31 @@ def test_socket_in_a_short_lived_child_is_found_in_the_kernel_log(ctx) -> None: 
     assert any(v.detail.startswith("socket") and v.source == "kernel" for v in hits), result.violations
 
 
+def test_a_denied_syscall_is_seen_even_after_a_burst_of_crashes(ctx) -> None:  # type: ignore[no-untyped-def]
+    """The kernel rate-limits what it prints (10 messages per 5 s, segfault reports and
+    seccomp records alike): a dozen crashing children used to crowd the record of a
+    denied syscall out of /dev/kmsg, and the run came back clean. The audit netlink
+    group, read where the trainer may (root), gets every record."""
+    src = SILENCE + (
+        "def child(fn):\n"
+        "    pid = os.fork()\n"
+        "    if pid == 0:\n"
+        "        try:\n"
+        "            fn()\n"
+        "        finally:\n"
+        "            os._exit(0)\n"
+        "    return os.waitpid(pid, 0)[1]\n"
+        "def run(ctx):\n"
+        "    for _ in range(12):\n"
+        "        child(lambda: ctypes.string_at(0))  # segfaults, each one a kernel message\n"
+        "    child(lambda: libc.syscall(250, 0, 0, 0, 0, 0))  # keyctl: killed\n"
+        "    return [0.5] * ctx.n_eval\n"
+    )
+    result = run_untrusted(src, ctx)
+    assert not result.ok
+    assert any(v.source == "kernel" for v in outside(result, "syscall")), (result.violations, result.notes)
+
+
 CLONE_NEWUSER, CLONE_NEWNET, SIGCHLD = 0x10000000, 0x40000000, 17
 DENIED = {
     "io_uring_setup": "params = ctypes.create_string_buffer(120)\n    libc.syscall(425, 8, params)",

@@ -1,4 +1,4 @@
-"""Publish budgets: a token bucket of bytes per identity."""
+"""Publish and storage budgets: a token bucket of bytes per identity (the gateway, the artifacts service)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import time
 
 
 class ByteBudget:
-    """``per_minute`` bytes a minute, with bursts of up to one minute's worth."""
+    """``per_minute`` units a minute (bytes, or puts: whatever ``take`` counts), with
+    bursts of up to one minute's worth."""
 
     __slots__ = ("per_minute", "_tokens", "_at")
 
