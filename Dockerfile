@@ -33,6 +33,7 @@ RUN pip install --index-url "${TORCH_INDEX_URL}" --extra-index-url https://pypi.
 WORKDIR /opt/aar
 COPY pyproject.toml README.md ./
 COPY aar ./aar
+COPY core ./core
 COPY bus ./bus
 COPY schemas ./schemas
 COPY services ./services

@@ -13,19 +13,19 @@ from enum import StrEnum
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from schemas.base import new_session_id
+from core.console import console, err
+from core.logs import configure
+from core.paths import AarHome
+
+from .log_audit import run_audit
 from schemas.session import Backend
 
-from .logs import configure
-from .paths import AarHome
 
 app = typer.Typer(help="AAR: automated alignment research on weak-to-strong supervision.", no_args_is_help=True,
                   pretty_exceptions_show_locals=False)
-console = Console(width=None if sys.stdout.isatty() else 200)
-err = Console(stderr=True)
 
 
 class OutputFormat(StrEnum):
@@ -70,7 +70,9 @@ def up(
     """Start the embedded stack and run one research session."""
     from services.orchestrator.config import SessionConfig
 
-    from .supervisor import Supervisor, default_specs, log_paths, read_run_file
+    from core.paths import read_run_file
+
+    from .supervisor import Supervisor, default_specs, log_paths
 
     home = AarHome.from_env().ensure()
     if read_run_file(home) is not None:
@@ -169,45 +171,19 @@ def up(
     from .summary import print_summary
 
     try:
-        print_summary(lambda sql: _run_audit(sql), session_id, console)
+        print_summary(lambda sql: run_audit(sql), session_id, console)
     except Exception as exc:  # the summary is a courtesy: never fail the session over it
         err.print(f"[yellow]no summary: {exc}[/yellow]")
     for label, path in log_paths(home).items():
         console.print(f"  {label}: {path}")
     try:  # the log's hash chain: a head kept outside AAR_HOME proves nothing was rewritten since
-        head = _run_audit("SELECT hash, batch FROM log_chain ORDER BY batch DESC LIMIT 1")["rows"]
+        head = run_audit("SELECT hash, batch FROM log_chain ORDER BY batch DESC LIMIT 1")["rows"]
         if head:
             console.print(f"  log chain head: {head[0][0]} (batch {head[0][1]}; keep it: "
                           f"aar verify-log --head {head[0][0]})")
     except Exception as exc:  # a courtesy, like the summary
         err.print(f"[yellow]no chain head: {exc}[/yellow]")
     console.print(f'  audit it: aar audit "SELECT type, count(*) FROM events WHERE session_id = \'{session_id}\' GROUP BY 1"')
-
-
-def _run_audit(sql: str, max_rows: int | None = None) -> dict[str, object]:
-    """Through the recorder while a stack runs, on the file read-only otherwise."""
-    from services.recorder.audit import open_read_only, run_query
-
-    from .supervisor import admin_settings_from_home
-
-    home = AarHome.from_env()
-    settings = admin_settings_from_home(home)
-    if settings is not None:
-        from bus import Bus
-
-        async def ask() -> dict[str, object]:
-            bus = await Bus.connect(settings, name="aar-audit")
-            try:
-                return await bus.request("recorder", "audit", {"sql": sql}, timeout=60)  # type: ignore[no-any-return]
-            finally:
-                await bus.close()
-
-        return asyncio.run(ask())
-    con = open_read_only(home.events_db)
-    try:
-        return run_query(con, sql).model_dump()
-    finally:
-        con.close()
 
 
 def _print_result(result: dict[str, object], fmt: OutputFormat) -> None:
@@ -236,7 +212,7 @@ def _audit_or_exit(sql: str) -> dict[str, object]:
     from services.recorder.audit import AuditRefused
 
     try:
-        return _run_audit(sql)
+        return run_audit(sql)
     except (AuditRefused, QueryError, FileNotFoundError) as exc:
         err.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from None
@@ -288,7 +264,7 @@ def lineage(
     from .lineage import LineageError, lineage as build, render
 
     try:
-        data = build(lambda sql: _run_audit(sql), any_id)
+        data = build(lambda sql: run_audit(sql), any_id)
     except LineageError as exc:
         err.print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from None

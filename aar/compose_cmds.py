@@ -156,7 +156,7 @@ def nats_config(
     """Write the nats-server config: one user per identity with its subject permissions (bus.roles)."""
     from bus.roles import Credentials, Role, server_config
 
-    from .cli import err
+    from core.console import err
 
     try:
         creds = Credentials.load_or_create(credentials)
@@ -352,7 +352,7 @@ def healthcheck(
     (bus.roles.ASKS) must answer a harmless query: the recorder its health query."""
     import asyncio
 
-    from .cli import console, err
+    from core.console import console, err
 
     from bus.roles import role_of
 

@@ -13,13 +13,13 @@ from rich.table import Table
 
 
 def _console() -> Any:
-    from .cli import console
+    from core.console import console
 
     return console
 
 
 def _err() -> Any:
-    from .cli import err
+    from core.console import err
 
     return err
 
@@ -69,7 +69,7 @@ def replay(
     from replay.models import rebuild
     from replay.timeline import UNREAD_FOLDED, lines
 
-    from .paths import AarHome
+    from core.paths import AarHome
 
     console, err = _console(), _err()
     home = AarHome.from_env()
@@ -124,9 +124,9 @@ def replay(
     if check:
         from replay.compare import compare
 
-        from .cli import _run_audit
+        from .log_audit import run_audit
 
-        diffs = compare(models, lambda sql: _run_audit(sql), session) if until is None else None
+        diffs = compare(models, lambda sql: run_audit(sql), session) if until is None else None
     if format == "json":
         out = models.as_dict()
         if diffs is not None:
@@ -216,8 +216,8 @@ def export(
     parquet: Annotated[Path, typer.Option("--parquet", help="folder to write (one sub-folder per event type)")],
 ) -> None:
     """Export a session's events as Parquet, partitioned by event type (payload as a JSON string)."""
-    from .paths import AarHome
-    from .supervisor import read_run_file
+    from core.paths import AarHome
+    from core.paths import read_run_file
 
     console, err = _console(), _err()
     home = AarHome.from_env()

@@ -29,8 +29,8 @@ import structlog
 from bus import Bus, BusSettings, Credentials, NatsServer, Role
 from bus.client import QueryError
 
-from .paths import AarHome
-from .procs import die_with_parent
+from core.paths import AarHome
+from core.procs import die_with_parent
 
 log = structlog.get_logger("supervisor")
 
@@ -247,32 +247,6 @@ class Supervisor:
         self.server.stop()
         with contextlib.suppress(FileNotFoundError):
             self.home.run_file.unlink()
-
-
-def read_run_file(home: AarHome) -> dict[str, object] | None:
-    try:
-        data = json.loads(home.run_file.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
-    pid = data.get("pid")
-    if isinstance(pid, int):
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return None  # a stale file from a crashed supervisor
-        except PermissionError:
-            pass
-    return data if isinstance(data, dict) else None
-
-
-def admin_settings_from_home(home: AarHome) -> BusSettings | None:
-    run = read_run_file(home)
-    if run is None:
-        return None
-    creds_path = home.nats / "credentials.json"
-    if not creds_path.exists():
-        return None
-    return BusSettings.for_role(str(run["url"]), Credentials.load_or_create(creds_path), Role.ADMIN)
 
 
 def default_specs(

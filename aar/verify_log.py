@@ -188,7 +188,7 @@ def recorder_runner(settings: Any, timeout_s: float) -> tuple[Runner, Callable[[
 
 
 def _err() -> Any:
-    from .cli import err
+    from core.console import err
 
     return err
 
@@ -205,8 +205,8 @@ def verify_log(
     from bus.client import QueryError
     from services.recorder.audit import AuditRefused, AuditTimeout
 
-    from .paths import AarHome
-    from .supervisor import admin_settings_from_home
+    from core.paths import AarHome
+    from bus.settings import admin_settings_from_home
 
     err = _err()
     if head is not None:
@@ -250,7 +250,7 @@ def verify_log(
 
 
 def _print(report: Report) -> None:
-    from .cli import console
+    from core.console import console
 
     s = report.summary
     console.print(f"log {report.log} (via {report.via}): {s.get('events_in_log', 0)} events, "

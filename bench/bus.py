@@ -76,7 +76,7 @@ if str(ROOT) not in sys.path:
 import duckdb  # noqa: E402
 import psutil  # noqa: E402
 
-from aar.logs import configure  # noqa: E402
+from core.logs import configure  # noqa: E402
 from bus import Bus, BusSettings, NatsServer, QueryError, Role  # noqa: E402
 from bus.roles import STREAM  # noqa: E402
 from schemas import Event, new_id  # noqa: E402

@@ -48,7 +48,7 @@ bench_bus = importlib.util.module_from_spec(_spec)
 sys.modules["bench_bus"] = bench_bus
 _spec.loader.exec_module(bench_bus)
 
-from aar.logs import configure  # noqa: E402
+from core.logs import configure  # noqa: E402
 from replay.audits import QUERIES  # noqa: E402
 from replay.log import rows_from_connection  # noqa: E402
 from replay.models import rebuild  # noqa: E402

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import structlog
 
-from aar.procs import die_with_parent
+from core.procs import die_with_parent
 
 from .roles import Credentials, Role, server_config
 

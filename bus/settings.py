@@ -8,6 +8,8 @@ from collections.abc import Mapping
 
 from pydantic import BaseModel, ConfigDict
 
+from core.paths import AarHome, read_run_file
+
 from .roles import Credentials, Role, role_of
 
 
@@ -61,3 +63,14 @@ class BusSettings(BaseModel):
         if self.role_name:
             env["AAR_NATS_ROLE"] = self.role_name
         return env
+
+
+def admin_settings_from_home(home: AarHome) -> BusSettings | None:
+    """The admin connection to the stack running on ``home`` (None when none runs)."""
+    run = read_run_file(home)
+    if run is None:
+        return None
+    creds_path = home.nats / "credentials.json"
+    if not creds_path.exists():
+        return None
+    return BusSettings.for_role(str(run["url"]), Credentials.load_or_create(creds_path), Role.ADMIN)

@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from aar.paths import AarHome
+from core.paths import AarHome
 from services.recorder.audit import sql_literal
 
 COLUMNS = ("id", "type", "session_id", "time_us", "correlation_id", "causation_id", "payload", "source",
@@ -153,7 +153,7 @@ def load_session(session_id: str, *, until: Until | None = None, home: AarHome |
                  skip_payloads: frozenset[str] = frozenset()) -> list[Row]:
     """A session's rows: through the recorder while a stack runs on ``home``, else from the file."""
     home = home or AarHome.from_env()
-    from aar.supervisor import admin_settings_from_home
+    from bus.settings import admin_settings_from_home
 
     settings = admin_settings_from_home(home)
     if settings is not None:

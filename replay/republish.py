@@ -33,7 +33,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from aar.paths import AarHome
+from core.paths import AarHome
 from schemas.base import new_id, new_session_id
 
 from .log import Row
@@ -144,7 +144,7 @@ async def republish(rows: Sequence[Row], speed: float | None, *, home: AarHome |
                     session_id: str | None = None, wait: bool = True,
                     progress: Callable[[int], None] | None = None) -> Republished:
     """Publish ``rows`` again under ``session_id`` (new when None); see the module docstring."""
-    from aar.supervisor import admin_settings_from_home
+    from bus.settings import admin_settings_from_home
     from bus import Bus, BusSettings, NatsServer, Role
 
     home = home or AarHome.from_env()

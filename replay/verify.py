@@ -23,7 +23,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from aar.paths import AarHome
+from core.paths import AarHome
 
 from .log import Row
 

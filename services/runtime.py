@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 
 import structlog
 
-from aar.logs import configure
+from core.logs import configure
 from bus import Bus, BusSettings
 from schemas.base import set_id_key
 

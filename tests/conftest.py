@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from aar.paths import AarHome
+from core.paths import AarHome
 from bus import Bus, BusSettings, NatsServer, Role
 from bus.client import QueryError
 from bus.roles import role_of

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from aar.paths import AarHome
+from core.paths import AarHome
 from bus import Bus, NatsServer, Role
 from bus.client import QueryError
 from services.artifacts.client import ArtifactClient

@@ -15,7 +15,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from aar.paths import AarHome
+from core.paths import AarHome
 from bus import Bus, QueryError
 from schemas import EventType
 from services.recorder.audit import open_read_only, run_query

@@ -16,8 +16,8 @@ import pytest
 from typer.testing import CliRunner
 
 from aar.cli import app
-from aar.paths import AarHome
-from aar.supervisor import admin_settings_from_home
+from core.paths import AarHome
+from bus.settings import admin_settings_from_home
 from bus import Bus
 from services.recorder.store import EventStore, Recorded
 

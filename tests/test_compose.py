@@ -26,7 +26,7 @@ import yaml
 
 from aar.cli import SERVICE_MODULES, app
 from aar.compose_cmds import PROBES, container_env
-from aar.paths import AarHome
+from core.paths import AarHome
 from aar.supervisor import default_specs
 from bus import Credentials, NatsServer, Role
 from bus.roles import permissions

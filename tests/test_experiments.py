@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from aar.paths import AarHome
+from core.paths import AarHome
 from bus import Bus, NatsServer, Role
 from schemas import Event
 from schemas.agent import AgentToolCalled

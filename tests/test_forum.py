@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from nats.js.api import StreamConfig
 
-from aar.paths import AarHome
+from core.paths import AarHome
 from bus import Bus, PublishRefused, NatsServer, Role
 from bus.client import QueryError
 from schemas import Event, EventType

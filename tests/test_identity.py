@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from nats.aio.msg import Msg
 
-from aar.paths import AarHome
+from core.paths import AarHome
 from bus import Bus, NatsServer, PublishDenied, PublishRefused, Role
 from schemas import Event, EventType
 from schemas.agent import AgentToolCalled

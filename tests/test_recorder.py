@@ -8,7 +8,7 @@ import json
 import duckdb
 import pytest
 
-from aar.paths import AarHome
+from core.paths import AarHome
 from bus import Bus, NatsServer, PublishDenied, Role
 from schemas import EventType
 

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from aar import verify_log
 from aar.cli import app
-from aar.paths import AarHome
+from core.paths import AarHome
 from bus import Bus, NatsServer, Role
 from schemas import Event, EventType, Rejection
 from services.recorder import chain

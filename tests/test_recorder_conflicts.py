@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from aar.paths import AarHome
+from core.paths import AarHome
 from bus import Bus
 from schemas import Event, EventType, decode
 from services.recorder.store import EventStore, Recorded

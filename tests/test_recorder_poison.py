@@ -24,7 +24,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from aar.paths import AarHome
+from core.paths import AarHome
 from bus import Bus
 from schemas import Event, EventType, Rejection, decode
 from services.recorder.store import EventStore, Recorded, RejectedRecord

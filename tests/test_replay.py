@@ -19,7 +19,7 @@ import pytest
 from typer.testing import CliRunner
 
 from aar.cli import app
-from aar.paths import AarHome
+from core.paths import AarHome
 from replay.audits import QUERIES
 from replay.compare import compare, connection_query
 from replay.log import Row, Until, rows_from_connection

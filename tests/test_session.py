@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from aar.paths import AarHome
+from core.paths import AarHome
 from trainer import sandbox
 
 from .test_cli import aar

@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from aar.paths import AarHome
+from core.paths import AarHome
 from trainer import models
 from trainer._util import load_npy, save_npy_atomic, sha256_text, usable_cpus, write_text_atomic
 from trainer.data import Split

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from aar.paths import AarHome
+from core.paths import AarHome
 from trainer import models
 from trainer.errors import MissingDependencyError
 

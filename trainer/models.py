@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, Literal
 
-from aar.paths import AarHome
+from core.paths import AarHome
 from trainer._util import sha256_file, write_text_atomic
 from trainer.errors import IntegrityError, MissingDependencyError, TrainerError, UnavailableError, UnknownNameError
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from aar.paths import AarHome
+from core.paths import AarHome
 from trainer import w2s
 from trainer.data import DEFAULT_SPLIT_SEED, Dataset, SplitSizes, get_dataset
 from trainer.features import DEFAULT_POOLING, split_features

@@ -116,7 +116,7 @@ def python_prefixes() -> set[str]:
 
 def watched_paths() -> list[str]:
     """Host folders whose access is always reported: AAR_HOME, the repository, home folders."""
-    from aar.paths import AarHome
+    from core.paths import AarHome
 
     found = {str(AarHome.from_env().root), str(TRAINER_DIR.parent), os.path.expanduser("~"), "/root", "/home"}
     found.update(hidden_data_paths())

@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 import structlog
 from nats.aio.msg import Msg
 
-from aar.paths import AarHome
+from core.paths import AarHome
 from bus import Bus, Role
 from bus.client import BusError, query_subject, reply_allowed
 from bus.roles import role_of

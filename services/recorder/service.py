@@ -32,7 +32,7 @@ import structlog
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from aar.paths import AarHome
+from core.paths import AarHome
 from bus import Bus, PublishDenied, decode_msg
 from bus.roles import STREAM
 from schemas import Event, Rejection, decode

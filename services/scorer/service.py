@@ -34,7 +34,7 @@ from typing import Any
 import structlog
 from nats.aio.msg import Msg
 
-from aar.paths import AarHome
+from core.paths import AarHome
 from bus import Bus, decode_msg
 from bus.client import BusError
 from schemas import Event, decode

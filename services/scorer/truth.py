@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from aar.paths import AarHome
+from core.paths import AarHome
 from schemas.experiment import Split, dataset_split
 from trainer import w2s
 from trainer.data import SplitSizes

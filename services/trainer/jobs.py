@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from aar.paths import AarHome
+from core.paths import AarHome
 from schemas.experiment import ExperimentRequested, dataset_split
 from trainer.data import DEFAULT_SPLIT_SEED, SplitSizes, get_dataset
 from trainer.features import split_features

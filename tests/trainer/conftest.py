@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from aar.paths import AarHome
+from core.paths import AarHome
 from trainer.data import SplitSizes
 from trainer.methods import MethodContext
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from aar.paths import AarHome
+from core.paths import AarHome
 from trainer import models
 from trainer.errors import IntegrityError, UnavailableError, UnknownNameError
 

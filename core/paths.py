@@ -8,6 +8,7 @@ baselines) and ``nats/`` (the JetStream store).
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,3 +60,20 @@ class AarHome:
         for path in (self.root, self.artifacts, self.cache, self.nats, self.logs):
             path.mkdir(parents=True, exist_ok=True)
         return self
+
+
+def read_run_file(home: AarHome) -> dict[str, object] | None:
+    """The running stack's ``run.json`` (None when no stack runs, or its supervisor died)."""
+    try:
+        data = json.loads(home.run_file.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    pid = data.get("pid")
+    if isinstance(pid, int):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None  # a stale file from a crashed supervisor
+        except PermissionError:
+            pass
+    return data if isinstance(data, dict) else None
