@@ -19,6 +19,7 @@ from schemas.base import new_session_id
 from core.console import console, err
 from core.logs import configure
 from core.paths import AarHome
+from core.processes import BY_SERVICE
 
 from .log_audit import run_audit
 from schemas.session import Backend
@@ -277,10 +278,8 @@ def lineage(
         render(data, console)
 
 
-SERVICE_MODULES = {
-    name: f"services.{name}"
-    for name in ("recorder", "gateway", "orchestrator", "artifacts", "forum", "scorer", "trainer", "agents")
-}
+# `aar service NAME` runs a module of the process table (core.processes).
+SERVICE_MODULES = {name: proc.module for name, proc in BY_SERVICE.items() if proc.module is not None}
 
 
 @app.command("service", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

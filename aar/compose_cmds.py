@@ -135,6 +135,8 @@ if __name__ == "__main__":  # pragma: no cover - the image's entry point; exec n
 # -- aar nats-config -----------------------------------------------------------------
 
 import typer  # noqa: E402 - below the entry point, which must not pay for it
+
+from core.processes import ADMIN, PROCESSES, asks  # noqa: E402
 from typing import Annotated, Optional  # noqa: E402
 
 
@@ -197,23 +199,13 @@ def _write_private(path: Path, text: str, mode: int) -> None:
 
 # -- aar healthcheck -----------------------------------------------------------------
 
-# The query services a role checks, each with a query that changes nothing. A role may
-# only ask the services bus.roles.ASKS lists, never itself: a service's own liveness
-# shows in the checks of the roles that depend on it (the scorer's check asks the
-# recorder's health query, the agents' check asks the orchestrator).
-PROBES: dict[str, tuple[str, ...]] = {
-    "admin": ("recorder", "gateway", "artifacts", "forum", "scorer", "orchestrator"),
-    "recorder": (),
-    "gateway": (),
-    "artifacts": (),
-    "forum": ("artifacts",),
-    "scorer": ("recorder", "artifacts", "forum"),
-    "trainer": ("artifacts",),
-    "orchestrator": ("recorder", "artifacts", "forum", "scorer"),
-    "agent": ("orchestrator", "forum", "artifacts", "scorer"),
-}
-# Durable consumers the service of a role creates at start (bus.roles.CONSUMERS, in use).
-OWN_CONSUMERS: dict[str, str] = {"recorder": "recorder", "scorer": "scorer", "trainer": "trainers"}
+# The query services a role checks, each with a query that changes nothing: the ones
+# it may ask (core.processes), never itself. A service's own liveness shows in the
+# checks of the roles that depend on it (the scorer's check asks the recorder's health
+# query, the agents' check asks the orchestrator). Admin asks every service.
+PROBES: dict[str, tuple[str, ...]] = {p.role.value: asks(p.role) for p in (ADMIN, *PROCESSES)}
+# Durable consumers the service of a role creates at start (its health check looks for it).
+OWN_CONSUMERS: dict[str, str] = {p.role.value: p.probe_consumer for p in PROCESSES if p.probe_consumer}
 
 
 async def _probe(bus: object, service: str, timeout: float) -> str:

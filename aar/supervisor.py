@@ -30,12 +30,13 @@ from bus import Bus, BusSettings, Credentials, NatsServer, Role
 from bus.client import QueryError
 
 from core.paths import AarHome
+from core.processes import PROCESSES, Scaling
 from core.procs import die_with_parent
 
 log = structlog.get_logger("supervisor")
 
 # Services awaited (their health query) before the next one starts.
-READY_FIRST = {Role.RECORDER: "recorder", Role.GATEWAY: "gateway"}
+READY_FIRST = {p.role: p.role.value for p in PROCESSES if p.ready_first}
 
 # Environment variables a service never inherits: other roles' credentials and the
 # user's API key (only agent processes get it, through their ServiceSpec.env).
@@ -257,31 +258,33 @@ def default_specs(
     unsafe_no_sandbox: bool = False,
     agent_env: dict[str, str] | None = None,
 ) -> list[ServiceSpec]:
-    """The processes of a session. Stop order: the orchestrator first (it records
+    """The processes of a session, from the process table (core.processes): one of each
+    role, ``trainers`` trainers and ``agents`` agents (each its own identity, bound to
+    the session). The table's stop order: the orchestrator first (it records
     ``session.ended``), then agents, workers, the scorer, the forum, the artifact
     store, the gateway, and the recorder last. ``agent_env``: extra environment for
     agents only (the API key of the Claude backend; no other process ever gets it)."""
     session_id = json.loads(config_env.get("AAR_SESSION_CONFIG", "{}")).get("session_id", "")
-    trainer_args = ["--unsafe-no-sandbox"] if unsafe_no_sandbox else []
-    return [
-        ServiceSpec("recorder", Role.RECORDER, "services.recorder", stop_order=90),
-        ServiceSpec("gateway", Role.GATEWAY, "services.gateway", stop_order=85),
-        ServiceSpec("artifacts", Role.ARTIFACTS, "services.artifacts", stop_order=80),
-        ServiceSpec("forum", Role.FORUM, "services.forum", stop_order=70),
-        ServiceSpec("scorer", Role.SCORER, "services.scorer", stop_order=60),
-        *(
-            ServiceSpec(f"trainer-{i + 1}", Role.TRAINER, "services.trainer", stop_order=50, args=trainer_args)
-            for i in range(trainers)
-        ),
-        ServiceSpec("orchestrator", Role.ORCHESTRATOR, "services.orchestrator", env=config_env, restart=False,
-                    stop_order=10),
-        *(
-            ServiceSpec(f"agent-{i + 1}", Role.AGENT, "services.agents", stop_order=20, rerun_after_success=False,
-                        session=session_id or None,
-                        env={"AAR_AGENT_ID": f"agent-{i + 1}", "AAR_SESSION_ID": session_id, **(agent_env or {})})
-            for i in range(agents)
-        ),
-    ]
+    specs: list[ServiceSpec] = []
+    for proc in PROCESSES:
+        assert proc.module is not None
+        count = {Scaling.ONE: 1, Scaling.POOL: trainers, Scaling.EACH_OWN: agents}[proc.scaling]
+        if proc.scaling is Scaling.POOL and proc.role is not Role.TRAINER:
+            raise NotImplementedError(f"aar up scales only the trainer pool, not {proc.role}")
+        for i in range(count):
+            name = proc.role.value if proc.scaling is Scaling.ONE else f"{proc.role.value}-{i + 1}"
+            env: dict[str, str] = {}
+            if proc.ends_session:
+                env.update(config_env)  # the orchestrator owns the session's configuration
+            if proc.role is Role.AGENT:
+                env.update({"AAR_AGENT_ID": name, "AAR_SESSION_ID": session_id, **(agent_env or {})})
+            args = ["--unsafe-no-sandbox"] if proc.role is Role.TRAINER and unsafe_no_sandbox else []
+            specs.append(ServiceSpec(
+                name, proc.role, proc.module, env=env, restart=not proc.ends_session, stop_order=proc.stop_order,
+                args=args, rerun_after_success=not proc.done_when_exits_0,
+                session=(session_id or None) if proc.session_bound else None,
+            ))
+    return specs
 
 
 def log_paths(home: AarHome) -> dict[str, Path]:

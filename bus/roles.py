@@ -1,4 +1,5 @@
-"""Who may say what on the bus (DESIGN.md sections 2 and 3).
+"""Who may say what on the bus (DESIGN.md sections 2 and 3), derived from the process
+table (core.processes: what each role publishes, watches, consumes, serves and asks).
 
 One NATS user per process identity (``agent-1``, ``trainer-2``, ``scorer``, ...), each of
 one role. Subject permissions are enforced by nats-server, not by convention:
@@ -26,40 +27,21 @@ import os
 import re
 import secrets
 from dataclasses import dataclass, field
-from enum import StrEnum
 from pathlib import Path
+
+from core.processes import ADMIN, PROCESSES, Role
 
 STREAM = "AAR"
 QUERY_PREFIX = "aarq"
 INGEST_PREFIX = "aarin"  # events on their way to the gateway (core NATS, not stored)
 
 
-class Role(StrEnum):
-    ADMIN = "admin"  # the supervisor, the CLI and operators: everything
-    ORCHESTRATOR = "orchestrator"
-    AGENT = "agent"
-    FORUM = "forum"
-    ARTIFACTS = "artifacts"
-    SCORER = "scorer"
-    TRAINER = "trainer"
-    RECORDER = "recorder"
-    GATEWAY = "gateway"  # the stream's door for every other role
-
-
 # Roles that publish into the stream themselves; every other one goes through the gateway.
-DIRECT = frozenset({Role.ADMIN, Role.RECORDER, Role.GATEWAY})
+DIRECT = frozenset(p.role for p in (*PROCESSES, ADMIN) if p.direct)
 
-# Publish budgets of the gateway, bytes per minute per identity (a burst of up to one
-# minute's budget is allowed). A session's measured peak, 3 offline agents and one
-# trainer: 19 KB/min per agent, 63 KB/min for the trainer, 42 KB/min for the scorer.
-PUBLISH_BUDGETS: dict[Role, int] = {
-    Role.AGENT: 2_000_000,
-    Role.TRAINER: 8_000_000,
-    Role.SCORER: 8_000_000,
-    Role.ARTIFACTS: 16_000_000,  # it announces every identity's blobs (each identity's puts are budgeted)
-    Role.FORUM: 1_000_000,
-    Role.ORCHESTRATOR: 1_000_000,
-}
+# The gateway's publish budgets, bytes per minute per identity (a burst of up to one
+# minute's budget is allowed): core.processes.
+PUBLISH_BUDGETS: dict[Role, int] = {p.role: p.publish_budget for p in PROCESSES if p.publish_budget is not None}
 
 # What one NATS message may carry: an event (at most schemas.base.MAX_EVENT_BYTES) or an
 # artifact (services.artifacts: 8 MB), with room for headers.
@@ -88,69 +70,14 @@ def inbox_prefix(identity: str) -> str:
     return "_INBOX" if identity == Role.ADMIN.value else f"_INBOX_{identity}"
 
 
-# Durable consumer names each role may create and read from.
-CONSUMERS: dict[Role, tuple[str, ...]] = {
-    Role.RECORDER: ("recorder",),
-    Role.TRAINER: ("trainers",),
-    Role.SCORER: ("scorer",),
-    Role.FORUM: ("forum",),
-    Role.ORCHESTRATOR: ("orchestrator",),
-    Role.ARTIFACTS: (),
-    Role.AGENT: (),
-    Role.GATEWAY: (),
-}
-
-# Event subjects (after ``aar.<session>.``) each role may publish.
-PUBLISHES: dict[Role, tuple[str, ...]] = {
-    Role.ORCHESTRATOR: ("session.>",),
-    Role.AGENT: ("agent.>", "idea.>", "forum.posted", "forum.voted"),
-    Role.FORUM: ("forum.moderated",),
-    Role.ARTIFACTS: ("artifact.>",),
-    Role.SCORER: ("experiment.requested", "score.>", "baseline.>", "integrity.>"),
-    Role.TRAINER: (
-        "experiment.started",
-        "experiment.progress",
-        "experiment.finished",
-        "experiment.failed",
-        "integrity.>",  # sandbox violations and --unsafe-no-sandbox runs
-    ),
-    Role.RECORDER: ("recorder.>",),
-    Role.GATEWAY: ("gateway.>",),  # its own refusals; it forwards everyone else's events
-}
-
-# Query services each role answers, and the ones it may ask.
-SERVES: dict[Role, tuple[str, ...]] = {
-    Role.RECORDER: ("recorder",),
-    Role.FORUM: ("forum",),
-    Role.ARTIFACTS: ("artifacts",),
-    Role.SCORER: ("scorer",),
-    Role.ORCHESTRATOR: ("orchestrator",),
-    Role.GATEWAY: ("gateway",),
-}
-ASKS: dict[Role, tuple[str, ...]] = {
-    Role.AGENT: ("forum", "artifacts", "scorer", "orchestrator"),
-    Role.ORCHESTRATOR: ("forum", "artifacts", "scorer", "recorder"),
-    Role.FORUM: ("artifacts",),
-    Role.SCORER: ("artifacts", "forum", "recorder"),
-    Role.TRAINER: ("artifacts",),
-    Role.ARTIFACTS: (),
-    Role.RECORDER: (),
-    Role.GATEWAY: (),
-}
-
-# Event subjects (after ``aar.<session>.``) each role may watch with a core subscription.
-WATCHES: dict[Role, tuple[str, ...]] = {
-    # experiment.failed: an agent learns why its code failed (its own stderr, never labels).
-    # score.published only: test, held-out and ablation scores (score.withheld) stay hidden from agents.
-    Role.AGENT: ("session.>", "forum.>", "idea.>", "score.published", "integrity.>", "baseline.>", "experiment.failed"),
-    Role.ORCHESTRATOR: (">",),
-    Role.FORUM: ("forum.>", "idea.>", "score.>"),
-    Role.SCORER: (">",),
-    Role.TRAINER: ("session.>",),
-    Role.ARTIFACTS: ("session.>",),
-    Role.RECORDER: (">",),
-    Role.GATEWAY: (),
-}
+# What each role may do, from the process table (core.processes). Event subjects are
+# written after ``aar.<session>.``.
+CONSUMERS: dict[Role, tuple[str, ...]] = {p.role: p.consumers for p in PROCESSES}
+PUBLISHES: dict[Role, tuple[str, ...]] = {p.role: p.publishes for p in PROCESSES}
+SERVES: dict[Role, tuple[str, ...]] = {p.role: (p.role.value,) for p in PROCESSES if p.serves}
+ASKS: dict[Role, tuple[str, ...]] = {p.role: p.asks for p in PROCESSES}
+WATCHES: dict[Role, tuple[str, ...]] = {p.role: p.watches for p in PROCESSES}
+READS_BACK = frozenset(p.role for p in PROCESSES if p.reads_back)
 
 
 def uses_jetstream(role: Role) -> bool:
@@ -193,7 +120,7 @@ def permissions(role: Role, identity: str | None = None, session: str | None = N
             f"{api}.CONSUMER.MSG.NEXT.{STREAM}.{durable}",
             f"$JS.ACK.{STREAM}.{durable}.>",
         ]
-    if role in (Role.RECORDER, Role.SCORER, Role.FORUM, Role.ORCHESTRATOR):
+    if role in READS_BACK:
         # Reading single messages back (dead letters, rebuilding read models).
         pub += [f"{api}.STREAM.MSG.GET.{STREAM}", f"{api}.DIRECT.GET.{STREAM}", f"{api}.DIRECT.GET.{STREAM}.>"]
     sub: list[str] = [f"{inbox_prefix(me)}.>"]
