@@ -219,8 +219,11 @@ async def _probe(bus: object, service: str, timeout: float) -> str:
         health = await bus.request("recorder", "health", {}, timeout=timeout)
         return f"recorder health: {health.get('events')} events, {health.get('rejected')} rejected"
     if service == "gateway":
-        health = await bus.request("gateway", "health", {}, timeout=timeout)
-        return f"gateway health: {health.get('forwarded')} forwarded, {sum(health.get('refused', {}).values())} refused"
+        from bus.query import Empty
+        from services.gateway.queries import HEALTH
+
+        gateway = await bus.ask(HEALTH, Empty(), timeout=timeout)
+        return f"gateway health: {gateway.forwarded} forwarded, {sum(gateway.refused.values())} refused"
     if service == "artifacts":
         # A malformed id: the store answers with an error header, and reads nothing.
         try:

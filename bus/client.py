@@ -35,11 +35,12 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
 from nats.js.errors import NotFoundError
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from schemas import Event, Rejection, decode
 from schemas.base import MAX_EVENT_BYTES
 
+from .query import Endpoint, Query, QueryReply, Res
 from .roles import DIRECT, INGEST_PREFIX, QUERY_PREFIX, STREAM, Role, inbox_prefix
 from .settings import BusSettings
 
@@ -124,12 +125,6 @@ def ingest_subject(subject: str, identity: str) -> str:
 
 class QueryError(BusError):
     """A query service answered with an error."""
-
-
-class QueryReply(BaseModel):
-    ok: bool
-    result: Any = None
-    error: str | None = None
 
 
 def reply_allowed(msg: Msg, asker: str) -> bool:
@@ -453,36 +448,56 @@ class Bus:
             raise QueryError(reply.error or "query failed")
         return reply.result
 
+    async def ask(self, query: Query[Any, Res], request: BaseModel, *, timeout: float = 10.0) -> Res:
+        """Ask ``query`` and get its response model (QueryError when the service refuses)."""
+        if not isinstance(request, query.request):
+            raise TypeError(f"{query.service}.{query.name} takes a {query.request.__name__}")
+        result = await self.request(query.service, query.name, request, timeout=timeout)
+        try:
+            return query.response.model_validate(result)
+        except ValidationError as exc:
+            raise QueryError(f"{query.service} answered {query.name!r} with an unexpected shape: {exc}") from None
+
     async def serve(
         self,
         service: str,
-        handlers: dict[str, Callable[..., Awaitable[Any]]],
+        endpoints: Sequence[Endpoint[Any, Any]] | dict[str, Callable[..., Awaitable[Any]]],
         *,
         queue: str | None = None,
     ) -> Any:
         """Answer ``aarq.<service>.<name>.<asker>`` requests, each in a task of its own
-        (a slow one holds up no other). A handler takes the request body, and optionally
-        the asker's verified identity as a second argument. A handler's exception becomes
-        an error reply; the service keeps running."""
-        wants_asker = {name: len(inspect.signature(h).parameters) >= 2 for name, h in handlers.items()}
+        (a slow one holds up no other). An :class:`Endpoint` validates the request into
+        its model first (bus/query.py); a request that does not validate, or whose reply
+        subject is not in the asker's own inbox, never reaches a handler. A handler's
+        exception becomes an error reply; the service keeps running."""
+        handlers: dict[str, Callable[[bytes, str], Awaitable[Any]]] = {}
+        if isinstance(endpoints, dict):  # raw handlers taking the body (and the asker)
+            for name, fn in endpoints.items():
+                takes_asker = len(inspect.signature(fn).parameters) >= 2
+                handlers[name] = (lambda f, a: (lambda data, asker: f(data, asker) if a else f(data)))(fn, takes_asker)
+        else:
+            for endpoint in endpoints:
+                if endpoint.query.service != service:
+                    raise ValueError(f"{endpoint.query.service}.{endpoint.query.name} is not a {service} query")
+                handlers[endpoint.query.name] = endpoint
         answering: set[asyncio.Task[None]] = set()
 
         async def answer(msg: Msg) -> None:
             tokens = msg.subject.split(".")
             name, asker = (tokens[2], tokens[3]) if len(tokens) == 4 else (tokens[-1], "")
-            handler = handlers.get(name)
-            if handler is None:
-                reply = QueryReply(ok=False, error=f"unknown query {name!r}; known: {sorted(handlers)}")
-            else:
-                try:
-                    result = await (handler(msg.data, asker) if wants_asker[name] else handler(msg.data))
-                    reply = QueryReply(ok=True, result=result)
-                except Exception as exc:  # reported to the caller, never fatal
-                    reply = QueryReply(ok=False, error=f"{type(exc).__name__}: {exc}")
             if not reply_allowed(msg, asker):
                 if msg.reply:
                     log.warning("reply_refused", service=service, query=name, asker=asker, reply=msg.reply[:120])
-                return
+                return  # checked first: a request nobody may be answered is never handled
+            handler = handlers.get(name)
+            if handler is None:
+                reply = QueryReply(ok=False, error_type="UnknownQuery",
+                                   error=f"unknown query {name!r}; known: {sorted(handlers)}")
+            else:
+                try:
+                    reply = QueryReply(ok=True, result=await handler(msg.data, asker))
+                except Exception as exc:  # reported to the caller, never fatal
+                    reply = QueryReply(ok=False, error=f"{type(exc).__name__}: {exc}", error_type=type(exc).__name__)
             try:
                 await msg.respond(reply.model_dump_json().encode())
             except Exception as exc:  # noqa: BLE001 - e.g. over max_payload: say so instead

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 
 from schemas.session import EndReason
 from services.orchestrator.config import SessionConfig
+from services.orchestrator.queries import ASSIGNMENT
 from services.orchestrator.service import Orchestrator
 
 
@@ -15,18 +17,23 @@ def _orch(**kw) -> Orchestrator:  # type: ignore[no-untyped-def]
     return Orchestrator(None, SessionConfig(session_id="s-1", name="t", **kw))  # type: ignore[arg-type]
 
 
+async def _ask(orch: Orchestrator, data: bytes, asker: str = "") -> dict[str, Any]:
+    """The assignment query as the bus answers it: the request validated, the answer as JSON."""
+    return await ASSIGNMENT.answer(orch._assignment)(data, asker)  # type: ignore[no-any-return]
+
+
 async def test_each_agent_gets_its_own_direction_and_replicas_claim_free_slots() -> None:
     orch = _orch(agents=3)
-    named = await orch._assignment(json.dumps({"agent_id": "agent-2"}).encode())
-    first = await orch._assignment(b"{}")
-    second = await orch._assignment(json.dumps({"agent_id": "auto"}).encode())
+    named = await _ask(orch, json.dumps({"agent_id": "agent-2"}).encode())
+    first = await _ask(orch, b"{}")
+    second = await _ask(orch, json.dumps({"agent_id": "auto"}).encode())
     assert (named["agent_id"], first["agent_id"], second["agent_id"]) == ("agent-2", "agent-1", "agent-3")
     assert len({named["direction"], first["direction"], second["direction"]}) == 3
     assert first["session_id"] == "s-1" and first["backend"] == "offline"
     with pytest.raises(ValueError, match="all 3 agent slots are taken"):
-        await orch._assignment(b"{}")
+        await _ask(orch, b"{}")
     with pytest.raises(ValueError, match="no agent 'agent-9'"):
-        await orch._assignment(json.dumps({"agent_id": "agent-9"}).encode())
+        await _ask(orch, json.dumps({"agent_id": "agent-9"}).encode())
 
 
 def test_budgets_end_the_session() -> None:
@@ -77,12 +84,12 @@ class _Msg:
 
 async def test_an_agent_gets_only_its_own_slot() -> None:
     orch = _orch(agents=3)
-    mine = await orch._assignment(b"{}", "agent-2")  # "auto" from agent-2 is agent-2's slot
+    mine = await _ask(orch, b"{}", "agent-2")  # "auto" from agent-2 is agent-2's slot
     assert mine["agent_id"] == "agent-2"
     with pytest.raises(ValueError, match="agent-2 cannot take the assignment of agent-1"):
-        await orch._assignment(json.dumps({"agent_id": "agent-1"}).encode(), "agent-2")
+        await _ask(orch, json.dumps({"agent_id": "agent-1"}).encode(), "agent-2")
     with pytest.raises(ValueError, match="has no agent slot"):
-        await orch._assignment(b"{}", "agent-7")
+        await _ask(orch, b"{}", "agent-7")
     with pytest.raises(ValueError, match="has no agent slot"):
-        await orch._assignment(b"{}", "agent")  # a pool identity names no one
-    assert (await orch._assignment(json.dumps({"agent_id": "agent-1"}).encode(), "admin"))["agent_id"] == "agent-1"
+        await _ask(orch, b"{}", "agent")  # a pool identity names no one
+    assert (await _ask(orch, json.dumps({"agent_id": "agent-1"}).encode(), "admin"))["agent_id"] == "agent-1"

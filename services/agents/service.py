@@ -13,6 +13,8 @@ from schemas import Event
 from schemas.agent import AgentStarted, AgentStopped
 from schemas.session import Backend
 
+from services.orchestrator.queries import ASSIGNMENT, AssignmentRequest
+
 from .assignment import Assignment
 from .toolbox import Toolbox
 
@@ -22,7 +24,7 @@ async def fetch_assignment(bus: Bus, agent_id: str, stop: asyncio.Event, timeout
     deadline = asyncio.get_running_loop().time() + timeout
     while not stop.is_set():
         try:
-            return Assignment.model_validate(await bus.request("orchestrator", "assignment", {"agent_id": agent_id}))
+            return await bus.ask(ASSIGNMENT, AssignmentRequest(agent_id=agent_id))
         except QueryError as exc:
             if asyncio.get_running_loop().time() > deadline:
                 raise RuntimeError(f"no assignment for {agent_id}: {exc}") from exc

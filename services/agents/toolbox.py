@@ -18,9 +18,11 @@ from typing import Any
 
 import structlog
 from nats.aio.msg import Msg
+from pydantic import ValidationError
 
 from bus import Bus, decode_msg
 from bus.client import PublishRefused, QueryError
+from bus.query import Query
 from schemas import Event, new_id
 from schemas.agent import AgentToolCalled
 from schemas.experiment import ExperimentFailed, Purpose, Split
@@ -29,6 +31,8 @@ from schemas.idea import IdeaProposed
 from schemas.integrity import IntegrityFlagged
 from schemas.scoring import ScorePublished
 from services.artifacts.client import ArtifactClient
+from services.forum import queries as forum_q
+from services.scorer.queries import LEADERBOARD, LeaderboardRequest
 
 MAX_CODE_BYTES = 200_000
 
@@ -206,20 +210,25 @@ class Toolbox:
 
     # -- forum -------------------------------------------------------------------
 
-    async def _forum(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
-        return dict(await self.bus.request("forum", name, {"session_id": self.session_id, **body}, timeout=10.0))
+    async def _forum(self, query: Query[Any, Any], **fields: Any) -> dict[str, Any]:
+        """A forum query in this agent's session; a bad argument is the forum's BadRequest."""
+        try:
+            request = query.request(session_id=self.session_id, **fields)
+        except ValidationError as exc:
+            raise ToolError(f"bad {query.name!r} arguments: {exc.errors()[0]['msg']}") from None
+        return dict((await self.bus.ask(query, request, timeout=10.0)).model_dump(mode="json"))
 
     async def tool_read_forum(self, limit: int = 10) -> dict[str, Any]:
-        return await self._forum("list", {"limit": int(limit)})
+        return await self._forum(forum_q.LIST, limit=int(limit))
 
     async def tool_search_forum(self, query: str, limit: int = 10) -> dict[str, Any]:
-        return await self._forum("search", {"query": str(query), "limit": int(limit)})
+        return await self._forum(forum_q.SEARCH, query=str(query), limit=int(limit))
 
     async def tool_top_findings(self, limit: int = 5) -> dict[str, Any]:
-        return await self._forum("top", {"limit": int(limit)})
+        return await self._forum(forum_q.TOP, limit=int(limit))
 
     async def tool_read_post(self, post_id: str) -> dict[str, Any]:
-        return await self._forum("thread", {"post_id": str(post_id)})
+        return await self._forum(forum_q.THREAD, post_id=str(post_id))
 
     async def tool_post_finding(
         self, title: str, body: str, idea_ids: list[str] | None = None, tags: list[str] | None = None,
@@ -248,8 +257,11 @@ class Toolbox:
     # -- scores and methods ---------------------------------------------------------
 
     async def tool_leaderboard(self, limit: int = 10) -> dict[str, Any]:
-        return dict(await self.bus.request(
-            "scorer", "leaderboard", {"session_id": self.session_id, "limit": int(limit)}, timeout=10.0))
+        try:
+            request = LeaderboardRequest(session_id=self.session_id, limit=int(limit))
+        except ValidationError as exc:
+            raise ToolError(f"bad leaderboard arguments: {exc.errors()[0]['msg']}") from None
+        return (await self.bus.ask(LEADERBOARD, request, timeout=10.0)).model_dump(mode="json")
 
     async def tool_list_methods(self) -> dict[str, Any]:
         from trainer.methods import METHODS

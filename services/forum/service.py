@@ -19,72 +19,26 @@ import contextlib
 import hashlib
 import os
 import time
-from typing import Annotated, Any, TypeVar
+from typing import Any
 
 import nats.errors
 import structlog
 from nats.aio.msg import Msg
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from bus import Bus
+from bus.query import BadRequest, Endpoint
 from bus.client import PUBLISHER_HEADER, BusError, decode_published
 from schemas import Event, EventType, Rejection
-from schemas.base import SessionId
 from schemas.forum import ForumModerated
 
 from .model import ForumModel
+from .queries import (
+    LIST, SEARCH, STATS, THREAD, TOP, ListRequest, Posts, SearchRequest, Stats, StatsRequest, Thread,
+    ThreadRequest, TopRequest,
+)
 from .rebuild import FORUM_SUBJECTS, scan, stream_allows_direct
 
-MAX_LIMIT = 100
 _RETRYABLE = (nats.errors.Error, asyncio.TimeoutError, BusError)
-
-
-class BadRequest(ValueError):
-    """A query the forum cannot answer as asked; the message says why."""
-
-
-class _Request(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
-
-
-Limit = Annotated[int, Field(ge=1, le=MAX_LIMIT)]
-R = TypeVar("R", bound=_Request)
-
-
-class ListRequest(_Request):
-    session_id: SessionId
-    limit: Limit = 20
-    tag: str | None = None
-
-
-class SearchRequest(_Request):
-    session_id: SessionId
-    query: str = Field(min_length=1, max_length=2000)
-    limit: Limit = 10
-
-
-class TopRequest(_Request):
-    session_id: SessionId
-    limit: Limit = 5
-
-
-class ThreadRequest(_Request):
-    post_id: str = Field(min_length=1, max_length=256)
-    session_id: SessionId | None = None
-
-
-class StatsRequest(_Request):
-    session_id: SessionId
-
-
-def parse_request(model: type[R], name: str, data: bytes) -> R:
-    try:
-        return model.model_validate_json(data or b"{}")
-    except ValidationError as exc:
-        reasons = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '<request>'}: {err['msg']}" for err in exc.errors()[:10]
-        )
-        raise BadRequest(f"bad {name!r} request: {reasons}") from None
 
 
 def moderation_event_id(session_id: str, post_id: str) -> str:
@@ -130,10 +84,7 @@ class ForumService:
             seconds=round(time.monotonic() - started, 3),
         )
         await self._moderate()
-        serving = await self.bus.serve(
-            "forum",
-            {"list": self._list, "search": self._search, "top": self._top, "thread": self._thread, "stats": self._stats},
-        )
+        serving = await self.bus.serve("forum", self.endpoints())
         self.log.info("forum_ready", sessions=len(self.model.sessions))
         reconnects = self.bus.nc.stats["reconnects"]
         next_resync = time.monotonic() + self.resync_interval
@@ -213,28 +164,27 @@ class ForumService:
 
     # -- queries ----------------------------------------------------------------
 
-    async def _list(self, data: bytes) -> dict[str, Any]:
-        req = parse_request(ListRequest, "list", data)
-        return {"posts": self.model.list_posts(req.session_id, req.limit, req.tag)}
+    def endpoints(self) -> list[Endpoint[Any, Any]]:
+        return [LIST.answer(self._list), SEARCH.answer(self._search), TOP.answer(self._top),
+                THREAD.answer(self._thread), STATS.answer(self._stats)]
 
-    async def _search(self, data: bytes) -> dict[str, Any]:
-        req = parse_request(SearchRequest, "search", data)
+    async def _list(self, req: ListRequest, asker: str = "") -> Posts:
+        return Posts(posts=self.model.list_posts(req.session_id, req.limit, req.tag))
+
+    async def _search(self, req: SearchRequest, asker: str = "") -> Posts:
         try:
-            return {"posts": self.model.search(req.session_id, req.query, req.limit)}
+            return Posts(posts=self.model.search(req.session_id, req.query, req.limit))
         except ValueError as exc:
             raise BadRequest(f"bad 'search' request: {exc}") from None
 
-    async def _top(self, data: bytes) -> dict[str, Any]:
-        req = parse_request(TopRequest, "top", data)
-        return {"posts": self.model.top(req.session_id, req.limit)}
+    async def _top(self, req: TopRequest, asker: str = "") -> Posts:
+        return Posts(posts=self.model.top(req.session_id, req.limit))
 
-    async def _thread(self, data: bytes) -> dict[str, Any]:
-        req = parse_request(ThreadRequest, "thread", data)
-        return self.model.thread(req.post_id, req.session_id)
+    async def _thread(self, req: ThreadRequest, asker: str = "") -> Thread:
+        return Thread.model_validate(self.model.thread(req.post_id, req.session_id))
 
-    async def _stats(self, data: bytes) -> dict[str, int]:
-        req = parse_request(StatsRequest, "stats", data)
-        return self.model.stats(req.session_id)
+    async def _stats(self, req: StatsRequest, asker: str = "") -> Stats:
+        return Stats.model_validate(self.model.stats(req.session_id))
 
 
 async def main() -> None:

@@ -17,6 +17,8 @@ from nats.aio.msg import Msg
 
 from bus import Bus
 from bus.client import DUPLICATE_WINDOW_S, PUBLISHER_HEADER, msg_id, raw_key, reply_allowed
+from bus.query import Empty
+from services.gateway.queries import HEALTH, GatewayHealth
 from bus.roles import DIRECT, INGEST_PREFIX, PUBLISH_BUDGETS, PUBLISHES, Role, role_of
 from schemas import Event, Rejection, decode
 from schemas.base import MAX_EVENT_BYTES, is_subject_token
@@ -125,7 +127,7 @@ class Gateway:
         # events (over budget or not) can overflow only the agents' buffers.
         subs = [await self.bus.nc.subscribe(subject, queue="gateway", cb=self._on_msg, pending_msgs_limit=20_000,
                                             pending_bytes_limit=64 * 1024 * 1024) for subject in ingest_subjects()]
-        await self.bus.serve("gateway", {"health": self._health})
+        await self.bus.serve("gateway", [HEALTH.answer(self._health)])
         self.log.info("gateway_ready", budgets={r.value: b for r, b in self.budgets.items()},
                       max_event_bytes=self.max_event_bytes)
         flusher = asyncio.create_task(self._flush_loop(stop))
@@ -318,9 +320,9 @@ class Gateway:
         except Exception as exc:  # noqa: BLE001 - the refusal was answered; the log line stays
             self.log.error("refusal_not_recorded", error=f"{type(exc).__name__}: {exc}"[:300])
 
-    async def _health(self, data: bytes) -> dict[str, Any]:
-        return {"forwarded": self.stats.forwarded, "rejected_forwarded": self.stats.rejected_forwarded,
-                "refused": dict(self.stats.refused), "identities": len(self._buckets), "pid": os.getpid()}
+    async def _health(self, request: Empty, asker: str = "") -> GatewayHealth:
+        return GatewayHealth(forwarded=self.stats.forwarded, rejected_forwarded=self.stats.rejected_forwarded,
+                             refused=dict(self.stats.refused), identities=len(self._buckets), pid=os.getpid())
 
 
 async def main() -> None:

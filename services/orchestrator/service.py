@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from typing import Any
 
@@ -30,6 +29,7 @@ from services.agents.assignment import Assignment
 from services.agents.directions import assign
 
 from .config import SessionConfig
+from .queries import ASSIGNMENT, AssignmentRequest
 
 
 class Orchestrator:
@@ -69,7 +69,7 @@ class Orchestrator:
             session_id=cfg.session_id, source=self.source,
         )
         await self.bus.nc.subscribe(f"aar.{cfg.session_id}.>", cb=self._on_event)
-        await self.bus.serve("orchestrator", {"assignment": self._assignment})
+        await self.bus.serve("orchestrator", [ASSIGNMENT.answer(self._assignment)])
         await self.bus.publish(started)
         deadline = time.monotonic() + cfg.max_wall_s if cfg.max_wall_s else None
         while self.reason is None:
@@ -129,13 +129,12 @@ class Orchestrator:
             await asyncio.sleep(0.2)
         return f"{len(self.outstanding)} experiment(s) still running at the end" if self.outstanding else "drained"
 
-    async def _assignment(self, data: bytes, asker: str = "") -> dict[str, Any]:
+    async def _assignment(self, request: AssignmentRequest, asker: str = "") -> Assignment:
         """An agent's assignment: the slot of the asking identity (``agent-1`` gets
         agent-1's; an agent can never take another's, since everything it publishes must
         carry its own identity). Admin may ask for any slot, or "auto": the next one
         nobody has claimed yet."""
-        request = json.loads(data or b"{}")
-        agent_id = str(request.get("agent_id") or "auto")
+        agent_id = request.agent_id or "auto"
         if asker and asker != Role.ADMIN.value:
             if agent_id not in ("auto", asker):
                 raise ValueError(f"{asker} cannot take the assignment of {agent_id}")
@@ -151,7 +150,7 @@ class Orchestrator:
         self.claimed.add(agent_id)
         if agent_id not in self.assignments:
             raise ValueError(f"no agent {agent_id!r} in this session; agents: {sorted(self.assignments)}")
-        return self.assignments[agent_id].model_dump(mode="json")
+        return self.assignments[agent_id]
 
     async def _on_event(self, msg: Msg) -> None:
         event = decode_msg(msg)

@@ -52,6 +52,7 @@ from trainer import w2s
 
 from .config import ScoringConfig
 from .policy import RateLimiter
+from .queries import LEADERBOARD, Leaderboard, LeaderboardEntry, LeaderboardRequest
 from .truth import GroundTruth, Setup
 
 DURABLE = "scorer"
@@ -97,7 +98,7 @@ class Scorer:
 
     async def run(self, stop: asyncio.Event) -> None:
         sub = await self.bus.pull(DURABLE, "aar.>", ack_wait=self.ack_wait, max_deliver=-1, max_ack_pending=10_000)
-        await self.bus.serve("scorer", {"leaderboard": self._leaderboard})
+        await self.bus.serve("scorer", [LEADERBOARD.answer(self._leaderboard)])
         self.log.info("scorer_ready", durable=DURABLE)
         while not stop.is_set():
             for msg in await self.bus.fetch(sub, 50, timeout=0.5):
@@ -304,13 +305,9 @@ class Scorer:
                       purpose=purpose.value, split=split.value, dataset=setup.dataset)
         return req
 
-    async def _leaderboard(self, data: bytes) -> dict[str, Any]:
+    async def _leaderboard(self, request: LeaderboardRequest, asker: str = "") -> Leaderboard:
         """Dev-split scores of a session's ideas, best PGR first (aggregates only)."""
-        request = json.loads(data or b"{}")
-        session_id = str(request.get("session_id", ""))
-        limit = int(request.get("limit", 10))
-        if not 1 <= limit <= 100:
-            raise ValueError("limit must be between 1 and 100")
+        session_id, limit = request.session_id, request.limit
         state = self.sessions.get(session_id)
         if state is None:
             raise ValueError(f"unknown session {session_id!r} (or its baselines are not computed yet)")
@@ -330,13 +327,13 @@ class Scorer:
         rows.sort(key=lambda r: (r["pgr"] is None, -(r["pgr"] or 0.0)))
         main = state.truths.get(state.main.dataset)
         base = main.baselines["dev"] if main else None
-        return {
-            "session_id": session_id,
-            "weak_accuracy": round(sum(base.weak_acc) / len(base.weak_acc), 4) if base else None,
-            "ceiling_accuracy": round(sum(base.ceiling_acc) / len(base.ceiling_acc), 4) if base else None,
-            "scored": len(rows),
-            "entries": rows[:limit],
-        }
+        return Leaderboard(
+            session_id=session_id,
+            weak_accuracy=round(sum(base.weak_acc) / len(base.weak_acc), 4) if base else None,
+            ceiling_accuracy=round(sum(base.ceiling_acc) / len(base.ceiling_acc), 4) if base else None,
+            scored=len(rows),
+            entries=[LeaderboardEntry.model_validate(r) for r in rows[:limit]],
+        )
 
     # -- results -> scores -------------------------------------------------------
 

@@ -1,0 +1,17 @@
+"""The gateway's query (``aarq.gateway.health``)."""
+
+from __future__ import annotations
+
+from bus.query import Empty, Query
+from pydantic import BaseModel
+
+
+class GatewayHealth(BaseModel):
+    forwarded: int
+    rejected_forwarded: int
+    refused: dict[str, int]  # by reason
+    identities: int  # identities with a publish budget in use
+    pid: int
+
+
+HEALTH = Query("gateway", "health", Empty, GatewayHealth)

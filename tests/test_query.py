@@ -1,0 +1,117 @@
+"""Typed queries (bus/query.py) over a real nats-server: the request is validated before
+any handler runs, a handler never runs for a request whose answer may not be sent, and
+an asker gets the response model."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from pydantic import BaseModel, ConfigDict, Field
+
+from bus import Bus, NatsServer, QueryError, Role
+from bus.client import query_subject
+from bus.query import BadRequest, Empty, Query, QueryReply
+
+from .conftest import settings
+
+
+class Add(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    a: int
+    b: int = Field(default=0, ge=0)
+
+
+class Sum(BaseModel):
+    total: int
+    asker: str
+
+
+ADD = Query("orchestrator", "add", Add, Sum)
+WRONG = Query("orchestrator", "wrong", Empty, Sum)
+
+
+class Calls:
+    def __init__(self) -> None:
+        self.seen: list[tuple[Add, str]] = []
+
+    async def add(self, request: Add, asker: str) -> Sum:
+        self.seen.append((request, asker))
+        return Sum(total=request.a + request.b, asker=asker)
+
+    async def wrong(self, request: Empty, asker: str) -> Sum:
+        return "not a Sum"  # type: ignore[return-value]
+
+
+@pytest.fixture
+async def served(nats_server: NatsServer) -> tuple[Bus, Calls]:
+    service = await Bus.connect(settings(nats_server, Role.ORCHESTRATOR), name="test-orchestrator")
+    calls = Calls()
+    await service.serve("orchestrator", [ADD.answer(calls.add), WRONG.answer(calls.wrong)])
+    await service.nc.flush()
+    yield service, calls  # type: ignore[misc]
+    await service.close()
+
+
+async def test_an_asker_gets_the_response_model_and_the_service_its_verified_name(
+    nats_server: NatsServer, served: tuple[Bus, Calls]
+) -> None:
+    _, calls = served
+    agent = await Bus.connect(settings(nats_server, "agent-1"), name="test-agent")
+    try:
+        answer = await agent.ask(ADD, Add(a=2, b=3))
+        assert answer == Sum(total=5, asker="agent-1")
+        assert calls.seen == [(Add(a=2, b=3), "agent-1")]
+        with pytest.raises(TypeError, match="takes a Add"):
+            await agent.ask(ADD, Empty())
+    finally:
+        await agent.close()
+
+
+async def test_a_request_that_does_not_validate_never_reaches_the_handler(
+    admin: Bus, served: tuple[Bus, Calls]
+) -> None:
+    _, calls = served
+    for body in ({"a": "x"}, {"a": 1, "b": -1}, {"a": 1, "extra": 2}, {}):
+        with pytest.raises(QueryError, match="BadRequest: bad 'add' request"):
+            await admin.request("orchestrator", "add", body)
+    msg = await admin.nc.request(query_subject("orchestrator", "add", "admin"), b"not json", timeout=5)
+    reply = QueryReply.model_validate_json(msg.data)
+    assert not reply.ok and reply.error_type == BadRequest.__name__
+    msg = await admin.nc.request(query_subject("orchestrator", "nope", "admin"), b"{}", timeout=5)
+    assert QueryReply.model_validate_json(msg.data).error_type == "UnknownQuery"
+    assert calls.seen == []
+
+
+async def test_a_handler_answering_the_wrong_model_is_an_error_reply(admin: Bus, served: tuple[Bus, Calls]) -> None:
+    with pytest.raises(QueryError, match="TypeError: wrong answered a str, not a Sum"):
+        await admin.ask(WRONG, Empty())
+    assert (await admin.ask(ADD, Add(a=1, b=1))).total == 2  # the service keeps answering
+
+
+async def test_no_handler_runs_for_a_request_whose_answer_would_go_elsewhere(
+    nats_server: NatsServer, served: tuple[Bus, Calls]
+) -> None:
+    """The reply subject is checked before the handler: a request aimed at another's
+    inbox (or at the stream) has no side effect at all, not only no answer."""
+    _, calls = served
+    agent = await Bus.connect(settings(nats_server, "agent-1"), name="test-agent")
+    try:
+        for reply in ("_INBOX_agent-2.x", "_INBOX.x", "aar.s-1.session.ended", "$JS.API.STREAM.DELETE.AAR"):
+            await agent.nc.publish(query_subject("orchestrator", "add", "agent-1"), b'{"a": 1}', reply=reply)
+        await agent.nc.flush()
+        await asyncio.sleep(0.5)
+        assert calls.seen == []
+        assert (await agent.ask(ADD, Add(a=1))).total == 1  # its own inbox: handled
+        assert len(calls.seen) == 1
+    finally:
+        await agent.close()
+
+
+async def test_a_query_of_another_service_cannot_be_served(nats_server: NatsServer) -> None:
+    bus = await Bus.connect(settings(nats_server, Role.FORUM), name="test-forum")
+    try:
+        with pytest.raises(ValueError, match="orchestrator.add is not a forum query"):
+            await bus.serve("forum", [ADD.answer(Calls().add)])
+    finally:
+        await bus.close()
