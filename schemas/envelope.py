@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Generic, Literal, TypeVar, Union
 
 from pydantic import (
     AfterValidator,
@@ -35,11 +35,16 @@ def subject_for(session_id: str, event_type: EventType | str) -> str:
     return f"{SUBJECT_PREFIX}.{session_id}.{EventType(event_type).value}"
 
 
-class Event(Model):
+P = TypeVar("P", bound=Payload)
+
+
+class Event(Model, Generic[P]):
     """An event: envelope fields plus the payload model registered for ``type``.
 
-    Instances are always of the concrete per-type subclass; build them with
-    :meth:`create` (from a payload) or :meth:`parse` / :func:`decode` (from data)."""
+    ``Event[SessionStarted]`` is an event whose payload is a SessionStarted (what
+    :meth:`create` returns for one); ``Event[Any]``, one of any type. Instances are
+    always of the concrete per-type subclass; build them with :meth:`create` (from a
+    payload) or :meth:`parse` / :func:`decode` (from data)."""
 
     id: EventId
     type: EventType
@@ -49,20 +54,20 @@ class Event(Model):
     time: Annotated[AwareDatetime, AfterValidator(lambda t: t.astimezone(UTC))]
     correlation_id: Text(MAX_ID) | None = None
     causation_id: Text(MAX_ID) | None = None
-    payload: Payload
+    payload: P
 
     @classmethod
     def create(
         cls,
-        payload: Payload,
+        payload: P,
         *,
         session_id: str,
         source: str,
         correlation_id: str | None = None,
-        causation: "Event | str | None" = None,
+        causation: "Event[Any] | str | None" = None,
         time: datetime | None = None,
         id: str | None = None,
-    ) -> "Event":
+    ) -> "Event[P]":
         """Wrap ``payload`` in an envelope. ``causation`` is the event that caused
         this one (its id becomes ``causation_id``; its correlation id is inherited
         unless one is given)."""
@@ -85,7 +90,7 @@ class Event(Model):
         return EVENT_CLASSES[payload.event_type](**fields)
 
     @classmethod
-    def parse(cls, data: dict[str, Any]) -> "Event":
+    def parse(cls, data: dict[str, Any]) -> "Event[Any]":
         """Validate a dict (upcasting an older payload version)."""
         try:
             return _ANY_EVENT.validate_python(data)
@@ -103,10 +108,10 @@ class Event(Model):
         return self.model_dump_json().encode()
 
 
-def _envelope_class(event_type: EventType, model: type[Payload]) -> type[Event]:
+def _envelope_class(event_type: EventType, model: type[Payload]) -> type[Event[Any]]:
     return create_model(  # type: ignore[call-overload, no-any-return]
         f"{model.__name__}Event",
-        __base__=Event,
+        __base__=Event[model],  # type: ignore[valid-type]
         __module__=__name__,
         type=(Literal[event_type], ...),
         schema_version=(Literal[model.schema_version], model.schema_version),
@@ -114,8 +119,8 @@ def _envelope_class(event_type: EventType, model: type[Payload]) -> type[Event]:
     )
 
 
-EVENT_CLASSES: dict[EventType, type[Event]] = {t: _envelope_class(t, m) for t, m in REGISTRY.items()}
-_ANY_EVENT: TypeAdapter[Event] = TypeAdapter(
+EVENT_CLASSES: dict[EventType, type[Event[Any]]] = {t: _envelope_class(t, m) for t, m in REGISTRY.items()}
+_ANY_EVENT: TypeAdapter[Event[Any]] = TypeAdapter(
     Annotated[Union[tuple(EVENT_CLASSES.values())], Field(discriminator="type")]  # type: ignore[arg-type]
 )
 
@@ -172,7 +177,7 @@ def _reason(exc: ValidationError) -> str:
     )
 
 
-def decode(raw: bytes, subject: str | None = None, publisher: str | None = None) -> Event | Rejection:
+def decode(raw: bytes, subject: str | None = None, publisher: str | None = None) -> Event[Any] | Rejection:
     """Bytes -> Event, or a Rejection with the reason. Never raises.
 
     ``subject``: the subject it arrived on; the event must belong there.
@@ -227,7 +232,7 @@ def decode(raw: bytes, subject: str | None = None, publisher: str | None = None)
     return event
 
 
-def impersonation(event: Event, publisher: str) -> str | None:
+def impersonation(event: Event[Any], publisher: str) -> str | None:
     """Why ``event`` does not belong to ``publisher`` (it claims another identity), or None."""
     if event.source != publisher:
         return f"source {event.source!r} is not the publisher's identity {publisher!r}"
