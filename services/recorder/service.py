@@ -34,6 +34,7 @@ from nats.js import JetStreamContext
 
 from core.paths import AarHome
 from bus import Bus, PublishDenied, decode_msg
+from bus.pull import NoWaitPuller
 from bus.roles import STREAM
 from schemas import Event, Rejection, decode
 from schemas.base import MAX_NAME, MAX_TEXT, derived_id  # (the longest reason and subject of a recorder.rejected)
@@ -111,6 +112,7 @@ class Recorder:
         # safe: after a crash, new messages arrive before the dead process's unacked
         # ones are redelivered, and acking a new one would ack those too, unrecorded.)
         sub = await self.bus.pull(DURABLE, "aar.>", ack_wait=self.ack_wait, max_deliver=-1, max_ack_pending=50_000)
+        self._puller = NoWaitPuller(self.bus.nc, STREAM, DURABLE)  # the same consumer, its own inbox
         self.counts = await asyncio.to_thread(self.store.counts)
         await self.bus.serve("recorder", {"audit": self._audit, "health": self._health})
         await self.bus.nc.subscribe(
@@ -124,6 +126,7 @@ class Recorder:
         try:
             await self._receive(sub, stop)
         finally:
+            await self._puller.close()
             self.audits.close()  # running audits are interrupted: nothing waits for them
             done.set()
             self._committed.set()  # wake the mover now, not after ``idle_after``
@@ -234,12 +237,17 @@ class Recorder:
         """Up to ``n`` messages. ``timeout`` > 0: wait up to that long for the first
         to arrive. Otherwise only what the server has now: after a large fetch
         (a backlog) nats-py's fetch, which streams big batches fastest; after a small
-        one a ``no_wait`` pull, which answers at once even when nothing is there."""
+        one a ``no_wait`` pull, which answers at once even when nothing is there.
+        Messages that came late for an earlier ``no_wait`` pull go first (nats-py's
+        fetch does not see them: the puller has its own inbox), so they are not left
+        to wait out ``ack_wait`` and be delivered a second time."""
+        if self._puller.leftovers:
+            return await fetch_available(self._puller, n)
         if timeout > 0:
             return await Bus.fetch(sub, n, timeout)
         if backlog:
             return await Bus.fetch(sub, n, self.fetch_timeout)
-        return await fetch_available(sub, n)
+        return await fetch_available(self._puller, n)
 
     @staticmethod
     def decode(msgs: list[Msg]) -> tuple[list[Recorded], list[RejectedRecord]]:
@@ -422,38 +430,15 @@ class Recorder:
                 "chain_batch": self.store.chain_batch, "chain_head": self.store.chain_head}
 
 
-async def fetch_available(sub: JetStreamContext.PullSubscription, batch: int, timeout: float = 1.0) -> list[Msg]:
+async def fetch_available(puller: NoWaitPuller, batch: int, timeout: float = 1.0) -> list[Msg]:
     """Up to ``batch`` messages the consumer can deliver *now*, never waiting for new
     ones: a pull request with ``no_wait`` and no ``expires``, which the server answers
     with what it has and then a 404 status (~1 ms for an empty answer).
     ``sub.fetch(batch, small_timeout)`` is no substitute: with nothing to deliver it
     sends a second, lingering request and runs out its timeout, and with many messages
     to deliver it returns as few as arrive within that timeout. nats-py has no public
-    call for this, so this uses the same subscription internals as its ``fetch``."""
-    queue = sub._sub._pending_queue  # noqa: SLF001 - leftovers of earlier pull requests first
-    msgs: list[Msg] = []
-    while not queue.empty() and len(msgs) < batch:
-        msg = queue.get_nowait()
-        sub._sub._pending_size -= len(msg.data)  # noqa: SLF001
-        if not JetStreamContext.is_status_msg(msg):
-            msgs.append(msg)
-    if len(msgs) >= batch:
-        return msgs
-    request = json.dumps({"batch": batch - len(msgs), "no_wait": True}).encode()
-    try:
-        await sub._nc.publish(sub._nms, request, sub._deliver)  # noqa: SLF001
-        while len(msgs) < batch:
-            msg = await sub._sub.next_msg(timeout)  # noqa: SLF001
-            if JetStreamContext.is_status_msg(msg):
-                break  # 404 no (more) messages, or a stale status of an earlier request
-            msgs.append(msg)
-    except (TimeoutError, nats.errors.TimeoutError):
-        pass  # no answer (yet): the caller simply asks again
-    except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError,
-            nats.errors.StaleConnectionError) as exc:
-        log.warning("fetch_unavailable", error=type(exc).__name__)
-        await asyncio.sleep(0.25)  # the client reconnects on its own
-    return msgs
+    call for this: ``NoWaitPuller`` speaks the pull protocol on public API only."""
+    return await puller.fetch(batch, timeout)
 
 
 class _Pending:
