@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import bisect
 import contextlib
 import json
@@ -532,7 +533,7 @@ async def phase_raw(args: argparse.Namespace, procs: Processes, home: Path, repo
 
 
 async def health(bus: Bus) -> dict[str, Any]:
-    return await bus.request("recorder", "health", {}, timeout=10.0)  # type: ignore[no-any-return]
+    return await bus.request("recorder", "health", {}, timeout=10.0)
 
 
 async def wait_for_count(bus: Bus, target: int, timeout: float, poll: float,
@@ -660,19 +661,19 @@ async def phase_e2e_and_latency(args: argparse.Namespace, procs: Processes, home
             f"each created right before its publish")
         lat_factory = EventFactory(seed=3)
         payloads = [lat_factory.payload() for _ in range(n)]  # payload content only; envelope made at send
-        publisher, source = bus, "bench-latency"
+        sender, source = bus, "bench-latency"
         if args.gateway:  # through the gateway, as a trainer identity: size, budget and identity checks on
-            publisher, source, gw = await start_gateway(procs, srv, aar_home, pids)
+            sender, source, gw = await start_gateway(procs, srv, aar_home, pids)
             payloads = [ExperimentProgress(experiment_id=f"x-{i:08d}", trainer_id=source, fraction=(i % 100) / 100,
                                            message=lat_factory._text(25, 40)[:300]) for i in range(n)]
             say(f"  through the gateway (pid {gw.pid}) as {source}: experiment.progress events")
         py_spy = await start_py_spy(args, procs, rec.pid, "latency")
         with CpuMeter(pids) as cpu:
-            paced = await paced_publish(publisher, payloads, args.rate, args.tick_ms, lat_session, source=source)
+            paced = await paced_publish(sender, payloads, args.rate, args.tick_ms, lat_session, source=source)
             seen, count = await wait_for_count(bus, base + n, 60.0, args.poll, rec)
         stop_py_spy(procs, py_spy)
-        if publisher is not bus:
-            await publisher.close()
+        if sender is not bus:
+            await sender.close()
         report["latency_through_gateway"] = bool(args.gateway)
         if paced.errors:
             raise RuntimeError(f"{len(paced.errors)} publishes failed in the latency phase, "
@@ -779,8 +780,8 @@ async def paced_publish(bus: Bus, payloads: Sequence[Payload], rate: float, tick
             # always yield: a publisher behind schedule must still let the
             # publish tasks (and the ack reader) run instead of queueing them
             await asyncio.sleep(max(start + i * interval - loop.time(), 0.0))
-            task = asyncio.create_task(bus.publish(make(i, start, interval), timeout=30.0))
-            task.add_done_callback(lambda t, i=i: done(i, 1, t))
+            task: asyncio.Task[Any] = asyncio.create_task(bus.publish(make(i, start, interval), timeout=30.0))
+            task.add_done_callback(functools.partial(done, i, 1))
             tasks.add(task)
     else:
         tick = tick_ms / 1000
@@ -792,10 +793,9 @@ async def paced_publish(bus: Bus, payloads: Sequence[Payload], rate: float, tick
             if due <= i:
                 continue
             events = [make(j, start, interval) for j in range(i, due)]
-            task = asyncio.create_task(bus.publish_many(events, timeout=30.0))
-            count = due - i
-            task.add_done_callback(lambda t, first=i, c=count: done(first, c, t))
-            tasks.add(task)
+            batch: asyncio.Task[Any] = asyncio.create_task(bus.publish_many(events, timeout=30.0))
+            batch.add_done_callback(functools.partial(done, i, due - i))
+            tasks.add(batch)
             i = due
     out.offered_s = loop.time() - start
     if tasks:

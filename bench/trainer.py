@@ -340,7 +340,9 @@ def bench_scorer(args: argparse.Namespace) -> dict[str, Any]:
         failure = f"aar up exited with {rc}"
     details: dict[str, Any] = {"command": shown, "session_s": round(session_s, 1), "aar_home": str(home),
                                "strong_model": args.session_strong}
-    session_id, ms, facts = None, [], {}
+    session_id: str | None = None
+    ms: list[float] = []
+    facts: dict[str, Any] = {}
     if failure is None:
         try:
             session_id, ms, facts = latencies(home / "events.duckdb", SESSION_NAME)

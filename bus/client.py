@@ -279,7 +279,8 @@ class Bus:
         gathered = asyncio.gather(*acks)
         denied = asyncio.ensure_future(asyncio.wait(list(denials.values()), return_when=asyncio.FIRST_COMPLETED))
         try:
-            done, _ = await asyncio.wait({gathered, denied}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            racing: set[asyncio.Future[Any]] = {gathered, denied}
+            done, _ = await asyncio.wait(racing, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
             if gathered in done:
                 return [ack.seq for ack in gathered.result()]
             if denied in done:
@@ -316,7 +317,7 @@ class Bus:
                     token = f"{self._reply_prefix}.{next(self._counter)}"
                     futures[i] = self._replies[token] = loop.create_future()
                     await self.nc.publish(subjects[i], items[i][1], reply=token)
-                waiting = [*futures.values(), *denials.values()]
+                waiting: list[asyncio.Future[Any]] = [*futures.values(), *denials.values()]
                 resend_at = loop.time() + RESEND_S  # unanswered by then: sent again (stored once)
                 while not self._denied(denials) and not all(f.done() for f in futures.values()):
                     left = min(deadline, resend_at) - loop.time()
@@ -345,8 +346,8 @@ class Bus:
                     await asyncio.sleep(min(0.25, max(0.0, deadline - loop.time())))
                 todo = again
         finally:
-            for key, future in denials.items():
-                if self._denials.get(key) is future and not future.done():
+            for key, denial in denials.items():
+                if self._denials.get(key) is denial and not denial.done():
                     del self._denials[key]
         return [int(s) for s in seqs if s is not None]
 

@@ -156,7 +156,7 @@ async def gateway(nats_server: NatsServer, home: AarHome, admin: Bus) -> AsyncIt
 
 async def recorder_health(bus: Bus) -> dict[str, int] | None:
     try:
-        return await bus.request("recorder", "health", {}, timeout=1.0)  # type: ignore[no-any-return]
+        return await bus.request("recorder", "health", {}, timeout=1.0)
     except QueryError:
         return None
 

@@ -88,7 +88,7 @@ def client_for(fake: FakeAnthropic, key: str = "test-key") -> anthropic.AsyncAnt
 
 
 async def rows(admin: Bus, sql: str) -> list[list[Any]]:
-    return (await admin.request("recorder", "audit", {"sql": sql}, timeout=10))["rows"]  # type: ignore[no-any-return]
+    return (await admin.request("recorder", "audit", {"sql": sql}, timeout=10))["rows"]
 
 
 def _credential(headers: dict[str, str]) -> str:
@@ -175,7 +175,7 @@ async def test_tools_run_results_go_back_and_everything_is_recorded(
         assert c[5] == MODEL and c[7] == 1
     assert [c[6] for c in calls] == [None, None, None, idea_id, idea_id]  # cost per idea: the last idea proposed
     assert [c[8] for c in calls] == ["tool_use", "tool_use", "tool_use", "end_turn", "end_turn"]
-    assert toolbox.cost_usd == pytest.approx(sum(c[4] for c in calls))  # type: ignore[attr-defined]
+    assert toolbox.cost_usd == pytest.approx(sum(c[4] for c in calls))
     assert await recorded_count(admin, f"SELECT count(*) FROM events WHERE session_id = '{sid}' "
                                        f"AND type = 'idea.proposed' AND payload->>'idea_id' = '{idea_id}'") == 1
 
@@ -251,7 +251,7 @@ async def test_spending_counts_against_the_agent_budget(toolbox: Toolbox, seen: 
     assert len(fake.messages_requests) == 1
     await wait_until(lambda: _true(len(seen.of("agent.llm_called")) == 1), 5, "the LLM call")
     assert seen.of("agent.llm_called")[0].cost_usd == pytest.approx(0.315)
-    assert toolbox.cost_usd == pytest.approx(0.315)  # type: ignore[attr-defined]
+    assert toolbox.cost_usd == pytest.approx(0.315)
     assert len(seen.of("agent.tool_called")) == 1  # the tool of the paid call still ran
 
 

@@ -52,7 +52,7 @@ def filled_home(home: AarHome) -> AarHome:
         ("UPDATE events SET source = 'x'", "UPDATE"),
     ],
 )
-def test_audit_refuses_anything_but_reads(filled_home: AarHome, sql: str, kind: str | None, monkeypatch) -> None:
+def test_audit_refuses_anything_but_reads(filled_home: AarHome, sql: str, kind: str | None, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AAR_HOME", str(filled_home.root))
     result = runner.invoke(app, ["audit", sql])
     assert result.exit_code == 2
@@ -67,14 +67,14 @@ def test_audit_refuses_anything_but_reads(filled_home: AarHome, sql: str, kind: 
     assert json.loads(result.stdout.strip()) == {"n": len(every_event())}
 
 
-def test_audit_cannot_read_files(filled_home: AarHome, monkeypatch) -> None:
+def test_audit_cannot_read_files(filled_home: AarHome, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AAR_HOME", str(filled_home.root))
     result = runner.invoke(app, ["audit", "SELECT * FROM read_text('/etc/hostname')"])
     assert result.exit_code == 2
     assert "disabled" in result.output
 
 
-def test_audit_formats(filled_home: AarHome, monkeypatch) -> None:
+def test_audit_formats(filled_home: AarHome, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AAR_HOME", str(filled_home.root))
     sql = "SELECT type, payload->'seeds' AS seeds FROM events WHERE type = 'experiment.requested'"
     as_json = runner.invoke(app, ["audit", sql, "-f", "json"])
@@ -88,7 +88,7 @@ def test_audit_formats(filled_home: AarHome, monkeypatch) -> None:
     assert row["session_id"] == "s-cli" and row["name"] == "demo" and row["events"] == len(every_event())
 
 
-def test_audit_without_a_log_says_what_to_do(home: AarHome, monkeypatch) -> None:
+def test_audit_without_a_log_says_what_to_do(home: AarHome, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AAR_HOME", str(home.root))
     result = runner.invoke(app, ["audit", "SELECT 1"])
     assert result.exit_code == 2

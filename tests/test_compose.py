@@ -18,10 +18,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import click
 import jsonschema
 import pytest
 import typer.main
+from typer.core import TyperCommand, TyperGroup
 import yaml
 
 from aar.cli import SERVICE_MODULES, app
@@ -102,14 +102,17 @@ def test_the_processes_of_design_are_all_there(services: dict[str, dict[str, Any
 
 def _check_aar_command(args: list[str], where: str) -> None:
     assert args and args[0] == "aar", f"{where}: {args}"
+    # typer builds its commands on its own copy of click (typer._click), not on the click
+    # package: groups are told apart by what they do, not by click's classes.
     group = typer.main.get_command(app)
-    ctx = click.Context(group, info_name="aar")
-    cmd: click.Command | None = group
+    ctx = group.context_class(group, info_name="aar")
+    cmd: Any = group
     rest = list(args[1:])
-    while isinstance(cmd, click.Group):  # aar models fetch: a sub-group
+    while isinstance(cmd, TyperGroup):  # aar models fetch: a sub-group
         assert rest, f"{where}: {args} names no command"
         cmd, rest = cmd.get_command(ctx, rest[0]), rest[1:]
         assert cmd is not None, f"{where}: no command in {args}"
+    assert isinstance(cmd, TyperCommand), f"{where}: {args} names a group, not a command"
     cmd.make_context(cmd.name, rest, parent=ctx)  # unknown options and bad values raise here
     if args[1] == "service":
         assert args[2] in SERVICE_MODULES, f"{where}: unknown service {args[2]!r}"

@@ -35,7 +35,7 @@ def post(post_id: str, agent: str = "agent-1", title: str = "a finding", body: s
 
 
 def vote(post_id: str, agent: str, value: int, *, n: int = 0) -> Event:
-    return Event.create(ForumVoted(post_id=post_id, agent_id=agent, value=value),  # type: ignore[arg-type]
+    return Event.create(ForumVoted(post_id=post_id, agent_id=agent, value=value),
                         session_id=SESSION, source=agent, time=T0 + timedelta(seconds=n))
 
 
@@ -148,7 +148,7 @@ def test_a_restore_is_not_undone_by_the_rule() -> None:
 # -- the service process -------------------------------------------------------
 
 
-async def ask(bus: Bus, name: str, body: dict[str, Any]) -> Any:
+async def ask(bus: Bus, name: str, body: dict[str, object]) -> Any:
     return await bus.request("forum", name, body, timeout=5)
 
 
@@ -256,7 +256,7 @@ async def test_forum_live_then_rebuilt_from_the_log(nats_server, home, admin, ag
         # The moderation events are in the log, with the reason, caused by the post.
         mod = await admin.js.get_msg("AAR", seq=1, subject=f"aar.{SESSION}.forum.moderated", next=True)
         first = Event.parse(json.loads(mod.data))
-        assert first.payload.action == "hide" and first.source.startswith("forum")  # type: ignore[attr-defined]
+        assert first.payload.action == "hide" and first.source.startswith("forum")
         reasons = {line["post_id"]: line["reason"] for line in log_lines(forum, "post_moderated")}
         assert reasons.keys() == {"p1-again", "big"}
         assert "duplicate of post p1" in reasons["p1-again"] and "exceeds the limit of 20,000" in reasons["big"]
@@ -264,7 +264,7 @@ async def test_forum_live_then_rebuilt_from_the_log(nats_server, home, admin, ag
             await ask(a1, "thread", {"post_id": "big"})
 
         # Bad queries: clear errors, and the service keeps answering.
-        bad = [
+        bad: list[tuple[str, dict[str, object], str]] = [
             ("list", {}, "session_id: Field required"),
             ("list", {"session_id": SESSION, "limit": "5"}, "limit: Input should be a valid integer"),
             ("top", {"session_id": SESSION, "limit": 101}, "limit: Input should be less than or equal to 100"),

@@ -54,7 +54,7 @@ async def test_an_agent_cannot_act_in_another_agents_name(
     claiming another identity is refused (the publisher is told) and recorded as rejected."""
     agent = await _connect(nats_server, "agent-1")
     try:
-        forged = [
+        forged: list[Event[Any]] = [
             Event.create(IdeaProposed(idea_id="i-x", agent_id="agent-2", title="t", hypothesis="h",
                                       builtin_method="naive_soft"), session_id=S, source="agent-1"),
             Event.create(ForumPosted(post_id="p-x", agent_id="agent-2", title="t"), session_id=S, source="agent-1"),
@@ -252,7 +252,7 @@ async def test_a_publish_budget_protects_the_store_and_refusals_are_recorded(
     counts, seq = [], 1
     for _ in range(2):
         msg = await admin.js.get_msg("AAR", seq=seq, subject=f"aar.{S}.gateway.refused", next=True)
-        counts.append(json.loads(msg.data)["payload"]["count"])
+        counts.append(json.loads(msg.data or b"{}")["payload"]["count"])
         seq = int(msg.seq or 0) + 1
     assert counts[0] == 1 and sum(counts) == refused  # the first at once, the rest counted at the window's end
 
@@ -308,7 +308,7 @@ async def test_the_gateway_records_a_conflicting_body_under_a_known_id(
 
     await wait_until(recorded, 10, "the conflict record")  # ... and the other one is on record
     msg = await admin.js.get_msg("AAR", seq=1, subject=f"aar.{S}.gateway.refused", next=True)
-    refusal = json.loads(msg.data)["payload"]
+    refusal = json.loads(msg.data or b"{}")["payload"]
     assert refusal["kind"] == "conflict" and first.id in refusal["detail"]
     assert await _stored(admin, f"aar.{S}.agent.>") == 1
 

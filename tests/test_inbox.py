@@ -51,7 +51,11 @@ def test_appends_do_not_wait_for_the_log(tmp_path: Path) -> None:
     try:
         with store._lock:  # the log is "checkpointing"
             done = threading.Event()
-            appender = threading.Thread(target=lambda: (store.append(batch), done.set()))
+            def append() -> None:
+                store.append(batch)
+                done.set()
+
+            appender = threading.Thread(target=append)
             appender.start()
             assert done.wait(30), "append waited for the log"
             appender.join()

@@ -17,7 +17,7 @@ BOARD = [
 POSTS = [{"post_id": "p-9", "idea_ids": ["i-1"]}, {"post_id": "p-2", "idea_ids": ["i-2"]}]
 
 
-def _run(seed: int, rounds: int = 12) -> list[tuple]:  # type: ignore[type-arg]
+def _run(seed: int, rounds: int = 12) -> list[tuple]:
     policy = OfflinePolicy(Assignment(session_id="s", agent_id="agent-1", direction="x", direction_key="confidence",
                                       seed=seed))
     out = []

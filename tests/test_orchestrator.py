@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from schemas import Event
 from schemas.session import EndReason
 from services.orchestrator.config import SessionConfig
 from services.orchestrator.queries import ASSIGNMENT
@@ -19,7 +20,7 @@ def _orch(**kw) -> Orchestrator:  # type: ignore[no-untyped-def]
 
 async def _ask(orch: Orchestrator, data: bytes, asker: str = "") -> dict[str, Any]:
     """The assignment query as the bus answers it: the request validated, the answer as JSON."""
-    return await ASSIGNMENT.answer(orch._assignment)(data, asker)  # type: ignore[no-any-return]
+    return await ASSIGNMENT.answer(orch._assignment)(data, asker)
 
 
 async def test_each_agent_gets_its_own_direction_and_replicas_claim_free_slots() -> None:
@@ -62,7 +63,7 @@ async def test_an_agent_cannot_spend_the_session_s_budget_by_claiming_costs() ->
         event = Event.create(AgentLlmCalled(agent_id=agent, model="claude-sonnet-4-6", input_tokens=tokens,
                                             output_tokens=0, cost_usd=cost, latency_s=1.0),
                              session_id="s-1", source=agent)
-        await orch._on_event(_Msg(event))
+        await orch._on_event(_Msg(event))  # type: ignore[arg-type]  # a stand-in with the fields it reads
 
     await call("agent-1", 1e12, 1000)  # 1,000 input tokens: a fraction of a cent, whatever it says
     assert orch.cost_usd < 0.01 and orch._budget_spent() is None
@@ -76,10 +77,10 @@ async def test_an_agent_cannot_spend_the_session_s_budget_by_claiming_costs() ->
 class _Msg:
     """What the orchestrator's subscription hands it: the event, as the admin publishes it."""
 
-    def __init__(self, event: object) -> None:
-        self.data = event.to_json()  # type: ignore[attr-defined]
-        self.subject = event.subject  # type: ignore[attr-defined]
-        self.headers = {"Aar-Publisher": str(event.source)}  # type: ignore[attr-defined]
+    def __init__(self, event: Event[Any]) -> None:
+        self.data = event.to_json()
+        self.subject = event.subject
+        self.headers = {"Aar-Publisher": str(event.source)}
 
 
 async def test_an_agent_gets_only_its_own_slot() -> None:

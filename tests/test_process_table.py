@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="module")
 def services() -> dict[str, dict[str, Any]]:
-    return yaml.safe_load((ROOT / "compose.yaml").read_text())["services"]  # type: ignore[no-any-return]
+    return yaml.safe_load((ROOT / "compose.yaml").read_text())["services"]
 
 
 def _argv(command: str | list[str]) -> list[str]:

@@ -5,6 +5,7 @@ an asker gets the response model."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 
 import pytest
 from pydantic import BaseModel, ConfigDict, Field
@@ -44,12 +45,12 @@ class Calls:
 
 
 @pytest.fixture
-async def served(nats_server: NatsServer) -> tuple[Bus, Calls]:
+async def served(nats_server: NatsServer) -> AsyncIterator[tuple[Bus, Calls]]:
     service = await Bus.connect(settings(nats_server, Role.ORCHESTRATOR), name="test-orchestrator")
     calls = Calls()
     await service.serve("orchestrator", [ADD.answer(calls.add), WRONG.answer(calls.wrong)])
     await service.nc.flush()
-    yield service, calls  # type: ignore[misc]
+    yield service, calls
     await service.close()
 
 

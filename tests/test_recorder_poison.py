@@ -153,15 +153,19 @@ def test_fuzzed_messages_each_end_as_one_event_or_one_rejection(ops: list[tuple[
                     continue
                 if op == "redeliver":
                     if delivered:  # the same message, same stream sequence: stored once
-                        rec = delivered[arg % len(delivered)][1]
-                        (pending_events if isinstance(rec, Recorded) else pending_rejected).append(rec)  # type: ignore[arg-type]
+                        again = delivered[arg % len(delivered)][1]
+                        if isinstance(again, Recorded):
+                            pending_events.append(again)
+                        else:
+                            pending_rejected.append(again)
                     continue
                 subject, raw = arg
                 seq += 1
                 item = decode(raw, subject)
                 if isinstance(item, Event):
-                    rec: Recorded | RejectedRecord = Recorded(item, seq)
-                    pending_events.append(rec)
+                    recorded = Recorded(item, seq)
+                    rec: Recorded | RejectedRecord = recorded
+                    pending_events.append(recorded)
                     body = _storable_body(item)
                     if body is None:
                         outcome[seq] = "rejected"

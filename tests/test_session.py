@@ -21,7 +21,7 @@ pytestmark = [
 ]
 
 
-def _sql(home: AarHome, query: str) -> list[dict]:  # type: ignore[type-arg]
+def _sql(home: AarHome, query: str) -> list[dict]:
     done = aar("audit", query, "-f", "json", home=home)
     assert done.returncode == 0, done.stdout + done.stderr
     return [json.loads(line) for line in done.stdout.splitlines() if line.strip()]

@@ -155,7 +155,8 @@ def _retry_after(exc: Exception) -> float | None:
 def describe(exc: Exception) -> str:
     if isinstance(exc, anthropic.APIStatusError):
         body = exc.body if isinstance(exc.body, dict) else {}
-        error = body.get("error") if isinstance(body.get("error"), dict) else {}
+        found = body.get("error")
+        error: dict[str, Any] = found if isinstance(found, dict) else {}
         kind = error.get("type") or type(exc).__name__
         message = error.get("message") or str(exc)
         return f"HTTP {exc.status_code} {kind}: {message}"[:300]
@@ -205,7 +206,8 @@ class Conversation:
         messages = list(self.messages)
         last = dict(messages[-1])
         content = last["content"]
-        blocks = [{"type": "text", "text": content}] if isinstance(content, str) else [dict(b) for b in content]
+        blocks: list[dict[str, Any]] = (
+            [{"type": "text", "text": content}] if isinstance(content, str) else [dict(b) for b in content])
         blocks[-1]["cache_control"] = dict(CACHE)
         last["content"] = blocks
         messages[-1] = last
@@ -421,7 +423,7 @@ class ClaudeAgent:
             stop_reason = response.stop_reason
         self.calls += 1
         self.spent += cost
-        self.toolbox.cost_usd = self.spent  # type: ignore[attr-defined]  # read by run_agent for agent.stopped
+        self.toolbox.cost_usd = self.spent  # read by run_agent for agent.stopped
         t = self.toolbox
         await t.bus.publish(Event.create(
             AgentLlmCalled(agent_id=t.agent_id, model=model, input_tokens=input_tokens, output_tokens=output_tokens,

@@ -151,8 +151,8 @@ class Toolbox:
         p = event.payload
         if event.type.startswith("session."):
             self.session_over.set()
-            for outcome in self.outcomes.values():
-                outcome.done.set()
+            for waiting in self.outcomes.values():
+                waiting.done.set()
             return
         idea = getattr(p, "idea_id", None)
         outcome = self.outcomes.get(idea) if idea else None
@@ -210,7 +210,7 @@ class Toolbox:
 
     # -- forum -------------------------------------------------------------------
 
-    async def _forum(self, query: Query[Any, Any], **fields: Any) -> dict[str, Any]:
+    async def _forum(self, query: Query[Any, Any], /, **fields: Any) -> dict[str, Any]:
         """A forum query in this agent's session; a bad argument is the forum's BadRequest."""
         try:
             request = query.request(session_id=self.session_id, **fields)
@@ -267,7 +267,7 @@ class Toolbox:
         from trainer.methods import METHODS
         from trainer.methods.base import HeadConfig
 
-        head = {k: getattr(HeadConfig(), k) for k in HeadConfig.__dataclass_fields__}  # type: ignore[attr-defined]
+        head = {k: getattr(HeadConfig(), k) for k in HeadConfig.__dataclass_fields__}
         return {"methods": [{"name": m.name, "summary": m.summary, "params": m.defaults} for m in METHODS.values()],
                 "head_params": head}
 

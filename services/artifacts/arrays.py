@@ -6,6 +6,7 @@ Read with ``allow_pickle=False``: a blob is data, never code.
 from __future__ import annotations
 
 import io
+from typing import Any
 
 import numpy as np
 
@@ -14,7 +15,8 @@ MEDIA_TYPE = "application/x-npz"
 
 def pack_seeds(arrays: dict[int, np.ndarray]) -> bytes:
     buf = io.BytesIO()
-    np.savez(buf, **{f"seed_{int(seed)}": np.asarray(a, dtype=np.float32) for seed, a in sorted(arrays.items())})
+    named: dict[str, Any] = {f"seed_{int(seed)}": np.asarray(a, dtype=np.float32) for seed, a in sorted(arrays.items())}
+    np.savez(buf, **named)
     return buf.getvalue()
 
 

@@ -118,7 +118,7 @@ class ArtifactService:
         """Answer into the asker's own inbox only (see ``bus.client.reply_allowed``)."""
         asker = _asker(msg.subject) or ""
         if reply_allowed(msg, asker):
-            await self.bus.nc.publish(msg.reply, data, headers=headers or None)  # type: ignore[arg-type]
+            await self.bus.nc.publish(msg.reply, data, headers=headers or None)
         elif msg.reply:
             self.log.warning("reply_refused", asker=asker, reply=msg.reply[:120])
 

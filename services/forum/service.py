@@ -127,7 +127,7 @@ class ForumService:
             return
         event = self._apply(msg.subject, msg.data, publisher)
         if event is not None and event.type is EventType.FORUM_POSTED:
-            await self._moderate(event.session_id, event.payload.post_id)  # type: ignore[attr-defined]
+            await self._moderate(event.session_id, event.payload.post_id)
 
     def _apply(self, subject: str, data: bytes, publisher: str | None = None) -> Event | None:
         """Decode and apply; the event when it was new, else None. Invalid messages, and

@@ -241,7 +241,7 @@ class Gateway:
         identity token of the subject is the publisher, checked by the server."""
         if reply_allowed(msg, msg.subject.rsplit(".", 1)[-1]):
             with contextlib.suppress(Exception):
-                await self.bus.nc.publish(msg.reply, json.dumps(answer).encode())  # type: ignore[arg-type]
+                await self.bus.nc.publish(msg.reply, json.dumps(answer).encode())
         elif msg.reply:
             self.stats.refused["reply"] = self.stats.refused.get("reply", 0) + 1
 
