@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from .base import MAX_ID, MAX_TEXT, Count, EventType, Ident, JsonObject, NonNegative, Payload, Text
+from .base import Count, EventType, Ident, IdStr, JsonObject, NonNegative, Payload, TextStr
 from .registry import event
+from .session import Backend
 
 MAX_CALL_TOKENS = 10_000_000  # tokens of one kind in one Messages call (context windows are far smaller)
-from .session import Backend
 
 
 @event(EventType.AGENT_STARTED)
@@ -16,9 +16,9 @@ class AgentStarted(Payload):
     publisher_field = "agent_id"
 
     agent_id: Ident
-    direction: Text(MAX_TEXT)
+    direction: TextStr
     backend: Backend
-    model: Text(MAX_ID) | None = None
+    model: IdStr | None = None
     seed: int | None = None
 
 
@@ -29,14 +29,14 @@ class AgentLlmCalled(Payload):
     publisher_field = "agent_id"
 
     agent_id: Ident
-    model: Text(MAX_ID)
+    model: IdStr
     input_tokens: Count = Field(le=MAX_CALL_TOKENS)
     output_tokens: Count = Field(le=MAX_CALL_TOKENS)
     cache_read_tokens: Count = Field(default=0, le=MAX_CALL_TOKENS)
     cache_write_tokens: Count = Field(default=0, le=MAX_CALL_TOKENS)
     cost_usd: NonNegative
     latency_s: NonNegative
-    stop_reason: Text(MAX_ID) | None = None
+    stop_reason: IdStr | None = None
     attempts: int = Field(default=1, ge=1)
     idea_id: Ident | None = None
 
@@ -46,12 +46,12 @@ class AgentToolCalled(Payload):
     publisher_field = "agent_id"
 
     agent_id: Ident
-    tool: Text(MAX_ID)
+    tool: IdStr
     arguments: JsonObject = Field(default_factory=dict)
     ok: bool = True
-    error: Text(MAX_TEXT) | None = None
+    error: TextStr | None = None
     latency_s: NonNegative = 0.0
-    result_summary: Text(MAX_TEXT) = ""
+    result_summary: TextStr = ""
 
 
 @event(EventType.AGENT_STOPPED)
@@ -59,6 +59,6 @@ class AgentStopped(Payload):
     publisher_field = "agent_id"
 
     agent_id: Ident
-    reason: Text(MAX_TEXT)
+    reason: TextStr
     ideas: Count = 0
     cost_usd: NonNegative = 0.0

@@ -6,7 +6,7 @@ from enum import StrEnum
 
 from pydantic import Field
 
-from .base import MAX_ID, MAX_NAME, Count, EventType, Payload, Sha256, Text
+from .base import Count, EventType, IdStr, NameStr, Payload, Sha256
 from .registry import event
 
 
@@ -23,7 +23,7 @@ class ArtifactStored(Payload):
     sha256: Sha256
     size: Count
     kind: ArtifactKind
-    name: Text(MAX_NAME) = ""
-    media_type: Text(MAX_NAME) = "application/octet-stream"
-    owner: Text(MAX_ID) | None = Field(
+    name: NameStr = ""
+    media_type: NameStr = "application/octet-stream"
+    owner: IdStr | None = Field(
         default=None, description="who stored it: the verified identity of the uploader")

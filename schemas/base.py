@@ -86,14 +86,16 @@ MAX_JSON_BYTES = 64 * 1024  # a free-form JSON object (parameters, tool argument
 MAX_EVENT_BYTES = 256 * 1024
 
 
-def Text(max_length: int, *, min_length: int = 0) -> Any:
-    """A str field of at most ``max_length`` characters."""
-    return Annotated[str, StringConstraints(min_length=min_length, max_length=max_length)]
-
-
-def Refs(max_items: int = MAX_REFS, *, item_length: int = MAX_ID) -> Any:
-    """A list of at most ``max_items`` ids (or short strings) of at most ``item_length`` characters."""
-    return Annotated[list[Text(item_length)], Field(max_length=max_items)]  # type: ignore[valid-type]
+# Sized strings and lists: every str and list field of every event uses one of these
+# (or a size of its own, defined next to the one field that uses it).
+IdStr = Annotated[str, StringConstraints(max_length=MAX_ID)]  # an id or short label, may be empty
+Ident = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID)]  # a non-empty id
+NameStr = Annotated[str, StringConstraints(max_length=MAX_NAME)]  # a name, subject or label, may be empty
+Title = Annotated[str, StringConstraints(min_length=1, max_length=MAX_NAME)]  # a non-empty title
+TextStr = Annotated[str, StringConstraints(max_length=MAX_TEXT)]  # a paragraph: error, detail, direction
+LongText = Annotated[str, StringConstraints(max_length=MAX_LONG_TEXT)]  # reasoning, may be empty
+NonEmptyLongText = Annotated[str, StringConstraints(min_length=1, max_length=MAX_LONG_TEXT)]  # a hypothesis
+IdRefs = Annotated[list[IdStr], Field(max_length=MAX_REFS)]  # at most MAX_REFS ids (parent ideas, cited posts)
 
 
 # Envelope ids: printable ASCII without spaces (they travel in logs, SQL, URLs and headers).
@@ -101,7 +103,6 @@ PRINTABLE_ID = r"^[!-~]{1,128}$"
 SessionId = Annotated[str, StringConstraints(max_length=64, pattern=SUBJECT_TOKEN)]
 EventId = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[!-~]{1,64}$")]
 RefId = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID, pattern=PRINTABLE_ID)]
-Ident = Text(MAX_ID, min_length=1)
 Sha256 = Annotated[str, StringConstraints(min_length=64, max_length=64, pattern=r"^[0-9a-f]{64}$")]
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 NonNegative = Annotated[float, Field(ge=0.0)]

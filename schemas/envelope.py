@@ -25,7 +25,7 @@ from pydantic import (
     field_validator,
 )
 
-from .base import MAX_ID, EventId, EventType, Model, Payload, SessionId, Text, escape_unencodable, new_id
+from .base import EventId, EventType, Ident, IdStr, Model, Payload, SessionId, escape_unencodable, new_id
 from .registry import REGISTRY, UnknownEventType, UnsupportedVersion, upcast
 
 SUBJECT_PREFIX = "aar"
@@ -50,10 +50,10 @@ class Event(Model, Generic[P]):
     type: EventType
     schema_version: int = Field(ge=1)
     session_id: SessionId
-    source: Text(MAX_ID, min_length=1)
+    source: Ident
     time: Annotated[AwareDatetime, AfterValidator(lambda t: t.astimezone(UTC))]
-    correlation_id: Text(MAX_ID) | None = None
-    causation_id: Text(MAX_ID) | None = None
+    correlation_id: IdStr | None = None
+    causation_id: IdStr | None = None
     payload: P
 
     @classmethod
@@ -64,10 +64,10 @@ class Event(Model, Generic[P]):
         session_id: str,
         source: str,
         correlation_id: str | None = None,
-        causation: "Event[Any] | str | None" = None,
+        causation: Event[Any] | str | None = None,
         time: datetime | None = None,
         id: str | None = None,
-    ) -> "Event[P]":
+    ) -> Event[P]:
         """Wrap ``payload`` in an envelope. ``causation`` is the event that caused
         this one (its id becomes ``causation_id``; its correlation id is inherited
         unless one is given)."""
@@ -90,7 +90,7 @@ class Event(Model, Generic[P]):
         return EVENT_CLASSES[payload.event_type](**fields)
 
     @classmethod
-    def parse(cls, data: dict[str, Any]) -> "Event[Any]":
+    def parse(cls, data: dict[str, Any]) -> Event[Any]:
         """Validate a dict (upcasting an older payload version)."""
         try:
             return _ANY_EVENT.validate_python(data)
@@ -109,19 +109,24 @@ class Event(Model, Generic[P]):
 
 
 def _envelope_class(event_type: EventType, model: type[Payload]) -> type[Event[Any]]:
-    return create_model(  # type: ignore[call-overload, no-any-return]
-        f"{model.__name__}Event",
-        __base__=Event[model],  # type: ignore[valid-type]
-        __module__=__name__,
+    # Field types built at run time (a Literal of this type and version): not type
+    # expressions mypy can check, so they travel as plain values.
+    fields: dict[str, Any] = dict(
         type=(Literal[event_type], ...),
         schema_version=(Literal[model.schema_version], model.schema_version),
         payload=(model, ...),
+    )
+    return create_model(
+        f"{model.__name__}Event",
+        __base__=Event[model],  # type: ignore[valid-type]  # parametrized at run time by each registered payload class
+        __module__=__name__,
+        **fields,
     )
 
 
 EVENT_CLASSES: dict[EventType, type[Event[Any]]] = {t: _envelope_class(t, m) for t, m in REGISTRY.items()}
 _ANY_EVENT: TypeAdapter[Event[Any]] = TypeAdapter(
-    Annotated[Union[tuple(EVENT_CLASSES.values())], Field(discriminator="type")]  # type: ignore[arg-type]
+    Annotated[Union[tuple(EVENT_CLASSES.values())], Field(discriminator="type")]  # type: ignore[arg-type]  # a union built at run time from the registry
 )
 
 
@@ -177,7 +182,7 @@ def _reason(exc: ValidationError) -> str:
     )
 
 
-def decode(raw: bytes, subject: str | None = None, publisher: str | None = None) -> Event[Any] | Rejection:
+def decode(raw: bytes | bytearray | memoryview, subject: str | None = None, publisher: str | None = None) -> Event[Any] | Rejection:
     """Bytes -> Event, or a Rejection with the reason. Never raises.
 
     ``subject``: the subject it arrived on; the event must belong there.

@@ -3,26 +3,29 @@
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Annotated
 
-from pydantic import Field, model_validator
+from pydantic import Field, StringConstraints, model_validator
 
 from .base import (
-    MAX_ID,
-    MAX_NAME,
     MAX_SEEDS,
-    MAX_TEXT,
     Count,
     EventType,
     Ident,
+    IdStr,
     JsonObject,
+    NameStr,
     NonNegative,
     Payload,
     Probability,
-    Refs,
     Sha256,
-    Text,
+    TextStr,
 )
 from .registry import event
+
+SplitName = Annotated[str, StringConstraints(max_length=16)]  # a split's name (A, B, dev, test)
+Violation = Annotated[str, StringConstraints(max_length=500)]  # one sandbox violation, described
+Violations = Annotated[list[Violation], Field(max_length=20)]  # a job's sandbox violations, at most 20
 
 
 class Split(StrEnum):
@@ -51,23 +54,23 @@ class ExperimentRequested(Payload):
     agent_id: Ident | None = None
     purpose: Purpose = Purpose.SCORE
     split: Split = Split.DEV
-    dataset: Text(MAX_ID)
-    weak_model: Text(MAX_ID)
-    strong_model: Text(MAX_ID)
+    dataset: IdStr
+    weak_model: IdStr
+    strong_model: IdStr
     seeds: list[int] = Field(min_length=1, max_length=MAX_SEEDS)
     method_artifact: Sha256 | None = None
-    builtin_method: Text(MAX_ID) | None = None
+    builtin_method: IdStr | None = None
     params: JsonObject = Field(default_factory=dict)
     shuffle_weak_labels: bool = False
     weak_labels_artifact: Sha256 | None = Field(
         default=None, description="npz from the scorer: the weak teacher's P(class 1) on B, one array per seed"
     )
-    split_sizes: dict[Text(16), int] = Field(
+    split_sizes: dict[SplitName, int] = Field(
         default_factory=dict, max_length=8, description="A/B/dev/test sizes; empty: defaults")
     split_seed: int | None = None
 
     @model_validator(mode="after")
-    def _one_method(self) -> "ExperimentRequested":
+    def _one_method(self) -> ExperimentRequested:
         if (self.method_artifact is None) == (self.builtin_method is None):
             raise ValueError("give exactly one of method_artifact or builtin_method")
         return self
@@ -90,7 +93,7 @@ class ExperimentProgress(Payload):
     experiment_id: Ident
     trainer_id: Ident
     fraction: Probability
-    message: Text(MAX_NAME) = ""
+    message: NameStr = ""
 
 
 @event(EventType.EXPERIMENT_FINISHED)
@@ -113,11 +116,11 @@ class ExperimentFailed(Payload):
     experiment_id: Ident
     trainer_id: Ident
     idea_id: Ident | None = None
-    error_class: Text(MAX_ID)
-    message: Text(MAX_TEXT)
+    error_class: IdStr
+    message: TextStr
     attempt: int = Field(default=1, ge=1)
     log_artifact: Sha256 | None = None
     runtime_s: NonNegative = 0.0
     retryable: bool = False
-    sandbox_violations: Refs(20, item_length=500) = Field(default_factory=list)
+    sandbox_violations: Violations = Field(default_factory=list)
     deliveries: Count = 0

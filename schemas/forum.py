@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import Field, StringConstraints
 
-from .base import MAX_LONG_TEXT, MAX_NAME, MAX_TEXT, EventType, Ident, Payload, Refs, Text
+from .base import MAX_LONG_TEXT, EventType, Ident, IdRefs, Payload, TextStr, Title
 from .registry import event
+
+PostBody = Annotated[str, StringConstraints(max_length=2 * MAX_LONG_TEXT)]  # a post's body, may be empty
+Tag = Annotated[str, StringConstraints(max_length=50)]  # one tag of a post
+Tags = Annotated[list[Tag], Field(max_length=10)]  # a post's tags, at most 10
 
 
 @event(EventType.FORUM_POSTED)
@@ -16,14 +20,14 @@ class ForumPosted(Payload):
 
     post_id: Ident
     agent_id: Ident
-    title: Text(MAX_NAME, min_length=1)
+    title: Title
     # The forum hides a post whose body is longer than its own limit (20,000 characters,
     # services.forum.model.MAX_BODY_CHARS); the event may carry a little more, for the record.
-    body: Text(2 * MAX_LONG_TEXT) = ""
+    body: PostBody = ""
     reply_to: Ident | None = None
-    idea_ids: Refs() = Field(default_factory=list)
-    experiment_ids: Refs() = Field(default_factory=list)
-    tags: Refs(10, item_length=50) = Field(default_factory=list)
+    idea_ids: IdRefs = Field(default_factory=list)
+    experiment_ids: IdRefs = Field(default_factory=list)
+    tags: Tags = Field(default_factory=list)
 
 
 @event(EventType.FORUM_VOTED)
@@ -39,4 +43,4 @@ class ForumVoted(Payload):
 class ForumModerated(Payload):
     post_id: Ident
     action: Literal["hide", "restore"]
-    reason: Text(MAX_TEXT)
+    reason: TextStr

@@ -6,7 +6,7 @@ from enum import StrEnum
 
 from pydantic import Field
 
-from .base import MAX_ID, MAX_NAME, MAX_TEXT, Count, EventType, Ident, NonNegative, Payload, Sha256, Text
+from .base import Count, EventType, Ident, IdStr, NameStr, NonNegative, Payload, Sha256, TextStr
 from .registry import event
 
 
@@ -27,12 +27,12 @@ class GatewayRefused(Payload):
     recorder stores them, bytes included, as rejected.)"""
 
     identity: Ident
-    role: Text(MAX_ID)
+    role: IdStr
     kind: RefusalKind
     count: int = Field(ge=1)
     bytes: Count
-    first_subject: Text(MAX_NAME)
+    first_subject: NameStr
     first_size: Count
     first_sha256: Sha256
     window_s: NonNegative = 0.0
-    detail: Text(MAX_TEXT) = ""
+    detail: TextStr = ""

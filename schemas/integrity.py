@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from enum import StrEnum
+
 from pydantic import Field
 
-from .base import MAX_TEXT, EventType, Ident, JsonObject, Payload, Text
+from .base import EventType, Ident, JsonObject, Payload, TextStr
 from .registry import event
 
 
@@ -29,7 +30,7 @@ class Severity(StrEnum):
 class IntegrityFlagged(Payload):
     check: IntegrityCheck
     severity: Severity = Severity.WARNING
-    detail: Text(MAX_TEXT)
+    detail: TextStr
     idea_id: Ident | None = None
     experiment_id: Ident | None = None
     agent_id: Ident | None = None

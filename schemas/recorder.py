@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from .base import MAX_ID, MAX_NAME, MAX_TEXT, Count, EventType, NonNegative, Payload, Text
+from .base import Count, EventType, IdStr, NameStr, NonNegative, Payload, TextStr
 from .registry import event
 
 
@@ -12,8 +12,8 @@ from .registry import event
 class RecorderRejected(Payload):
     """Published after an invalid message was stored in ``rejected_events``."""
 
-    reason: Text(MAX_TEXT)
-    subject: Text(MAX_NAME) | None = None
+    reason: TextStr
+    subject: NameStr | None = None
     stream_seq: Count
     raw_size: Count
 
@@ -22,12 +22,12 @@ class RecorderRejected(Payload):
 class RecorderDeadLettered(Payload):
     """A message exhausted ``max_deliver`` on a consumer; it was never acknowledged."""
 
-    consumer: Text(MAX_ID)
+    consumer: IdStr
     stream_seq: Count
     deliveries: Count
-    original_event_id: Text(MAX_ID) | None = None
-    original_type: Text(MAX_ID) | None = None
-    original_subject: Text(MAX_NAME) | None = None
+    original_event_id: IdStr | None = None
+    original_type: IdStr | None = None
+    original_subject: NameStr | None = None
 
 
 @event(EventType.RECORDER_HEALTH)

@@ -6,7 +6,7 @@ from enum import StrEnum
 
 from pydantic import Field
 
-from .base import MAX_ID, MAX_SEEDS, Count, EventType, Ident, Payload, Probability, Sha256, Text
+from .base import MAX_SEEDS, Count, EventType, Ident, IdStr, Payload, Probability, Sha256
 from .experiment import Purpose, Split
 from .registry import event
 
@@ -19,10 +19,10 @@ class BaselineKind(StrEnum):
 @event(EventType.BASELINE_COMPUTED)
 class BaselineComputed(Payload):
     kind: BaselineKind
-    dataset: Text(MAX_ID)
+    dataset: IdStr
     split: Split
-    weak_model: Text(MAX_ID)
-    strong_model: Text(MAX_ID)
+    weak_model: IdStr
+    strong_model: IdStr
     seeds: list[int] = Field(min_length=1, max_length=MAX_SEEDS)
     accuracies: list[Probability] = Field(min_length=1, max_length=MAX_SEEDS)
     mean: Probability
@@ -38,7 +38,7 @@ class ScorePublished(Payload):
     idea_id: Ident | None = None
     agent_id: Ident | None = None
     purpose: Purpose = Purpose.SCORE
-    dataset: Text(MAX_ID)
+    dataset: IdStr
     split: Split
     n_seeds: Count
     accuracy: Probability
@@ -48,7 +48,7 @@ class ScorePublished(Payload):
     pgr: float | None
     pgr_stderr: float | None = Field(default=None, ge=0)
     method_artifact: Sha256 | None = None
-    builtin_method: Text(MAX_ID) | None = None
+    builtin_method: IdStr | None = None
 
 
 @event(EventType.SCORE_WITHHELD)

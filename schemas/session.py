@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from enum import StrEnum
+
 from pydantic import Field
 
-from .base import MAX_ID, MAX_NAME, MAX_TEXT, EventType, Ident, JsonObject, Model, Payload, Text
+from .base import EventType, Ident, IdStr, JsonObject, Model, NameStr, Payload, TextStr
 from .registry import event
 
 
@@ -25,7 +26,7 @@ class EndReason(StrEnum):
 
 class AgentAssignment(Model):
     agent_id: Ident
-    direction: Text(MAX_TEXT)
+    direction: TextStr
 
 
 class Budgets(Model):
@@ -37,11 +38,11 @@ class Budgets(Model):
 
 @event(EventType.SESSION_STARTED)
 class SessionStarted(Payload):
-    name: Text(MAX_NAME)
+    name: NameStr
     backend: Backend
-    dataset: Text(MAX_ID)
-    weak_model: Text(MAX_ID)
-    strong_model: Text(MAX_ID)
+    dataset: IdStr
+    weak_model: IdStr
+    strong_model: IdStr
     agents: list[AgentAssignment] = Field(default_factory=list, max_length=64)
     trainers: int = Field(default=1, ge=0)
     budgets: Budgets = Field(default_factory=Budgets)
@@ -55,13 +56,13 @@ class SessionDraining(Payload):
     ``session.ended``."""
 
     reason: EndReason
-    detail: Text(MAX_TEXT) = ""
+    detail: TextStr = ""
     outstanding: int = Field(default=0, ge=0, description="experiments still running")
 
 
 @event(EventType.SESSION_ENDED)
 class SessionEnded(Payload):
     reason: EndReason
-    detail: Text(MAX_TEXT) = ""
+    detail: TextStr = ""
     experiments: int = Field(default=0, ge=0)
     cost_usd: float = Field(default=0.0, ge=0)

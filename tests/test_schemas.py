@@ -17,6 +17,7 @@ import contextlib
 import enum
 import functools
 import json
+import math
 import time as _time
 import types
 import typing
@@ -26,8 +27,6 @@ from typing import Annotated, Any, Literal, Union
 
 import annotated_types as at
 import pytest
-
-from schemas.base import MAX_JSON_BYTES, _json_safe
 from hypothesis import HealthCheck, Phase, assume, find, given, note, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
@@ -40,7 +39,16 @@ from schemas import REGISTRY, Event, EventType, Payload, Rejection, decode, subj
 from schemas import envelope as envelope_module
 from schemas import registry as registry_module
 from schemas.agent import AgentStopped, AgentToolCalled
-from schemas.base import SUBJECT_TOKEN, Count, NonNegative, SessionId, Sha256, is_subject_token
+from schemas.base import (
+    MAX_JSON_BYTES,
+    SUBJECT_TOKEN,
+    Count,
+    NonNegative,
+    SessionId,
+    Sha256,
+    _json_safe,
+    is_subject_token,
+)
 from schemas.envelope import EVENT_CLASSES
 from schemas.experiment import ExperimentRequested
 from schemas.idea import IdeaProposed
@@ -89,6 +97,16 @@ EXACTLY_ONE_METHOD = (IdeaProposed, ExperimentRequested)
 METHOD_FIELDS = ("method_artifact", "builtin_method")
 
 
+def _bound(value: object) -> float:
+    """A numeric bound of annotated-types' Ge/Gt/Le/Lt (typed there as any comparable)."""
+    if not isinstance(value, (int, float)):
+        raise TypeError(f"test strategies only handle numeric bounds, not {value!r}")
+    return value
+
+
+M = typing.TypeVar("M", bound=BaseModel)
+
+
 class _Constraints:
     def __init__(self, metadata: typing.Iterable[Any]) -> None:
         self.ge: float | None = None
@@ -106,13 +124,13 @@ class _Constraints:
             for inner in item.metadata:
                 self._add(inner)
         elif isinstance(item, at.Ge):
-            self.ge = item.ge  # type: ignore[assignment]
+            self.ge = _bound(item.ge)
         elif isinstance(item, at.Gt):
-            self.gt = item.gt  # type: ignore[assignment]
+            self.gt = _bound(item.gt)
         elif isinstance(item, at.Le):
-            self.le = item.le  # type: ignore[assignment]
+            self.le = _bound(item.le)
         elif isinstance(item, at.Lt):
-            self.lt = item.lt  # type: ignore[assignment]
+            self.lt = _bound(item.lt)
         elif isinstance(item, at.MinLen):
             self.min_len = item.min_length
         elif isinstance(item, at.MaxLen):
@@ -165,7 +183,8 @@ def strategy_for(annotation: Any, metadata: typing.Iterable[Any] = ()) -> st.Sea
     if annotation is int:
         lo = c.ge if c.ge is not None else (c.gt + 1 if c.gt is not None else None)
         hi = c.le if c.le is not None else (c.lt - 1 if c.lt is not None else None)
-        return st.integers(min_value=lo, max_value=hi)
+        return st.integers(
+            min_value=None if lo is None else math.ceil(lo), max_value=None if hi is None else math.floor(hi))
     if annotation is float:
         lo = c.ge if c.ge is not None else c.gt
         hi = c.le if c.le is not None else c.lt
@@ -182,8 +201,8 @@ def strategy_for(annotation: Any, metadata: typing.Iterable[Any] = ()) -> st.Sea
         if c.pattern is not None:
             strategy = st.from_regex(c.pattern, fullmatch=True)
             if c.min_len is not None or c.max_len is not None:
-                lo, hi = c.min_len or 0, c.max_len if c.max_len is not None else float("inf")
-                strategy = strategy.filter(lambda s: lo <= len(s) <= hi)
+                shortest, longest = c.min_len or 0, c.max_len if c.max_len is not None else float("inf")
+                strategy = strategy.filter(lambda s: shortest <= len(s) <= longest)
             return strategy
         lo = c.min_len or 0
         hi = c.max_len if c.max_len is not None else lo + 24
@@ -202,7 +221,8 @@ def strategy_for(annotation: Any, metadata: typing.Iterable[Any] = ()) -> st.Sea
 
 
 def _field_strategies(model: type[BaseModel], skip: typing.Collection[str] = ()) -> st.SearchStrategy[dict[str, Any]]:
-    required, optional = {}, {}
+    required: dict[str, st.SearchStrategy[Any]] = {}
+    optional: dict[str, st.SearchStrategy[Any]] = {}
     for name, info in model.model_fields.items():
         if name in skip:
             continue
@@ -211,7 +231,7 @@ def _field_strategies(model: type[BaseModel], skip: typing.Collection[str] = ())
     return st.fixed_dictionaries(required, optional=optional)
 
 
-def model_strategy(model: type[BaseModel]) -> st.SearchStrategy[BaseModel]:
+def model_strategy(model: type[M]) -> st.SearchStrategy[M]:
     """Valid instances of ``model``. Construction errors are not filtered out: a
     ValidationError here means the strategy (or the model) is wrong."""
     if issubclass(model, EXACTLY_ONE_METHOD):
@@ -227,7 +247,7 @@ def model_strategy(model: type[BaseModel]) -> st.SearchStrategy[BaseModel]:
 
 
 PAYLOADS: dict[EventType, st.SearchStrategy[Payload]] = {
-    t: model_strategy(m) for t, m in REGISTRY.items()  # type: ignore[misc]
+    t: model_strategy(m) for t, m in REGISTRY.items()
 }
 
 
@@ -265,7 +285,7 @@ def _payload_json(event_type: EventType, **overrides: Any) -> dict[str, Any]:
 def example_payload(event_type: EventType) -> Payload:
     """A simple valid payload of ``event_type`` (hypothesis tries the simplest example first)."""
     quick = settings(database=None, derandomize=True, phases=[Phase.generate], max_examples=1)
-    return find(PAYLOADS[event_type], lambda _: True, settings=quick)  # type: ignore[no-any-return]
+    return find(PAYLOADS[event_type], lambda _: True, settings=quick)
 
 
 # ---------------------------------------------------------------------------
@@ -318,7 +338,7 @@ def test_payload_models_and_nested_models_forbid_extra_fields(event_type: EventT
 
 
 @pytest.mark.parametrize("model", EXACTLY_ONE_METHOD, ids=lambda m: m.__name__)
-def test_exactly_one_method_is_required(model: type[Payload]) -> None:
+def test_exactly_one_method_is_required(model: type[IdeaProposed] | type[ExperimentRequested]) -> None:
     base = example_payload(model.event_type).model_dump()
     neither = {**base, "method_artifact": None, "builtin_method": None}
     both = {**base, "method_artifact": "0" * 64, "builtin_method": "conf_filter"}
@@ -443,7 +463,8 @@ def test_decode_never_raises_on_envelope_shaped_json(value: dict[str, Any]) -> N
     raw = json.dumps(value).encode()
     result = decode(raw)
     if isinstance(result, Event):  # only possible if the random payload happens to be valid
-        assert result.to_json() == decode(result.to_json()).to_json()  # type: ignore[union-attr]
+        again = decode(result.to_json())
+        assert isinstance(again, Event) and result.to_json() == again.to_json()
     else:
         assert result.reason and result.raw == raw
 
@@ -697,8 +718,10 @@ def _register(monkeypatch: pytest.MonkeyPatch, model: type[Payload], version: in
     assert REGISTRY[STOPPED] is model and model.schema_version == version
     if envelope:
         monkeypatch.setitem(EVENT_CLASSES, STOPPED, envelope_module._envelope_class(STOPPED, model))
-        union = Annotated[Union[tuple(EVENT_CLASSES.values())], Field(discriminator="type")]  # type: ignore[valid-type]
-        monkeypatch.setattr(envelope_module, "_ANY_EVENT", TypeAdapter(union))
+        adapter: TypeAdapter[Event[Any]] = TypeAdapter(
+            Annotated[Union[tuple(EVENT_CLASSES.values())], Field(discriminator="type")]  # type: ignore[arg-type]  # a union built at run time from the registry
+        )
+        monkeypatch.setattr(envelope_module, "_ANY_EVENT", adapter)
 
 
 def _v1_event_json() -> dict[str, Any]:
@@ -899,9 +922,9 @@ def test_create_validates_the_envelope(field: str, value: str) -> None:
 def test_events_are_immutable() -> None:
     event = Event.create(AgentStopped(agent_id="a", reason="r"), session_id="s-1", source="t")
     with pytest.raises(ValidationError):
-        event.source = "other"  # type: ignore[misc]
+        event.source = "other"  # type: ignore[misc]  # frozen: the assignment must raise
     with pytest.raises(ValidationError):
-        event.payload.reason = "other"  # type: ignore[misc]
+        event.payload.reason = "other"  # type: ignore[misc]  # frozen: the assignment must raise
 
 
 @settings(PROPERTY, max_examples=300)
@@ -1022,13 +1045,14 @@ def test_no_field_of_any_model_accepts_a_string_that_cannot_be_encoded(event_typ
     for field in ("session_id", "source", "id", "correlation_id", "causation"):
         for value in POISON[:2]:
             with contextlib.suppress(ValidationError):
-                event = Event.create(payload, **{"session_id": "s-1", "source": "t", field: value})
+                envelope: dict[str, Any] = {"session_id": "s-1", "source": "t", field: value}
+                event = Event.create(payload, **envelope)
                 assert _encodes(event), f"envelope {field} = {value!r} validates but cannot be encoded"
 
 
 def _minimal(model: type[BaseModel]) -> dict[str, Any]:
     quick = settings(database=None, derandomize=True, phases=[Phase.generate], max_examples=1)
-    return find(model_strategy(model), lambda _: True, settings=quick).model_dump()  # type: ignore[no-any-return]
+    return find(model_strategy(model), lambda _: True, settings=quick).model_dump()
 
 
 def test_a_lone_surrogate_from_a_lenient_json_parser_is_refused_and_the_rejection_is_storable() -> None:
@@ -1074,13 +1098,13 @@ def test_every_str_and_list_field_has_a_documented_maximum() -> None:
     models: set[type[BaseModel]] = {Event}
     for model in REGISTRY.values():
         models |= set(_nested_models(model))
-    for model in models:
-        for name, info in model.model_fields.items():
+    for checked in models:
+        for name, info in checked.model_fields.items():
             if name == "payload":
                 continue
             for kind, cap in _caps(info.annotation, info.metadata):
                 if cap is None:
-                    missing.append(f"{model.__name__}.{name} ({kind})")
+                    missing.append(f"{checked.__name__}.{name} ({kind})")
     assert not missing, f"no maximum: {missing}"
 
 

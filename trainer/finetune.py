@@ -19,17 +19,21 @@ Typical use (the paper pair)::
 
 from __future__ import annotations
 
+import importlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from core.paths import AarHome
 from trainer import models
 from trainer.errors import MissingDependencyError
+
+if TYPE_CHECKING:
+    from trainer.methods.losses import LossFn
 
 
 @dataclass(slots=True)
@@ -51,7 +55,7 @@ class FinetuneConfig:
     weight_decay: float = 0.0
 
 
-def _loss_fn(config: FinetuneConfig):  # type: ignore[no-untyped-def]
+def _loss_fn(config: FinetuneConfig) -> LossFn:
     from trainer.methods import losses
 
     p = dict(config.loss_params)
@@ -68,7 +72,7 @@ def _loss_fn(config: FinetuneConfig):  # type: ignore[no-untyped-def]
 
 def _peft_available() -> bool:
     try:
-        import peft  # noqa: F401
+        importlib.import_module("peft")  # optional, not a declared dependency: only whether it imports
     except ImportError:
         return False
     return True
@@ -100,7 +104,7 @@ def load_classifier(
     use_lora = _peft_available() if config.lora is None else config.lora
     if use_lora:
         try:
-            import peft
+            import peft  # type: ignore[import-not-found]  # optional (LoRA), not a declared dependency
         except ImportError:
             raise MissingDependencyError("peft", "LoRA fine-tuning (config.lora=True)") from None
         lora = peft.LoraConfig(
@@ -117,7 +121,7 @@ def load_classifier(
     return tokenizer, model
 
 
-def _batches(tokenizer: Any, texts: Sequence[str], rows: Sequence[int], max_length: int, device: str) -> dict[str, Any]:
+def _batches(tokenizer: Any, texts: Sequence[str], rows: Sequence[int] | np.ndarray, max_length: int, device: str) -> dict[str, Any]:
     enc = tokenizer([texts[i] for i in rows], padding=True, truncation=True, max_length=max_length, return_tensors="pt")
     # Only what every architecture accepts (decoders reject token_type_ids).
     return {k: v.to(device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}

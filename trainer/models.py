@@ -30,7 +30,8 @@ import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any, Literal
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, Literal, Never
 
 from core.paths import AarHome
 from trainer._util import sha256_file, write_text_atomic
@@ -38,6 +39,7 @@ from trainer.errors import IntegrityError, MissingDependencyError, TrainerError,
 
 if TYPE_CHECKING:
     import torch
+    from tqdm.std import tqdm as ProgressBar
 
 log = logging.getLogger(__name__)
 
@@ -272,7 +274,7 @@ def fetch(name: str, progress: bool = True, home: AarHome | None = None) -> Path
     return _fetch_parts(s, _home(home), progress)
 
 
-def _progress(total: int | None, desc: str, enabled: bool, unit: str = "B"):  # type: ignore[no-untyped-def]
+def _progress(total: int | None, desc: str, enabled: bool, unit: str = "B") -> ProgressBar[Never]:
     from tqdm.auto import tqdm
 
     return tqdm(
@@ -417,7 +419,7 @@ def dtype_kwarg() -> str:
     return "dtype" if (major, minor) >= (4, 56) else "torch_dtype"
 
 
-def _transformers():  # type: ignore[no-untyped-def]
+def _transformers() -> ModuleType:
     try:
         import transformers
     except ImportError:

@@ -371,7 +371,7 @@ def run_untrusted(
         )
     use_cgroups = _use_cgroups(limits)
     own_dir = job_dir is None
-    job = Path(tempfile.mkdtemp(prefix="aar-job-")) if own_dir else Path(job_dir)  # type: ignore[arg-type]
+    job = Path(tempfile.mkdtemp(prefix="aar-job-")) if job_dir is None else Path(job_dir)
     job.mkdir(parents=True, exist_ok=True)
     job.chmod(0o755)
     try:
@@ -470,7 +470,7 @@ def _spawn(
             cwd=cwd,
             pass_fds=(writes["audit"], writes["result"], *([seccomp] if seccomp is not None else [])),
             start_new_session=True,
-            preexec_fn=_ChildSetup(limits, cgroups),  # noqa: PLW1509 (only os.write and setrlimit)
+            preexec_fn=_ChildSetup(limits, cgroups),  # fork-safe: only os.write and setrlimit
         )
     except BaseException:
         for r, _ in ends.values():

@@ -157,8 +157,8 @@ class JobCgroups:
             _write(made["cpu"] / "cpu.cfs_quota_us", max(1, cores) * _PERIOD_US)
             return cls(made)
         except BaseException:
-            for path in {str(p) for p in made.values()}:
-                _rmdir(Path(path))
+            for made_path in {str(p) for p in made.values()}:
+                _rmdir(Path(made_path))
             raise
 
     def join(self) -> None:

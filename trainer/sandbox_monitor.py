@@ -176,7 +176,7 @@ class TreeMonitor:
         else:
             return
         used = files = 0
-        for mount, st in zip(self.mounts, stats):
+        for mount, st in zip(self.mounts, stats, strict=True):  # one stat per mount
             assert st is not None
             used += (st.f_blocks - st.f_bfree) * st.f_frsize
             files += st.f_files - st.f_ffree

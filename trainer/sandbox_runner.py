@@ -95,10 +95,10 @@ class _Reporter:
             pass
 
     def path_event(self, path: object, writing: bool, what: str) -> None:
-        if isinstance(path, int):
-            return
+        if isinstance(path, int) or not isinstance(path, (str, bytes, os.PathLike)):
+            return  # a file descriptor, or not a path (os.fsdecode would refuse it)
         try:
-            p = os.path.abspath(os.fsdecode(path))  # type: ignore[arg-type]
+            p = os.path.abspath(os.fsdecode(path))
         except (TypeError, ValueError):
             return
         if _ENVIRON.match(p):
@@ -138,22 +138,20 @@ class _Reporter:
                 self.report("network", f"{event} {shown!r}"[:300])
             elif event in ("subprocess.Popen", "os.system", "os.exec", "os.posix_spawn"):
                 self.report("process", f"{event} {str(args[:2])[:200]}")
-        except Exception:  # a detector must never break the method
+        except Exception:  # noqa: BLE001 - a detector must never break the method
             pass
 
 
 def _guard_environ(reporter: _Reporter) -> None:
-    base = type(os.environ)
-
-    class GuardedEnviron(base):  # type: ignore[misc, valid-type]
-        def __getitem__(self, key):  # type: ignore[no-untyped-def]
+    class GuardedEnviron(os._Environ[str]):  # the class of os.environ
+        def __getitem__(self, key: str) -> str:
             if isinstance(key, str) and SECRET_NAME.search(key):
                 reporter.report("secret", f"environ[{key!r}]")
             return super().__getitem__(key)
 
     guarded = GuardedEnviron.__new__(GuardedEnviron)
     guarded.__dict__.update(os.environ.__dict__)
-    os.environ = guarded  # type: ignore[misc]  # noqa: B003 (a wrapper with the same contents)
+    os.environ = guarded  # noqa: B003 (a wrapper with the same contents)
 
 
 def main(argv: list[str]) -> int:
@@ -188,7 +186,7 @@ def main(argv: list[str]) -> int:
             seed=int(meta["seed"]),
             params=dict(meta.get("params") or {}),
         )
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - any unreadable job folder is exit status 2
         print(f"aar-sandbox: bad job folder: {exc!r}", file=sys.stderr)
         return 2
 
@@ -208,7 +206,7 @@ def main(argv: list[str]) -> int:
         if not callable(run):
             raise AttributeError("method.py defines no run(ctx) function")
         predictions = validate_predictions(run(ctx), ctx.n_eval)
-    except BaseException:
+    except BaseException:  # noqa: BLE001 - whatever the method raised (SystemExit too) is its failure, status 3
         import traceback
 
         traceback.print_exc()

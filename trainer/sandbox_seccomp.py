@@ -41,6 +41,7 @@ import errno
 import functools
 import os
 import tempfile
+from types import ModuleType
 
 AF_UNIX = 1
 CLONE_NAMESPACE_FLAGS = {
@@ -108,7 +109,7 @@ class SeccompUnavailableError(RuntimeError):
     """libseccomp (or its Python binding) is missing: the sandbox cannot filter syscalls."""
 
 
-def _seccomp():  # type: ignore[no-untyped-def]
+def _seccomp() -> ModuleType:
     try:
         import pyseccomp
     except (ImportError, OSError, AttributeError) as exc:
@@ -118,7 +119,7 @@ def _seccomp():  # type: ignore[no-untyped-def]
     return pyseccomp
 
 
-def _number(sc, name: str) -> int | None:  # type: ignore[no-untyped-def]
+def _number(sc: ModuleType, name: str) -> int | None:
     try:
         return int(sc.resolve_syscall(sc.Arch.NATIVE, name))
     except ValueError:
@@ -128,7 +129,7 @@ def _number(sc, name: str) -> int | None:  # type: ignore[no-untyped-def]
     return None
 
 
-def _x32_number(sc, name: str) -> int | None:  # type: ignore[no-untyped-def]
+def _x32_number(sc: ModuleType, name: str) -> int | None:
     if sc.system_arch() != sc.Arch.X86_64:
         return None
     try:
@@ -147,7 +148,7 @@ def filter_bpf() -> bytes:
     flt = sc.SyscallFilter(sc.ALLOW)
     flt.set_attr(sc.Attr.ACT_BADARCH, sc.KILL_PROCESS)
 
-    def deny(name: str, action: int, *args) -> None:  # type: ignore[no-untyped-def]
+    def deny(name: str, action: int, *args: object) -> None:  # args: pyseccomp Arg conditions
         for nr in (_number(sc, name), _x32_number(sc, name)):
             if nr is not None and nr >= 0:
                 flt.add_rule(action, nr, *args)

@@ -141,13 +141,14 @@ def pgr(
     c, c_se, _ = _arm(ceiling_acc, n_eval)
     gap = c - w
     gap_se = math.hypot(c_se, w_se)
-    common = {"student": s, "weak": w, "ceiling": c, "gap": gap, "gap_se": gap_se, "n_seeds": k}
+
+    def result(value: float | None, se: float | None, reason: str | None = None) -> PGR:
+        return PGR(value, se, student=s, weak=w, ceiling=c, gap=gap, gap_se=gap_se, n_seeds=k, reason=reason)
+
     if gap <= 0:
-        return PGR(None, None, reason=f"ceiling ({c:.4f}) is not above the weak floor ({w:.4f})", **common)
+        return result(None, None, reason=f"ceiling ({c:.4f}) is not above the weak floor ({w:.4f})")
     if gap <= min_gap_se * gap_se:
-        return PGR(
-            None, None, reason=f"gap {gap:.4f} is within {min_gap_se:g} standard errors ({gap_se:.4f})", **common
-        )
+        return result(None, None, reason=f"gap {gap:.4f} is within {min_gap_se:g} standard errors ({gap_se:.4f})")
     value = (s - w) / gap
     se = math.sqrt(s_se**2 + (1 - value) ** 2 * w_se**2 + value**2 * c_se**2) / gap
-    return PGR(value, se, **common)
+    return result(value, se)

@@ -5,6 +5,7 @@ temporary AAR_HOME). Never mpnet."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
@@ -12,6 +13,9 @@ import pytest
 from core.paths import AarHome
 from trainer.data import SplitSizes
 from trainer.methods import MethodContext
+
+if TYPE_CHECKING:
+    from trainer.pipeline import Prepared  # imported by the fixture, when it runs
 
 SMALL = SplitSizes(A=300, B=300, dev=300, test=50)
 
@@ -47,7 +51,7 @@ def synthetic() -> tuple[MethodContext, np.ndarray]:
 @dataclass
 class MiniLMSetup:
     home: AarHome
-    prep: object  # trainer.pipeline.Prepared (weak = strong = minilm)
+    prep: Prepared  # weak = strong = minilm
 
 
 @pytest.fixture(scope="session")

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import sys
 import types
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -13,7 +15,7 @@ from trainer.data import SplitSizes, get_dataset
 
 
 @pytest.fixture(autouse=True)
-def fresh_pools():  # type: ignore[no-untyped-def]
+def fresh_pools() -> Iterator[None]:
     """Pools are cached per process: keep stand-in rows out of other tests."""
     data.load_pool.cache_clear()
     yield
@@ -37,7 +39,7 @@ def test_rows_become_text_and_label() -> None:
 def test_the_loader_reads_each_split_through_datasets(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[tuple[str, str | None, str]] = []
 
-    def load_dataset(repo: str, config: str | None, split: str) -> list[dict]:  # type: ignore[type-arg]
+    def load_dataset(repo: str, config: str | None, split: str) -> list[dict[str, Any]]:
         calls.append((repo, config, split))
         name = split.split("[")[0]
         return [{"title": f"{name} {i}", "content": "good" if i % 2 else "bad", "label": i % 2} for i in range(300)]

@@ -10,6 +10,7 @@ from tests.trainer.conftest import synthetic_context
 from trainer import w2s
 from trainer.errors import MethodError, UnknownNameError
 from trainer.methods import METHODS, MethodContext, get_method, losses, run_method, train_head, validate_predictions
+from trainer.methods.base import Head
 
 
 @pytest.mark.parametrize("name", sorted(METHODS))
@@ -51,13 +52,13 @@ def test_seed_changes_the_head() -> None:
 
 def test_train_head_learns_hard_targets_and_stops_on_request() -> None:
     ctx, gold = synthetic_context(noise=0.0)
-    seen = []
-    head = train_head(
-        ctx.train_features,
-        (ctx.weak_soft_labels >= 0.5).astype(float),
-        epochs=50,
-        on_epoch=lambda epoch, head: seen.append(epoch) or epoch == 2,
-    )
+    seen: list[int] = []
+
+    def on_epoch(epoch: int, head: Head) -> bool:
+        seen.append(epoch)
+        return epoch == 2
+
+    head = train_head(ctx.train_features, (ctx.weak_soft_labels >= 0.5).astype(float), epochs=50, on_epoch=on_epoch)
     assert seen == [0, 1, 2]
     assert w2s.accuracy(head.predict_proba(ctx.eval_features), gold) > 0.8
 
@@ -81,7 +82,7 @@ def test_aux_warmup_faithful_vs_fixed() -> None:
     assert coef(0.1, 0.5, 0.1, "fixed") == pytest.approx(0.5)
     assert coef(0.9, 0.5, 0.1, "fixed") == pytest.approx(0.5)
     with pytest.raises(ValueError):
-        coef(0.5, 0.5, 0.1, "linear")  # type: ignore[arg-type]
+        coef(0.5, 0.5, 0.1, "linear")  # type: ignore[arg-type]  # not a schedule: must raise
 
 
 def test_harden_matches_the_weak_class_balance() -> None:

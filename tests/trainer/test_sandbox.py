@@ -9,6 +9,7 @@ import pytest
 
 from tests.trainer.conftest import synthetic_context
 from trainer import sandbox
+from trainer.methods import MethodContext
 from trainer.sandbox import SandboxLimits, SandboxUnavailableError, ViolationKind, run_untrusted
 
 needs_bwrap = pytest.mark.skipif(
@@ -24,12 +25,12 @@ def run(ctx):
 
 
 @pytest.fixture
-def ctx():  # type: ignore[no-untyped-def]
+def ctx() -> MethodContext:
     return synthetic_context(n_train=120, n_eval=40)[0]
 
 
 @needs_bwrap
-def test_normal_method_returns_predictions(ctx, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_normal_method_returns_predictions(ctx: MethodContext, tmp_path: Path) -> None:
     job = tmp_path / "job"
     result = run_untrusted(GOOD, ctx, job_dir=job)
     assert result.ok, result.stderr
@@ -52,7 +53,7 @@ def test_normal_method_returns_predictions(ctx, tmp_path: Path) -> None:  # type
 
 
 @needs_bwrap
-def test_socket_is_blocked_and_reported(ctx) -> None:  # type: ignore[no-untyped-def]
+def test_socket_is_blocked_and_reported(ctx: MethodContext) -> None:
     src = "import socket\ndef run(ctx):\n    socket.create_connection(('1.1.1.1', 443), timeout=3)\n"
     result = run_untrusted(src, ctx)
     assert not result.ok  # the seccomp filter killed it (SIGSYS), or the trainer did on its record
@@ -61,7 +62,7 @@ def test_socket_is_blocked_and_reported(ctx) -> None:  # type: ignore[no-untyped
 
 
 @needs_bwrap
-def test_swallowed_dns_attempt_is_still_reported(ctx) -> None:  # type: ignore[no-untyped-def]
+def test_swallowed_dns_attempt_is_still_reported(ctx: MethodContext) -> None:
     """A DNS lookup cannot be swallowed any more: the resolver's AF_INET socket is killed."""
     src = (
         "import socket\ndef run(ctx):\n    try:\n        socket.getaddrinfo('pypi.org', 443)\n"
@@ -74,7 +75,7 @@ def test_swallowed_dns_attempt_is_still_reported(ctx) -> None:  # type: ignore[n
 
 @needs_bwrap
 @pytest.mark.parametrize("target", ["/root/.bashrc", "AAR_CACHE"])
-def test_files_outside_the_job_are_invisible(ctx, target: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+def test_files_outside_the_job_are_invisible(ctx: MethodContext, target: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     if target == "AAR_CACHE":
         secret_file = tmp_path / "aar" / "cache" / "baselines" / "gold.json"
         secret_file.parent.mkdir(parents=True)
@@ -90,7 +91,7 @@ def test_files_outside_the_job_are_invisible(ctx, target: str, tmp_path: Path, m
 
 
 @needs_bwrap
-def test_dataset_packages_with_gold_labels_are_hidden(ctx) -> None:  # type: ignore[no-untyped-def]
+def test_dataset_packages_with_gold_labels_are_hidden(ctx: MethodContext) -> None:
     """The interpreter's site-packages are visible (torch, the trainer's library), but the
     packages that ship labelled datasets are masked: a method cannot look up gold labels."""
     data_dirs = sandbox.hidden_data_paths()
@@ -106,7 +107,7 @@ def test_dataset_packages_with_gold_labels_are_hidden(ctx) -> None:  # type: ign
 
 
 @needs_bwrap
-def test_system_is_read_only_and_writes_outside_work_are_reported(ctx) -> None:  # type: ignore[no-untyped-def]
+def test_system_is_read_only_and_writes_outside_work_are_reported(ctx: MethodContext) -> None:
     src = "def run(ctx):\n    open('/usr/lib/evil.py', 'w').write('x')\n"
     result = run_untrusted(src, ctx)
     assert not result.ok and "Read-only file system" in result.stderr
@@ -114,7 +115,7 @@ def test_system_is_read_only_and_writes_outside_work_are_reported(ctx) -> None: 
 
 
 @needs_bwrap
-def test_api_key_is_not_passed_and_the_attempt_is_reported(ctx, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+def test_api_key_is_not_passed_and_the_attempt_is_reported(ctx: MethodContext, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test-not-a-real-key")
     src = (
         "import os\ndef run(ctx):\n    print(sorted(os.environ))\n"
@@ -129,14 +130,14 @@ def test_api_key_is_not_passed_and_the_attempt_is_reported(ctx, monkeypatch: pyt
 
 
 @needs_bwrap
-def test_proc_environ_read_is_a_secret_violation(ctx) -> None:  # type: ignore[no-untyped-def]
+def test_proc_environ_read_is_a_secret_violation(ctx: MethodContext) -> None:
     src = "def run(ctx):\n    open('/proc/1/environ', 'rb').read()\n    return [0.5] * ctx.n_eval\n"
     result = run_untrusted(src, ctx)
     assert ViolationKind.SECRET in result.violation_kinds
 
 
 @needs_bwrap
-def test_wall_clock_limit_kills_the_job(ctx) -> None:  # type: ignore[no-untyped-def]
+def test_wall_clock_limit_kills_the_job(ctx: MethodContext) -> None:
     src = "import time\ndef run(ctx):\n    time.sleep(60)\n"
     result = run_untrusted(src, ctx, limits=SandboxLimits(wall_s=4))
     assert not result.ok and result.timed_out and "wall-clock" in (result.error or "")
@@ -144,12 +145,12 @@ def test_wall_clock_limit_kills_the_job(ctx) -> None:  # type: ignore[no-untyped
 
 
 @needs_bwrap
-def test_invalid_predictions_are_an_error_not_a_crash(ctx) -> None:  # type: ignore[no-untyped-def]
+def test_invalid_predictions_are_an_error_not_a_crash(ctx: MethodContext) -> None:
     result = run_untrusted("def run(ctx):\n    return [1.5] * ctx.n_eval\n", ctx)
     assert not result.ok and "probabilities" in (result.error or "")
 
 
-def test_without_bwrap_untrusted_code_is_refused(ctx, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+def test_without_bwrap_untrusted_code_is_refused(ctx: MethodContext, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sandbox, "bwrap_path", lambda: None)
     monkeypatch.setattr(sandbox, "_probe", {})
     with pytest.raises(SandboxUnavailableError, match="bubblewrap"):

@@ -13,11 +13,13 @@ import dataclasses
 import os
 import platform
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from tests.trainer.conftest import synthetic_context
 from trainer import sandbox
+from trainer.methods import MethodContext
 from trainer.sandbox import SandboxLimits, run_untrusted
 
 try:
@@ -37,6 +39,9 @@ needs_kmsg = pytest.mark.skipif(not os.access("/dev/kmsg", os.R_OK), reason="/de
 x86_64 = pytest.mark.skipif(platform.machine() != "x86_64", reason="syscall numbers are x86_64's")
 pytestmark = needs_bwrap
 
+if TYPE_CHECKING:
+    from services.trainer.jobs import JobOutcome
+
 OUTSIDE = ("kernel", "monitor")
 MODES = [pytest.param(True, marks=needs_cgroups, id="cgroup"), pytest.param(False, id="rlimit")]
 SILENCE = (
@@ -48,9 +53,10 @@ SILENCE = (
 )
 
 
-def limits(**fields: object) -> SandboxLimits:
+def limits(**fields: float | bool | None) -> SandboxLimits:
     known = {f.name for f in dataclasses.fields(SandboxLimits)}
-    return SandboxLimits(**{k: v for k, v in fields.items() if k in known})  # type: ignore[arg-type]
+    kept = {k: v for k, v in fields.items() if k in known}
+    return SandboxLimits(**kept)  # type: ignore[arg-type]  # mixed-type kwargs for whichever fields this sandbox version has
 
 
 def outside(result: sandbox.SandboxResult, kind: str) -> list[sandbox.Violation]:
@@ -58,7 +64,7 @@ def outside(result: sandbox.SandboxResult, kind: str) -> list[sandbox.Violation]
 
 
 @pytest.fixture
-def ctx():  # type: ignore[no-untyped-def]
+def ctx() -> MethodContext:
     return synthetic_context(n_train=60, n_eval=20)[0]
 
 
@@ -66,7 +72,7 @@ def ctx():  # type: ignore[no-untyped-def]
 
 
 @needs_cgroups
-def test_fork_bomb_is_bounded_by_the_pids_cgroup(ctx) -> None:  # type: ignore[no-untyped-def]
+def test_fork_bomb_is_bounded_by_the_pids_cgroup(ctx: MethodContext) -> None:
     # Exponential, but at most 2**9 processes so that an unbounded sandbox survives it too.
     src = (
         "import os, time\n"
@@ -90,7 +96,7 @@ def test_fork_bomb_is_bounded_by_the_pids_cgroup(ctx) -> None:  # type: ignore[n
     assert result.runtime_s < 15
 
 
-def test_processes_are_bounded_without_cgroups(ctx) -> None:  # type: ignore[no-untyped-def]
+def test_processes_are_bounded_without_cgroups(ctx: MethodContext) -> None:
     src = (
         "import os, time\n"
         "def run(ctx):\n"
@@ -118,7 +124,7 @@ def test_processes_are_bounded_without_cgroups(ctx) -> None:  # type: ignore[no-
 
 @needs_cgroups
 @pytest.mark.parametrize("ram_disk", ["/dev/shm", "/tmp"])
-def test_memory_filled_through_a_ram_disk_is_bounded(ctx, ram_disk: str) -> None:  # type: ignore[no-untyped-def]
+def test_memory_filled_through_a_ram_disk_is_bounded(ctx: MethodContext, ram_disk: str) -> None:
     src = (
         "def run(ctx):\n"
         f"    with open('{ram_disk}/fill', 'wb') as f:\n"
@@ -134,7 +140,7 @@ def test_memory_filled_through_a_ram_disk_is_bounded(ctx, ram_disk: str) -> None
     assert result.peak_memory_bytes <= mem
 
 
-def test_memory_through_dev_shm_is_bounded_without_cgroups(ctx) -> None:  # type: ignore[no-untyped-def]
+def test_memory_through_dev_shm_is_bounded_without_cgroups(ctx: MethodContext) -> None:
     src = (
         "import time\n"
         "def run(ctx):\n"
@@ -151,7 +157,7 @@ def test_memory_through_dev_shm_is_bounded_without_cgroups(ctx) -> None:  # type
     assert hits and hits[0].source == "monitor", result.violations
 
 
-def test_no_unbounded_ram_disk_is_left_writable(ctx) -> None:  # type: ignore[no-untyped-def]
+def test_no_unbounded_ram_disk_is_left_writable(ctx: MethodContext) -> None:
     """bwrap's root and /dev are tmpfs without a size: they must not be writable."""
     src = (
         "def run(ctx):\n"
@@ -175,7 +181,7 @@ def test_no_unbounded_ram_disk_is_left_writable(ctx) -> None:  # type: ignore[no
 
 @pytest.mark.parametrize("cgroups", MODES)
 @pytest.mark.parametrize("shape", ["big_files", "many_files"])
-def test_job_folder_filled_is_bounded(ctx, cgroups: bool, shape: str) -> None:  # type: ignore[no-untyped-def]
+def test_job_folder_filled_is_bounded(ctx: MethodContext, cgroups: bool, shape: str) -> None:
     if shape == "big_files":  # 128 MiB into a 32 MiB folder; ENOSPC is swallowed
         body = "            open(f'f{i}', 'wb').write(b'x' * (64 << 10))\n"
         count = 2048
@@ -208,7 +214,7 @@ BURN = "import time\\nt = time.process_time()\\nwhile time.process_time() - t < 
 
 @pytest.mark.parametrize("cgroups", MODES)
 @pytest.mark.parametrize("how", ["subprocess", "multiprocessing"])
-def test_cpu_burnt_in_child_processes_is_bounded(ctx, cgroups: bool, how: str) -> None:  # type: ignore[no-untyped-def]
+def test_cpu_burnt_in_child_processes_is_bounded(ctx: MethodContext, cgroups: bool, how: str) -> None:
     if how == "subprocess":  # short children, each far below the per-process CPU rlimit
         src = (
             "import subprocess, sys\n"
@@ -245,7 +251,7 @@ def test_cpu_burnt_in_child_processes_is_bounded(ctx, cgroups: bool, how: str) -
 
 
 @x86_64
-def test_network_socket_after_silencing_the_reporter_is_reported_by_the_kernel(ctx) -> None:  # type: ignore[no-untyped-def]
+def test_network_socket_after_silencing_the_reporter_is_reported_by_the_kernel(ctx: MethodContext) -> None:
     src = SILENCE + (
         "def run(ctx):\n"
         "    fd = libc.socket(2, 1, 0)  # AF_INET, SOCK_STREAM\n"
@@ -261,7 +267,7 @@ def test_network_socket_after_silencing_the_reporter_is_reported_by_the_kernel(c
 
 @x86_64
 @needs_kmsg
-def test_socket_in_a_short_lived_child_is_found_in_the_kernel_log(ctx) -> None:  # type: ignore[no-untyped-def]
+def test_socket_in_a_short_lived_child_is_found_in_the_kernel_log(ctx: MethodContext) -> None:
     """The parent survives and returns predictions: only the kernel's audit record tells."""
     src = SILENCE + (
         "def run(ctx):\n"
@@ -278,7 +284,7 @@ def test_socket_in_a_short_lived_child_is_found_in_the_kernel_log(ctx) -> None: 
     assert any(v.detail.startswith("socket") and v.source == "kernel" for v in hits), result.violations
 
 
-def test_a_denied_syscall_is_seen_even_after_a_burst_of_crashes(ctx) -> None:  # type: ignore[no-untyped-def]
+def test_a_denied_syscall_is_seen_even_after_a_burst_of_crashes(ctx: MethodContext) -> None:
     """The kernel rate-limits what it prints (10 messages per 5 s, segfault reports and
     seccomp records alike): a dozen crashing children used to crowd the record of a
     denied syscall out of /dev/kmsg, and the run came back clean. The audit netlink
@@ -318,7 +324,7 @@ DENIED = {
 
 @x86_64
 @pytest.mark.parametrize("name", sorted(DENIED))
-def test_denied_syscall_kills_the_method_and_is_reported_by_the_kernel(ctx, name: str) -> None:  # type: ignore[no-untyped-def]
+def test_denied_syscall_kills_the_method_and_is_reported_by_the_kernel(ctx: MethodContext, name: str) -> None:
     src = SILENCE + (
         "def run(ctx):\n"
         f"    {DENIED[name]}\n"
@@ -333,7 +339,7 @@ def test_denied_syscall_kills_the_method_and_is_reported_by_the_kernel(ctx, name
 
 
 @x86_64
-def test_clone3_fails_with_enosys_and_threads_still_start(ctx) -> None:  # type: ignore[no-untyped-def]
+def test_clone3_fails_with_enosys_and_threads_still_start(ctx: MethodContext) -> None:
     src = (
         "import ctypes, subprocess, sys, threading\n"
         "libc = ctypes.CDLL(None, use_errno=True)\n"
@@ -350,7 +356,7 @@ def test_clone3_fails_with_enosys_and_threads_still_start(ctx) -> None:  # type:
     assert result.predictions is not None and round(float(result.predictions[0]) * 100) == 38  # ENOSYS
 
 
-def test_limits_of_a_normal_run_are_reported(ctx, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_limits_of_a_normal_run_are_reported(ctx: MethodContext, tmp_path: Path) -> None:
     src = "from trainer.methods import run_method\ndef run(ctx):\n    return run_method('naive_soft', ctx)\n"
     result = run_untrusted(src, ctx, limits=limits(threads=2))
     assert result.ok and not result.violations, (result.error, result.violations)
@@ -362,7 +368,7 @@ def test_limits_of_a_normal_run_are_reported(ctx, tmp_path: Path) -> None:  # ty
 # ------------------------------------------------------------------ what the trainer service makes of it
 
 
-def _job(src: str, job_limits: SandboxLimits):  # type: ignore[no-untyped-def]
+def _job(src: str, job_limits: SandboxLimits) -> JobOutcome:
     from schemas.experiment import ExperimentRequested
     from services.trainer.jobs import Inputs, run_job
 

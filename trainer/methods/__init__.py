@@ -18,7 +18,7 @@ from trainer.methods import builtin, losses
 from trainer.methods.base import Head, HeadConfig, MethodContext, train_head, validate_predictions
 
 MethodFn = Callable[[MethodContext], Any]
-HEAD_PARAMS = frozenset(HeadConfig.__dataclass_fields__)  # type: ignore[attr-defined]
+HEAD_PARAMS = frozenset(HeadConfig.__dataclass_fields__)
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,12 +32,15 @@ class HeadConfig:
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> HeadConfig:
-        names = cls.__dataclass_fields__  # type: ignore[attr-defined]
+        names = cls.__dataclass_fields__
         return cls(**{k: params[k] for k in names if k in params})
 
 
 class Head(torch.nn.Module):
     """A standardizing linear (or one-hidden-layer) classifier with 2 logits."""
+
+    mean: torch.Tensor  # buffers (register_buffer): saved with the weights, moved with .to()
+    std: torch.Tensor
 
     def __init__(
         self, dim: int, hidden: int = 0, mean: np.ndarray | None = None, std: np.ndarray | None = None
@@ -129,7 +132,7 @@ def _train_head(
 ) -> Head:
     cfg = config or HeadConfig()
     if overrides:
-        cfg = HeadConfig(**{**{k: getattr(cfg, k) for k in cfg.__dataclass_fields__}, **overrides})  # type: ignore[attr-defined]
+        cfg = HeadConfig(**{**{k: getattr(cfg, k) for k in cfg.__dataclass_fields__}, **overrides})
     x = torch.as_tensor(np.asarray(features, dtype=np.float32))
     y = as_targets(targets)
     if x.ndim != 2 or x.shape[0] != y.shape[0] or x.shape[0] == 0:
