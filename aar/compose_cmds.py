@@ -134,10 +134,11 @@ if __name__ == "__main__":  # pragma: no cover - the image's entry point; exec n
 
 # -- aar nats-config -----------------------------------------------------------------
 
+from typing import Annotated, Optional  # noqa: E402
+
 import typer  # noqa: E402 - below the entry point, which must not pay for it
 
 from core.processes import ADMIN, PROCESSES, asks  # noqa: E402
-from typing import Annotated, Optional  # noqa: E402
 
 
 def nats_config(
@@ -157,7 +158,6 @@ def nats_config(
 ) -> None:
     """Write the nats-server config: one user per identity with its subject permissions (bus.roles)."""
     from bus.roles import Credentials, Role, server_config
-
     from core.console import err
 
     try:
@@ -347,9 +347,8 @@ def healthcheck(
     (bus.roles.ASKS) must answer a harmless query: the recorder its health query."""
     import asyncio
 
-    from core.console import console, err
-
     from bus.roles import role_of
+    from core.console import console, err
 
     try:
         role = role_of(identity).value

@@ -28,7 +28,6 @@ import structlog
 
 from bus import Bus, BusSettings, Credentials, NatsServer, Role
 from bus.client import QueryError
-
 from core.paths import AarHome
 from core.processes import PROCESSES, Scaling
 from core.procs import die_with_parent

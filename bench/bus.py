@@ -44,9 +44,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import functools
 import bisect
 import contextlib
+import functools
 import json
 import os
 import random
@@ -77,9 +77,9 @@ if str(ROOT) not in sys.path:
 import duckdb  # noqa: E402
 import psutil  # noqa: E402
 
-from core.logs import configure  # noqa: E402
 from bus import Bus, BusSettings, NatsServer, QueryError, Role  # noqa: E402
 from bus.roles import STREAM  # noqa: E402
+from core.logs import configure  # noqa: E402
 from schemas import Event, new_id  # noqa: E402
 from schemas.agent import AgentLlmCalled, AgentToolCalled  # noqa: E402
 from schemas.artifact import ArtifactKind, ArtifactStored  # noqa: E402
@@ -1087,7 +1087,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         say("interrupted: stopping everything")
         failed = False
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - any failure of the run is reported; the exit code says so
         say(f"FAILED: {type(exc).__name__}: {exc}")
         failed = True
     finally:

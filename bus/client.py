@@ -79,14 +79,14 @@ class PublishRefused(BusError):
 PUBLISHER_HEADER = "Aar-Publisher"
 
 
-def decode_msg(msg: Msg) -> "Event | Rejection":
+def decode_msg(msg: Msg) -> Event | Rejection:
     """An event from the stream (or a core subscription on it), checked against its
     subject and against the publisher its header names. Use this (or
     :func:`decode_published`), not ``decode``, on every message from the bus."""
     return decode_published(msg.data, msg.subject, (msg.headers or {}).get(PUBLISHER_HEADER))
 
 
-def decode_published(data: bytes, subject: str | None, publisher: str | None) -> "Event | Rejection":
+def decode_published(data: bytes, subject: str | None, publisher: str | None) -> Event | Rejection:
     """``decode`` for a message of the stream with its ``Aar-Publisher`` header: none (a
     message that came in some other way: a server's reply aimed at the stream, say) is
     refused; ``admin`` may publish in any name (replays, operators); any other identity
@@ -166,7 +166,7 @@ class Bus:
     @classmethod
     async def connect(
         cls, settings: BusSettings | None = None, *, name: str = "aar", connect_timeout: float = 5.0
-    ) -> "Bus":
+    ) -> Bus:
         settings = settings or BusSettings.from_env()
         bus: Bus | None = None
 
@@ -219,7 +219,7 @@ class Bus:
             with contextlib.suppress(Exception):
                 await self.nc.close()
 
-    async def __aenter__(self) -> "Bus":
+    async def __aenter__(self) -> Bus:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -405,7 +405,7 @@ class Bus:
         on its own; the caller simply tries again)."""
         try:
             return await sub.fetch(batch, timeout=timeout)
-        except (nats.errors.TimeoutError, asyncio.TimeoutError):
+        except (TimeoutError, nats.errors.TimeoutError):
             return []
         except (nats.js.errors.ServiceUnavailableError, nats.errors.ConnectionClosedError,
                 nats.errors.ConnectionReconnectingError, nats.errors.StaleConnectionError,
@@ -442,7 +442,7 @@ class Bus:
             msg = await self.nc.request(query_subject(service, name, self.identity), data, timeout=timeout)
         except nats.errors.NoRespondersError:
             raise QueryError(f"no {service} service is answering {name!r}") from None
-        except (nats.errors.TimeoutError, asyncio.TimeoutError):
+        except (TimeoutError, nats.errors.TimeoutError):
             raise QueryError(f"{service} did not answer {name!r} within {timeout}s") from None
         reply = QueryReply.model_validate_json(msg.data)
         if not reply.ok:
@@ -497,7 +497,7 @@ class Bus:
             else:
                 try:
                     reply = QueryReply(ok=True, result=await handler(msg.data, asker))
-                except Exception as exc:  # reported to the caller, never fatal
+                except Exception as exc:  # noqa: BLE001 - reported to the caller, never fatal
                     reply = QueryReply(ok=False, error=f"{type(exc).__name__}: {exc}", error_type=type(exc).__name__)
             try:
                 await msg.respond(reply.model_dump_json().encode())

@@ -155,14 +155,14 @@ class Credentials:
     identities: dict[str, Identity] = field(default_factory=dict)
 
     @classmethod
-    def generate(cls) -> "Credentials":
+    def generate(cls) -> Credentials:
         creds = cls()
         for role in Role:
             creds.add(role.value, role)
         return creds
 
     @classmethod
-    def load_or_create(cls, path: Path) -> "Credentials":
+    def load_or_create(cls, path: Path) -> Credentials:
         creds = cls.load(path) if path.exists() else None
         if creds is None:
             creds = cls.generate()
@@ -175,7 +175,7 @@ class Credentials:
         return creds
 
     @classmethod
-    def load(cls, path: Path) -> "Credentials | None":
+    def load(cls, path: Path) -> Credentials | None:
         try:
             data = json.loads(path.read_text())
         except (OSError, ValueError):

@@ -87,7 +87,7 @@ class NatsServer:
         path.chmod(0o600)
         return path
 
-    def start(self, timeout: float = 20.0) -> "NatsServer":
+    def start(self, timeout: float = 20.0) -> NatsServer:
         if self.process is not None:
             return self
         config = self.write_config()
@@ -168,7 +168,7 @@ class NatsServer:
             proc.kill()
             proc.wait()
 
-    def __enter__(self) -> "NatsServer":
+    def __enter__(self) -> NatsServer:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

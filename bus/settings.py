@@ -35,7 +35,7 @@ class BusSettings(BaseModel):
         return self.user or Role.ADMIN.value
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> "BusSettings":
+    def from_env(cls, env: Mapping[str, str] | None = None) -> BusSettings:
         env = os.environ if env is None else env
         return cls(
             url=env.get("AAR_NATS_URL", "nats://127.0.0.1:4222"),
@@ -45,12 +45,12 @@ class BusSettings(BaseModel):
         )
 
     @classmethod
-    def for_role(cls, url: str, credentials: Credentials, role: Role) -> "BusSettings":
+    def for_role(cls, url: str, credentials: Credentials, role: Role) -> BusSettings:
         """The role's own identity (named like the role)."""
         return cls(url=url, user=role.value, password=credentials.password(role), role_name=role.value)
 
     @classmethod
-    def for_identity(cls, url: str, credentials: Credentials, identity: str) -> "BusSettings":
+    def for_identity(cls, url: str, credentials: Credentials, identity: str) -> BusSettings:
         return cls(url=url, user=identity, password=credentials.password(identity),
                    role_name=credentials.role(identity).value)
 

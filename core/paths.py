@@ -19,7 +19,7 @@ class AarHome:
     root: Path
 
     @classmethod
-    def from_env(cls, override: str | os.PathLike[str] | None = None) -> "AarHome":
+    def from_env(cls, override: str | os.PathLike[str] | None = None) -> AarHome:
         raw = override if override is not None else os.environ.get("AAR_HOME", ".aar")
         return cls(Path(raw).expanduser().resolve())
 
@@ -56,7 +56,7 @@ class AarHome:
         """Connection details of the running stack (absent when none runs)."""
         return self.root / "run.json"
 
-    def ensure(self) -> "AarHome":
+    def ensure(self) -> AarHome:
         for path in (self.root, self.artifacts, self.cache, self.nats, self.logs):
             path.mkdir(parents=True, exist_ok=True)
         return self

@@ -78,7 +78,7 @@ class ReadModels:
 
     # -- applying --------------------------------------------------------------
 
-    def apply_all(self, rows: Iterable[Row]) -> "ReadModels":
+    def apply_all(self, rows: Iterable[Row]) -> ReadModels:
         """``apply`` for each row (the same rules, with the per-row bookkeeping done
         in bulk: a million rows must rebuild within seconds)."""
         with gc_paused():

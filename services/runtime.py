@@ -11,8 +11,8 @@ from collections.abc import AsyncIterator
 
 import structlog
 
-from core.logs import configure
 from bus import Bus, BusSettings
+from core.logs import configure
 from schemas.base import set_id_key
 
 

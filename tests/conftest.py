@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from core.paths import AarHome
 from bus import Bus, BusSettings, NatsServer, Role
 from bus.client import QueryError
 from bus.roles import role_of
+from core.paths import AarHome
 
 
 @pytest.fixture
@@ -86,7 +86,7 @@ class ServiceProcess:
         # Its NATS identity: ``name`` when that names one of the role (trainer-2), else the role's own.
         self.identity: Role | str = name if name and _names_role(name, role) else role
 
-    def start(self) -> "ServiceProcess":
+    def start(self) -> ServiceProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith("AAR_")}
         env.update(settings(self.server, self.identity).to_env())
         env.update({"AAR_HOME": str(self.home.root), "AAR_LOG_FORMAT": "json", "AAR_LOG_LEVEL": "DEBUG", **self.extra_env})

@@ -7,9 +7,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from core.paths import AarHome
 from bus import Bus, NatsServer, Role
 from bus.client import QueryError
+from core.paths import AarHome
 from services.artifacts.client import ArtifactClient
 from services.artifacts.store import ArtifactCorrupt, ArtifactNotFound, ArtifactTooLarge, BlobStore, sha256
 

@@ -12,7 +12,7 @@ import anthropic
 import pytest
 from structlog.testing import capture_logs
 
-from bus import Bus, NatsServer, Role
+from bus import Bus, NatsServer
 from schemas import Event, decode, new_session_id
 from schemas.session import EndReason, SessionDraining
 from services.agents.assignment import Assignment
@@ -22,7 +22,15 @@ from services.agents.toolbox import TOOL_SPECS, Toolbox
 
 from .conftest import ServiceProcess, recorded_count, settings, wait_until
 from .fake_anthropic import (
-    FakeAnthropic, dropped, error, message, overloaded, rate_limited, text, tool_use, usage,
+    FakeAnthropic,
+    dropped,
+    error,
+    message,
+    overloaded,
+    rate_limited,
+    text,
+    tool_use,
+    usage,
 )
 
 MODEL = "claude-sonnet-4-6"  # (4-5 is deprecated: the SDK warns)

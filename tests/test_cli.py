@@ -16,9 +16,9 @@ import pytest
 from typer.testing import CliRunner
 
 from aar.cli import app
-from core.paths import AarHome
-from bus.settings import admin_settings_from_home
 from bus import Bus
+from bus.settings import admin_settings_from_home
+from core.paths import AarHome
 from services.recorder.store import EventStore, Recorded
 
 from .factories import every_event
@@ -131,7 +131,7 @@ def test_up_restarts_a_crashed_service_and_stops_cleanly(home: AarHome) -> None:
             bus = await Bus.connect(settings, name="test")
             try:
                 return int((await bus.request("recorder", "health", {}, timeout=1.0))["pid"])
-            except Exception:
+            except Exception:  # noqa: BLE001 - not up yet, or restarting: ask again
                 return None
             finally:
                 await bus.close()
@@ -143,7 +143,7 @@ def test_up_restarts_a_crashed_service_and_stops_cleanly(home: AarHome) -> None:
                     "recorder", "audit", {"sql": "SELECT count(*) FROM events WHERE type = 'session.started'"}, timeout=1.0
                 )
                 return bool(result["rows"][0][0])
-            except Exception:
+            except Exception:  # noqa: BLE001 - not up yet, or restarting: ask again
                 return False
             finally:
                 await bus.close()

@@ -21,16 +21,16 @@ from typing import Any
 import jsonschema
 import pytest
 import typer.main
-from typer.core import TyperCommand, TyperGroup
 import yaml
+from typer.core import TyperCommand, TyperGroup
 
 from aar.cli import SERVICE_MODULES, app
 from aar.compose_cmds import PROBES, container_env
-from core.paths import AarHome
 from aar.supervisor import default_specs
 from bus import Credentials, NatsServer, Role
 from bus.roles import permissions
 from bus.server import nats_server_binary
+from core.paths import AarHome
 from services.orchestrator.config import SessionConfig
 
 from .conftest import ServiceProcess, wait_until

@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from core.paths import AarHome
 from bus import Bus, NatsServer, Role
+from core.paths import AarHome
 from schemas import Event
 from schemas.agent import AgentToolCalled
 from schemas.base import derived_id as base_derived_id
@@ -154,7 +154,7 @@ def _label_lookup_method() -> str:
     table = {
         hashlib.sha256(t.encode()).hexdigest()[:16]: int(y)
         for split in (ds.dev, ds.test)
-        for t, y in zip(split.texts, split.labels)
+        for t, y in zip(split.texts, split.labels, strict=True)
     }
     return (
         "import hashlib, numpy as np\n"

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 from nats.js.api import StreamConfig
 
-from core.paths import AarHome
-from bus import Bus, PublishRefused, NatsServer, Role
+from bus import Bus, NatsServer, PublishRefused, Role
 from bus.client import QueryError
+from core.paths import AarHome
 from schemas import Event, EventType
 from schemas.forum import ForumModerated, ForumPosted, ForumVoted
 from services.forum.model import MAX_BODY_CHARS, ForumModel, PostHidden, UnknownPost

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from nats.aio.msg import Msg
 
-from core.paths import AarHome
 from bus import Bus, NatsServer, PublishDenied, PublishRefused, Role
+from core.paths import AarHome
 from schemas import Event, EventType
 from schemas.agent import AgentToolCalled
 from schemas.experiment import ExperimentFinished, Split
@@ -161,7 +161,7 @@ async def test_no_subscription_gives_an_agent_withheld_scores_replies_or_deliver
     async def on_error(exc: Exception) -> None:
         errors.append(str(exc))
 
-    agent.nc._error_cb = on_error  # noqa: SLF001 - collect the server's refusals
+    agent.nc._error_cb = on_error
     patterns = [">", "_INBOX.>", "_INBOX_scorer.>", "_INBOX_admin.>", f"aar.{S}.score.withheld",
                 "aar.*.score.>", "aarq.>", "aarq.recorder.>", "$JS.>", "aarin.>", "*.>"]
     for pattern in patterns:
@@ -391,7 +391,7 @@ async def test_agents_may_not_call_the_jetstream_api(nats_server: NatsServer, ad
     stream, past the gateway), and stream info counts withheld scores per session."""
     agent = await _connect(nats_server, "agent-1")
     try:
-        with pytest.raises(Exception):
+        with pytest.raises(Exception):  # noqa: B017 - a denied JetStream call is a timeout or a permissions error
             await asyncio.wait_for(agent.js.stream_info("AAR"), 3)
         for _ in range(50):
             await agent.nc.publish("$JS.API.INFO", b"", reply=f"aar.{S}.agent.started")

@@ -8,8 +8,8 @@ import json
 import duckdb
 import pytest
 
-from core.paths import AarHome
 from bus import Bus, NatsServer, PublishDenied, Role
+from core.paths import AarHome
 from schemas import EventType
 
 from .conftest import ServiceProcess, recorded_count, recorder_health, settings, wait_until
@@ -172,13 +172,13 @@ async def test_agent_role_cannot_publish_a_score(
         allowed = sample_event(EventType.IDEA_PROPOSED, "s-forge", source="agent-1")
         await agent.publish(allowed)  # what an agent may do still works
         # Nor can it read the log through the recorder, or touch the stream.
-        with pytest.raises(Exception):
+        with pytest.raises(Exception):  # noqa: B017 - denied: no responders, a timeout or a permissions error
             await agent.request("recorder", "audit", {"sql": "SELECT 1"}, timeout=2)
-        with pytest.raises(Exception):
+        with pytest.raises(Exception):  # noqa: B017 - denied: a timeout or a permissions error
             await asyncio.wait_for(agent.js.purge_stream("AAR"), 2)
-        with pytest.raises(Exception):
+        with pytest.raises(Exception):  # noqa: B017 - denied: a timeout or a permissions error
             await asyncio.wait_for(agent.js.delete_stream("AAR"), 2)
-        with pytest.raises(Exception):  # nor read the job queue as a consumer
+        with pytest.raises(Exception):  # nor read the job queue as a consumer  # noqa: B017 - denied: a timeout or a permissions error
             await asyncio.wait_for(agent.pull("trainers", "aar.*.experiment.requested"), 2)
     finally:
         await agent.close()
@@ -239,7 +239,7 @@ async def test_recorder_resumes_after_the_server_restarts(
     async def count_is(n: int) -> bool:
         try:
             return await recorded_count(admin, "SELECT count(*) FROM events WHERE session_id = 's-restart'") == n
-        except Exception:
+        except Exception:  # noqa: BLE001 - the recorder is restarting: ask again
             return False
 
     await wait_until(lambda: count_is(50), what="the first half")
@@ -252,7 +252,7 @@ async def test_recorder_resumes_after_the_server_restarts(
         try:
             await admin.publish_many(after, timeout=2)
             return True
-        except Exception:
+        except Exception:  # noqa: BLE001 - the gateway is restarting: try again
             return False
 
     await wait_until(republished, 30, "the admin client to reconnect and publish")

@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from core.paths import AarHome
 from bus import Bus
+from core.paths import AarHome
 from schemas import Event, EventType, decode
 from services.recorder.store import EventStore, Recorded
 

@@ -24,8 +24,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from core.paths import AarHome
 from bus import Bus
+from core.paths import AarHome
 from schemas import Event, EventType, Rejection, decode
 from services.recorder.store import EventStore, Recorded, RejectedRecord
 

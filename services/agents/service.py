@@ -12,7 +12,6 @@ from bus.client import QueryError
 from schemas import Event
 from schemas.agent import AgentStarted, AgentStopped
 from schemas.session import Backend
-
 from services.orchestrator.queries import ASSIGNMENT, AssignmentRequest
 
 from .assignment import Assignment
@@ -54,7 +53,7 @@ async def run_agent(bus: Bus, assignment: Assignment, stop: asyncio.Event, *, so
         if work in done:
             try:
                 reason = work.result()
-            except Exception as exc:  # the backend crashed: say so in the log, then exit non-zero
+            except Exception as exc:  # noqa: BLE001 - the backend crashed: say so in the log, then exit non-zero
                 reason = f"error: {type(exc).__name__}: {exc}"
         else:
             work.cancel()

@@ -8,8 +8,6 @@ by whoever reads it.
 
 from __future__ import annotations
 
-import asyncio
-
 import nats.errors
 
 from bus import Bus
@@ -36,7 +34,7 @@ class ArtifactClient:
                                             timeout=self.timeout, headers=headers)
         except nats.errors.NoRespondersError:
             raise QueryError("no artifacts service is answering") from None
-        except (nats.errors.TimeoutError, asyncio.TimeoutError):
+        except (TimeoutError, nats.errors.TimeoutError):
             raise QueryError(f"the artifacts service did not answer {name!r} within {self.timeout}s") from None
         error = (msg.headers or {}).get(H_ERROR)
         if error:

@@ -18,11 +18,11 @@ from collections.abc import Awaitable, Callable
 import structlog
 from nats.aio.msg import Msg
 
-from core.paths import AarHome
 from bus import Bus, Role
+from bus.budget import ByteBudget
 from bus.client import BusError, query_subject, reply_allowed
 from bus.roles import role_of
-from bus.budget import ByteBudget
+from core.paths import AarHome
 from schemas import Event
 from schemas.artifact import ArtifactKind, ArtifactStored
 from schemas.base import derived_id, is_subject_token
@@ -91,7 +91,7 @@ class ArtifactService:
     async def _guarded(self, handler: Callable[[Msg], Awaitable[None]], msg: Msg) -> None:
         try:
             await handler(msg)
-        except Exception as exc:  # noqa: BLE001 - one request must never stop the service
+        except Exception as exc:
             self.log.exception("request_failed", subject=msg.subject[:200])
             with contextlib.suppress(Exception):
                 await self._reply(msg, headers={H_ERROR: f"{type(exc).__name__}: {exc}"[:500]})

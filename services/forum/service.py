@@ -26,15 +26,26 @@ import structlog
 from nats.aio.msg import Msg
 
 from bus import Bus
-from bus.query import BadRequest, Endpoint
 from bus.client import PUBLISHER_HEADER, BusError, decode_published
+from bus.query import BadRequest, Endpoint
 from schemas import Event, EventType, Rejection
 from schemas.forum import ForumModerated
 
 from .model import ForumModel
 from .queries import (
-    LIST, SEARCH, STATS, THREAD, TOP, ListRequest, Posts, SearchRequest, Stats, StatsRequest, Thread,
-    ThreadRequest, TopRequest,
+    LIST,
+    SEARCH,
+    STATS,
+    THREAD,
+    TOP,
+    ListRequest,
+    Posts,
+    SearchRequest,
+    Stats,
+    StatsRequest,
+    Thread,
+    ThreadRequest,
+    TopRequest,
 )
 from .rebuild import FORUM_SUBJECTS, scan, stream_allows_direct
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from bus.query import Empty, Query
 from pydantic import BaseModel
+
+from bus.query import Empty, Query
 
 
 class GatewayHealth(BaseModel):

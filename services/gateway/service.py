@@ -16,15 +16,14 @@ import structlog
 from nats.aio.msg import Msg
 
 from bus import Bus
+from bus.budget import ByteBudget
 from bus.client import DUPLICATE_WINDOW_S, PUBLISHER_HEADER, msg_id, raw_key, reply_allowed
 from bus.query import Empty
-from services.gateway.queries import HEALTH, GatewayHealth
 from bus.roles import DIRECT, INGEST_PREFIX, PUBLISH_BUDGETS, PUBLISHES, Role, role_of
 from schemas import Event, Rejection, decode
 from schemas.base import MAX_EVENT_BYTES, is_subject_token
 from schemas.gateway import GatewayRefused, RefusalKind
-
-from bus.budget import ByteBudget
+from services.gateway.queries import HEALTH, GatewayHealth
 
 SYSTEM_SESSION = "system"
 # Each event costs the stream and the log more than its bytes (headers, index, the log's
@@ -151,7 +150,7 @@ class Gateway:
     async def _on_msg(self, msg: Msg) -> None:
         try:
             await self._handle(msg)
-        except Exception as exc:  # noqa: BLE001 - one bad message must never stop the door
+        except Exception as exc:
             self.log.exception("gateway_message_failed", subject=msg.subject[:200], error=str(exc)[:300])
 
     async def _handle(self, msg: Msg) -> None:

@@ -38,7 +38,7 @@ class SessionConfig(BaseModel):
         return {ENV_VAR: self.model_dump_json()}
 
     @classmethod
-    def from_env(cls) -> "SessionConfig":
+    def from_env(cls) -> SessionConfig:
         raw = os.environ.get(ENV_VAR)
         if not raw:
             raise RuntimeError(f"{ENV_VAR} is not set: the orchestrator is started by `aar up`")

@@ -21,12 +21,12 @@ from nats.aio.msg import Msg
 from bus import Bus, Role, decode_msg
 from schemas import Event
 from schemas.agent import AgentLlmCalled, AgentStopped
-from services.agents.pricing import cost_usd
 from schemas.experiment import ExperimentFailed, ExperimentFinished, ExperimentRequested, Purpose, Split
 from schemas.scoring import ScorePublished
 from schemas.session import AgentAssignment, Budgets, EndReason, SessionDraining, SessionEnded, SessionStarted
 from services.agents.assignment import Assignment
 from services.agents.directions import assign
+from services.agents.pricing import cost_usd
 
 from .config import SessionConfig
 from .queries import ASSIGNMENT, AssignmentRequest

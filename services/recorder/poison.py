@@ -145,7 +145,7 @@ def event_raw(rec: Any) -> bytes:
     event = _attr(rec, "event")
     try:
         return event.model_dump_json().encode()  # type: ignore[union-attr]
-    except Exception:  # noqa: BLE001, S110 - unserializable: try the next rendering
+    except Exception:  # noqa: BLE001 - unserializable: try the next rendering
         pass
     try:
         return json.dumps(event.model_dump(mode="python"), default=repr, ensure_ascii=True).encode()  # type: ignore[union-attr]
@@ -161,7 +161,7 @@ def unstorable_row(rec: Any, why: BaseException | str, now: dt.datetime) -> dict
     subject = None
     try:
         subject = event.subject  # type: ignore[union-attr]
-    except Exception:  # noqa: BLE001, S110 - no subject then
+    except Exception:  # noqa: BLE001 - no subject then
         pass
     return {
         "stream_seq": seq_or_none(_attr(rec, "stream_seq")),

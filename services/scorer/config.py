@@ -28,5 +28,5 @@ class ScoringConfig(BaseModel):
                                 "(and by 3 standard errors)")
 
     @classmethod
-    def from_session_config(cls, config: dict[str, Any]) -> "ScoringConfig":
+    def from_session_config(cls, config: dict[str, Any]) -> ScoringConfig:
         return cls.model_validate(config.get("scoring") or {})

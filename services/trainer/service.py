@@ -20,12 +20,12 @@ from typing import Any
 import structlog
 from nats.aio.msg import Msg
 
-from core.paths import AarHome
 from bus import Bus, decode_msg
 from bus.client import QueryError
+from core.paths import AarHome
 from schemas import Event
-from schemas.base import derived_id as base_derived_id
 from schemas.artifact import ArtifactKind
+from schemas.base import derived_id as base_derived_id
 from schemas.experiment import (
     ExperimentFailed,
     ExperimentFinished,
