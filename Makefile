@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 TORCH  := torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: install system-deps test test-fast demo bench clean
+.PHONY: install system-deps lint test test-fast demo bench clean
 
 install: $(STAMP)
 
@@ -26,7 +26,12 @@ system-deps:
 	    echo "installing bubblewrap and libseccomp2"; apt-get update -qq && apt-get install -y -qq bubblewrap libseccomp2 >/dev/null; \
 	  else echo "warning: bwrap or libseccomp2 not found; sandboxed-execution tests will be skipped (apt-get install bubblewrap libseccomp2)"; fi; }
 
-test: install system-deps
+# ruff and mypy, configured in pyproject.toml; make test runs them first.
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+test: install system-deps lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-fast: install
@@ -46,4 +51,4 @@ bench: install
 	$(BIN)/python bench/bus.py
 
 clean:
-	rm -rf $(VENV) .aar .pytest_cache *.egg-info
+	rm -rf $(VENV) .aar .pytest_cache .mypy_cache .ruff_cache *.egg-info
