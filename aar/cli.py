@@ -169,10 +169,14 @@ def up(
 
     why = asyncio.run(run())
     console.print(f"session {session_id}: {why}")
+    import contextlib
+
+    from .log_audit import open_audit
     from .summary import print_summary
 
     try:
-        print_summary(lambda sql: run_audit(sql), session_id, console)
+        with contextlib.closing(open_audit(home)) as log_audit:
+            print_summary(log_audit, session_id, console)
     except Exception as exc:  # the summary is a courtesy: never fail the session over it
         err.print(f"[yellow]no summary: {exc}[/yellow]")
     for label, path in log_paths(home).items():
@@ -208,13 +212,13 @@ def _print_result(result: dict[str, object], fmt: OutputFormat) -> None:
         console.print(f"{len(rows)} row(s)" + (" (truncated)" if result.get("truncated") else ""))  # type: ignore[arg-type]
 
 
-def _audit_or_exit(sql: str) -> dict[str, object]:
+def _audit_or_exit(sql: str, params: list[object] | None = None) -> dict[str, object]:
     from bus.client import QueryError
-    from services.recorder.audit import AuditRefused
+    from core.audit import AuditFailed, AuditRefused
 
     try:
-        return run_audit(sql)
-    except (AuditRefused, QueryError, FileNotFoundError) as exc:
+        return run_audit(sql, params or [])  # type: ignore[arg-type]
+    except (AuditRefused, AuditFailed, QueryError, FileNotFoundError) as exc:
         err.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from None
     except Exception as exc:  # duckdb errors: bad SQL, unknown column, ...
@@ -259,17 +263,21 @@ def lineage(
     format: Annotated[OutputFormat, typer.Option("--format", "-f")] = OutputFormat.TABLE,
 ) -> None:
     """The chain behind a score: agent, direction, hypothesis, parent ideas, cited posts, artifact, runs, flags."""
+    import contextlib
+
     from bus.client import QueryError
-    from services.recorder.audit import AuditRefused
+    from core.audit import AuditFailed, AuditRefused
 
     from .lineage import LineageError, lineage as build, render
+    from .log_audit import open_audit
 
     try:
-        data = build(lambda sql: run_audit(sql), any_id)
+        with contextlib.closing(open_audit()) as log_audit:
+            data = build(log_audit, any_id)
     except LineageError as exc:
         err.print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from None
-    except (AuditRefused, QueryError, FileNotFoundError) as exc:
+    except (AuditRefused, AuditFailed, QueryError, FileNotFoundError) as exc:
         err.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from None
     if format is OutputFormat.JSON:

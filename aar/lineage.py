@@ -1,21 +1,19 @@
 """``aar lineage ID``: the chain behind a score, an experiment or an idea.
 
-Plain SQL over the recorder's views: the agent and its direction, the idea's
+Plain SQL over the recorder's views (any ``core.audit.AuditQueries``: the file or
+the running recorder), every id a bound parameter: the agent and its direction, the idea's
 hypothesis, its ancestors (parent ideas, recursively) and the forum posts it
 cites, the method artifact, every experiment and score, and integrity flags.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
-from services.recorder.audit import sql_literal
-
-Query = Callable[[str], dict[str, Any]]
+from core.audit import AuditQueries, Param, is_text
 
 
 class LineageError(LookupError):
@@ -23,37 +21,39 @@ class LineageError(LookupError):
         return str(self.args[0])
 
 
-def _rows(query: Query, sql: str) -> list[dict[str, Any]]:
-    result = query(sql)
-    return [dict(zip(result["columns"], row)) for row in result["rows"]]
+def _rows(audit: AuditQueries, sql: str, params: list[Param]) -> list[dict[str, Any]]:
+    return audit.query(sql, params).dicts()
 
 
-def resolve(query: Query, any_id: str) -> tuple[str, str, str]:
+def resolve(audit: AuditQueries, any_id: str) -> tuple[str, str, str]:
     """(session_id, idea_id, what the id was) for an idea, experiment or score event id."""
-    i = sql_literal(any_id)
-    found = _rows(query, f"""
-        SELECT session_id, idea_id, 'idea' AS kind FROM ideas WHERE idea_id = {i}
-        UNION ALL SELECT session_id, idea_id, 'experiment' FROM experiments WHERE experiment_id = {i}
-        UNION ALL SELECT session_id, idea_id, 'score' FROM scores WHERE event_id = {i} OR experiment_id = {i}
-        LIMIT 1""")
+    missing = LineageError(f"no idea, experiment or score with id {any_id!r} (baseline runs have no lineage)")
+    if not is_text(any_id):
+        raise missing  # (a lone surrogate: no id in the log holds one, and it cannot be bound)
+    found = _rows(audit, """
+        SELECT session_id, idea_id, 'idea' AS kind FROM ideas WHERE idea_id = $1
+        UNION ALL SELECT session_id, idea_id, 'experiment' FROM experiments WHERE experiment_id = $1
+        UNION ALL SELECT session_id, idea_id, 'score' FROM scores WHERE event_id = $1 OR experiment_id = $1
+        LIMIT 1""", [any_id])
     if not found or found[0]["idea_id"] is None:
-        raise LineageError(f"no idea, experiment or score with id {any_id!r} (baseline runs have no lineage)")
+        raise missing
     return found[0]["session_id"], found[0]["idea_id"], found[0]["kind"]
 
 
-def lineage(query: Query, any_id: str, max_depth: int = 20) -> dict[str, Any]:
-    session_id, idea_id, kind = resolve(query, any_id)
-    s = sql_literal(session_id)
+def lineage(audit: AuditQueries, any_id: str, max_depth: int = 20) -> dict[str, Any]:
+    """Everything behind ``any_id``; every id (the asker's, and those read from the log,
+    which agents wrote) is a bound parameter."""
+    session_id, idea_id, kind = resolve(audit, any_id)
 
     def idea(iid: str) -> dict[str, Any] | None:
-        rows = _rows(query, f"""
+        rows = _rows(audit, """
             SELECT i.idea_id, i.agent_id, a.direction, i.title, i.hypothesis, i.why, i.builtin_method,
                    i.method_artifact, i.params::VARCHAR AS params, i.parent_ideas, i.cites_posts,
                    strftime(i.time, '%Y-%m-%d %H:%M:%S') AS proposed_at,
-                   (SELECT round(max(pgr), 4) FROM scores sc WHERE sc.idea_id = i.idea_id AND sc.session_id = {s}
+                   (SELECT round(max(pgr), 4) FROM scores sc WHERE sc.idea_id = i.idea_id AND sc.session_id = $1
                       AND sc.purpose = 'score' AND sc.split = 'dev') AS dev_pgr
             FROM ideas i LEFT JOIN agents a ON a.agent_id = i.agent_id AND a.session_id = i.session_id
-            WHERE i.session_id = {s} AND i.idea_id = {sql_literal(iid)}""")
+            WHERE i.session_id = $1 AND i.idea_id = $2""", [session_id, iid])
         return rows[0] if rows else None
 
     root = idea(idea_id)
@@ -73,28 +73,28 @@ def lineage(query: Query, any_id: str, max_depth: int = 20) -> dict[str, Any]:
             ancestors.append({**parent, "depth": depth})
             nxt += list(parent["parent_ideas"] or [])
         frontier, depth = nxt, depth + 1
-    cited = list(root["cites_posts"] or [])
-    posts = _rows(query, f"""
+    cited = [str(p) for p in root["cites_posts"] or []]
+    posts = _rows(audit, """
         SELECT post_id, agent_id, title, reply_to, idea_ids, vote_score FROM forum_posts
-        WHERE session_id = {s} AND list_contains([{', '.join(sql_literal(p) for p in cited) or "''"}], post_id)""") if cited else []
-    experiments = _rows(query, f"""
+        WHERE session_id = $1 AND list_contains($2::VARCHAR[], post_id)""", [session_id, cited]) if cited else []
+    experiments = _rows(audit, """
         SELECT experiment_id, purpose, split, dataset, status, trainer_id, round(runtime_s, 2) AS runtime_s,
                attempts, predictions_artifact, error_class
-        FROM experiments WHERE session_id = {s} AND idea_id = {sql_literal(idea_id)} ORDER BY requested_at""")
-    scores = _rows(query, f"""
+        FROM experiments WHERE session_id = $1 AND idea_id = $2 ORDER BY requested_at""", [session_id, idea_id])
+    scores = _rows(audit, """
         SELECT event_id, experiment_id, purpose, split, dataset, n_seeds, round(accuracy, 4) AS accuracy,
                round(weak_accuracy, 4) AS weak, round(ceiling_accuracy, 4) AS ceiling,
                round(pgr, 4) AS pgr, round(pgr_stderr, 4) AS pgr_se
-        FROM scores WHERE session_id = {s} AND idea_id = {sql_literal(idea_id)} ORDER BY time""")
-    flags = _rows(query, f"""
+        FROM scores WHERE session_id = $1 AND idea_id = $2 ORDER BY time""", [session_id, idea_id])
+    flags = _rows(audit, """
         SELECT "check", severity, detail FROM integrity_flags
-        WHERE session_id = {s} AND idea_id = {sql_literal(idea_id)} ORDER BY time""")
+        WHERE session_id = $1 AND idea_id = $2 ORDER BY time""", [session_id, idea_id])
     artifact = None
     if root["method_artifact"]:
-        found = _rows(query, f"""
+        found = _rows(audit, """
             SELECT payload->>'sha256' AS sha256, CAST(payload->>'size' AS BIGINT) AS size, payload->>'owner' AS owner,
                    payload->>'name' AS name
-            FROM events WHERE type = 'artifact.stored' AND payload->>'sha256' = {sql_literal(root['method_artifact'])} LIMIT 1""")
+            FROM events WHERE type = 'artifact.stored' AND payload->>'sha256' = $1 LIMIT 1""", [root["method_artifact"]])
         artifact = found[0] if found else {"sha256": root["method_artifact"], "missing": True}
     return {"session_id": session_id, "resolved_from": kind, "idea": root, "ancestors": ancestors,
             "cited_posts": posts, "artifact": artifact, "experiments": experiments, "scores": scores, "flags": flags}

@@ -1,33 +1,33 @@
 """Audit SQL from the command line: through the recorder while a stack runs, on the
-log file read-only otherwise (both guarded the same way, services/recorder/guard.py)."""
+log file read-only otherwise (both guarded the same way, services/recorder/guard.py,
+both ``core.audit.AuditQueries``)."""
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
+from collections.abc import Sequence
 
 from bus.settings import admin_settings_from_home
+from core.audit import AuditQueries, Param
 from core.paths import AarHome
 
 
-def run_audit(sql: str) -> dict[str, object]:
-    """The result of one read-only query over the log of ``AAR_HOME``."""
-    from services.recorder.audit import open_read_only, run_query
-
-    home = AarHome.from_env()
+def open_audit(home: AarHome | None = None, *, timeout_s: float | None = None) -> AuditQueries:
+    """Audit queries over the log of ``home`` (default: ``AAR_HOME``): the running
+    recorder (``RecorderAudit``, as admin) while a stack runs there, else the file
+    read-only (``FileAudit``; FileNotFoundError when there is no log). Close it after."""
+    home = home or AarHome.from_env()
     settings = admin_settings_from_home(home)
     if settings is not None:
-        from bus import Bus
+        from services.recorder.remote import RecorderAudit
 
-        async def ask() -> dict[str, object]:
-            bus = await Bus.connect(settings, name="aar-audit")
-            try:
-                return await bus.request("recorder", "audit", {"sql": sql}, timeout=60)  # type: ignore[no-any-return]
-            finally:
-                await bus.close()
+        return RecorderAudit(settings, timeout_s=timeout_s)
+    from services.recorder.audit import FileAudit
 
-        return asyncio.run(ask())
-    con = open_read_only(home.events_db)
-    try:
-        return run_query(con, sql).model_dump()
-    finally:
-        con.close()
+    return FileAudit.open(home.events_db, timeout_s=timeout_s)
+
+
+def run_audit(sql: str, params: Sequence[Param] = ()) -> dict[str, object]:
+    """The result of one read-only query (``params`` bound) over the log of ``AAR_HOME``."""
+    with contextlib.closing(open_audit()) as audit:
+        return audit.query(sql, params).model_dump()

@@ -25,8 +25,11 @@ def _err() -> Any:
 
 
 def named_audit(list_: bool, name: str | None, session: str | None, fmt: Any,
-                run: Callable[[str], dict[str, object]], show: Callable[[dict[str, object], Any], None]) -> None:
-    """``aar audit --list`` / ``--named NAME [--session ID]``."""
+                run: Callable[[str, list[Any]], dict[str, object]],
+                show: Callable[[dict[str, object], Any], None]) -> None:
+    """``aar audit --list`` / ``--named NAME [--session ID]``. ``run`` answers SQL with
+    its parameters (the session id is bound, never spliced)."""
+    from core.audit import is_text
     from replay.audits import QUERIES
 
     if list_:
@@ -40,12 +43,12 @@ def named_audit(list_: bool, name: str | None, session: str | None, fmt: Any,
     if query is None:
         _err().print(f"[red]no named query {name!r}[/red]; known: {', '.join(QUERIES)}")
         raise typer.Exit(2)
-    try:
-        sql = query.render(session)
-    except ValueError as exc:
-        _err().print(f"[red]{exc}[/red]")
-        raise typer.Exit(2) from None
-    show(run(sql), fmt)
+    if session is not None and not is_text(session):
+        # (a lone surrogate, from invalid bytes in the argument: no session id holds one)
+        _err().print(f"[red]no session {session!r} in the log: it is not valid text[/red]")
+        raise typer.Exit(1)
+    sql, params = query.bound(session)
+    show(run(sql, params), fmt)
 
 
 def register(app: typer.Typer) -> None:
@@ -122,11 +125,15 @@ def replay(
         raise typer.Exit(1 if bad else 0)
     diffs: list[str] | None = None
     if check:
+        import contextlib
+
         from replay.compare import compare
 
-        from .log_audit import run_audit
+        from .log_audit import open_audit
 
-        diffs = compare(models, lambda sql: run_audit(sql), session) if until is None else None
+        if until is None:
+            with contextlib.closing(open_audit(home)) as log_audit:
+                diffs = compare(models, log_audit, session)
     if format == "json":
         out = models.as_dict()
         if diffs is not None:
@@ -180,11 +187,12 @@ def export_parquet(db: Path, session_id: str, out: Path) -> dict[str, int]:
     """Write the session's events to ``out/event_type=<type>/*.parquet``; returns rows per type.
 
     The only place a connection with file access is opened: its own read-only
-    connection, statements built here (the session id must be a subject token,
-    the path is quoted), never user SQL. ``aar audit`` keeps its own connection
-    with external access disabled."""
+    connection, statements built here (the session id must be a subject token;
+    it and the path are bound parameters), never user SQL. ``aar audit`` keeps its
+    own connection with external access disabled."""
     import duckdb
 
+    from core.audit import code_identifier
     from schemas.base import is_subject_token
 
     if not is_subject_token(session_id):
@@ -192,7 +200,6 @@ def export_parquet(db: Path, session_id: str, out: Path) -> dict[str, int]:
     if not db.exists():
         raise FileNotFoundError(f"no event log at {db}")
     out.mkdir(parents=True, exist_ok=True)
-    target = str(out.resolve()).replace("'", "''")
     con = duckdb.connect(str(db), read_only=True, config={"enable_external_access": True})
     try:
         con.execute("SET lock_configuration = true")
@@ -200,11 +207,12 @@ def export_parquet(db: Path, session_id: str, out: Path) -> dict[str, int]:
             "SELECT type, count(*) FROM events WHERE session_id = ? GROUP BY 1", [session_id]).fetchall())
         if not counts:
             raise LookupError(f"no events for session {session_id!r}")
-        cols = ", ".join(EXPORT_COLUMNS)
+        cols = ", ".join(map(code_identifier, EXPORT_COLUMNS))  # column names of this module
         con.execute(
             f"COPY (SELECT type AS event_type, {cols}, CAST(payload AS VARCHAR) AS payload FROM events "
-            f"WHERE session_id = '{session_id}' ORDER BY time, id) "
-            f"TO '{target}' (FORMAT PARQUET, PARTITION_BY (event_type), OVERWRITE_OR_IGNORE true)"
+            "WHERE session_id = ? ORDER BY time, id) "
+            "TO ? (FORMAT PARQUET, PARTITION_BY (event_type), OVERWRITE_OR_IGNORE true)",
+            [session_id, str(out.resolve())],
         )
     finally:
         con.close()

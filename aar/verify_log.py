@@ -18,18 +18,17 @@ verified (no log, no chain, an error).
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 import typer
 
-Runner = Callable[[str], dict[str, Any]]
+from core.audit import AuditQueries, AuditResult, code_identifier
+
 HEX = re.compile(r"^[0-9a-f]{8,64}$")
 
 
@@ -57,9 +56,8 @@ class Report:
                 "problems": self.problems, "notes": self.notes, "seconds": round(self.seconds, 3)}
 
 
-def _rows(result: dict[str, Any]) -> list[dict[str, Any]]:
-    columns = [str(c) for c in result["columns"]]
-    return [dict(zip(columns, row)) for row in result["rows"]]
+def _rows(result: AuditResult) -> list[dict[str, Any]]:
+    return result.dicts()
 
 
 def expected_views() -> dict[str, str]:
@@ -79,17 +77,23 @@ def expected_views() -> dict[str, str]:
         con.close()
 
 
-def check(run: Runner, db: str, database: str, *, head: str | None = None, projections: bool = True,
+def check(audit: AuditQueries, db: str = "", *, head: str | None = None, projections: bool = True,
           log: str = "", via: str = "") -> Report:
-    """All the checks, with ``run`` answering SQL; ``db`` prefixes the log's tables and
-    ``database`` is its catalog name as SQL string literal (e.g. ``current_database()``)."""
+    """All the checks, with ``audit`` answering SQL; ``db`` prefixes the log's tables
+    (``"log."`` when it is attached as ``log``; ``""``: the current database). Values
+    (the catalog's name, the head) are bound; ``db`` is an identifier from code."""
     from services.recorder import chain
     from services.recorder import projections as proj
 
+    def run(sql: str, params: list[Any] | None = None) -> AuditResult:
+        return audit.query(sql, params or [])
+
     started = time.perf_counter()
     report = Report(log=log, via=via)
+    db = code_identifier(db) if db else ""
+    database = db.rstrip(".") if db else str(run("SELECT current_database()").rows[0][0])
     tables = {r["table_name"] for r in _rows(run(
-        f"SELECT table_name FROM duckdb_tables() WHERE schema_name = 'main' AND database_name = {database}"))}
+        "SELECT table_name FROM duckdb_tables() WHERE schema_name = 'main' AND database_name = ?", [database]))}
     if "events" not in tables:
         raise NoChain(f"{log}: not an event log (it has no events table)")
     if chain.TABLE not in tables:
@@ -106,8 +110,8 @@ def check(run: Runner, db: str, database: str, *, head: str | None = None, proje
         report.notes.append(str(note))
     report.breaks = _rows(run(chain.breaks_sql(db)))
     if head is not None:
-        found = _rows(run(f"SELECT batch, hash FROM {db}{chain.TABLE} WHERE starts_with(hash, '{head}') "
-                          "ORDER BY batch"))
+        found = _rows(run(f"SELECT batch, hash FROM {db}{chain.TABLE} WHERE starts_with(hash, ?) ORDER BY batch",
+                          [head]))
         if not found:
             report.problems.append(
                 f"the head you trusted ({head}) is not the hash of any batch of this chain: the chain was "
@@ -124,7 +128,7 @@ def check(run: Runner, db: str, database: str, *, head: str | None = None, proje
                     f"{row['first_rid']}. Delete its row in projection_state to have the next recorder rebuild it")
     stored = {r["view_name"]: r["sql"] for r in _rows(run(
         "SELECT view_name, sql FROM duckdb_views() WHERE NOT internal AND schema_name = 'main' "
-        f"AND database_name = {database}"))}
+        "AND database_name = ?", [database]))}
     for name, sql in expected_views().items():
         if name not in stored:
             report.problems.append(f"view {name} is missing")
@@ -133,7 +137,7 @@ def check(run: Runner, db: str, database: str, *, head: str | None = None, proje
     for name in sorted(set(stored) - set(expected_views())):
         report.problems.append(f"view {name} is not one AAR creates")
     functions = _rows(run("SELECT DISTINCT function_name, function_type FROM system.main.duckdb_functions() "
-                          f"WHERE NOT internal AND database_name = {database} ORDER BY ALL"))
+                          "WHERE NOT internal AND database_name = ? ORDER BY ALL", [database]))
     for f in functions:
         report.problems.append(f"user-defined {f['function_type']} {f['function_name']} in the log (AAR creates "
                                "none; it can take the place of a built-in in any query)")
@@ -145,46 +149,35 @@ class NoChain(RuntimeError):
     pass
 
 
-def file_runner(path: Any, timeout_s: float) -> tuple[Runner, Callable[[], None]]:
+def file_audit(path: Any, timeout_s: float) -> AuditQueries:
     """SQL on the log file, attached read-only as ``log`` in an in-memory database (so
     functions stored in the file never resolve), with the audit guard."""
     import duckdb
 
-    from services.recorder.audit import run_query, sql_literal
+    from services.recorder.audit import FileAudit
     from services.recorder.inbox import unfolded
 
     if not path.exists():
         raise FileNotFoundError(f"no event log at {path}: run `aar up` first (or set AAR_HOME)")
     con = duckdb.connect(":memory:")
-    con.execute(f"ATTACH {sql_literal(str(path))} AS log (READ_ONLY)")
-    con.execute("SET enable_external_access = false")
-    con.execute("SET lock_configuration = true")
+    try:
+        con.execute("ATTACH ? AS log (READ_ONLY)", [str(path)])
+        con.execute("SET enable_external_access = false")
+        con.execute("SET lock_configuration = true")
+    except BaseException:
+        con.close()
+        raise
     if waiting := unfolded(path):
         _err().print(f"[yellow]{waiting} rows wait in the inboxes of {path} (a recorder stopped before moving "
                      "them): they are not in the log, nor in the chain, until the next recorder folds them in"
                      "[/yellow]")
-
-    def run(sql: str) -> dict[str, Any]:
-        return run_query(con, sql, timeout_s=timeout_s).model_dump()
-
-    return run, con.close
+    return FileAudit(con, timeout_s=timeout_s)
 
 
-def recorder_runner(settings: Any, timeout_s: float) -> tuple[Runner, Callable[[], None]]:
-    from bus import Bus
+def recorder_audit(settings: Any, timeout_s: float) -> AuditQueries:
+    from services.recorder.remote import RecorderAudit
 
-    loop = asyncio.new_event_loop()
-    bus = loop.run_until_complete(Bus.connect(settings, name="aar-verify-log"))
-
-    def run(sql: str) -> dict[str, Any]:
-        return loop.run_until_complete(  # type: ignore[no-any-return]
-            bus.request("recorder", "audit", {"sql": sql, "timeout_s": timeout_s}, timeout=timeout_s + 15))
-
-    def close() -> None:
-        loop.run_until_complete(bus.close())
-        loop.close()
-
-    return run, close
+    return RecorderAudit(settings, timeout_s=timeout_s, name="aar-verify-log")
 
 
 def _err() -> Any:
@@ -203,7 +196,7 @@ def verify_log(
     """Check the event log against its hash chain (and its projections and views): exit 0 when intact,
     1 with the first broken link, 2 when it cannot be verified."""
     from bus.client import QueryError
-    from services.recorder.audit import AuditRefused, AuditTimeout
+    from core.audit import AuditFailed, AuditRefused, AuditTimeout
 
     from core.paths import AarHome
     from bus.settings import admin_settings_from_home
@@ -218,11 +211,11 @@ def verify_log(
     settings = admin_settings_from_home(home)
     try:
         if settings is not None:
-            run, close = recorder_runner(settings, timeout)
-            db, database, via = "", "current_database()", "the running recorder"
+            audit = recorder_audit(settings, timeout)
+            db, via = "", "the running recorder"
         else:
-            run, close = file_runner(home.events_db, timeout)
-            db, database, via = "log.", "'log'", "the file, read-only"
+            audit = file_audit(home.events_db, timeout)
+            db, via = "log.", "the file, read-only"
     except (FileNotFoundError, QueryError, OSError) as exc:
         err.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from None
@@ -230,18 +223,18 @@ def verify_log(
         err.print(f"[red]cannot open the log: {type(exc).__name__}: {exc}[/red]")
         raise typer.Exit(2) from None
     try:
-        report = check(run, db, database, head=head, projections=projections, log=str(home.events_db), via=via)
+        report = check(audit, db, head=head, projections=projections, log=str(home.events_db), via=via)
     except NoChain as exc:
         err.print(f"[yellow]{exc}[/yellow]")
         raise typer.Exit(2) from None
-    except (AuditRefused, AuditTimeout, QueryError) as exc:
+    except (AuditRefused, AuditTimeout, AuditFailed, QueryError) as exc:
         err.print(f"[red]could not verify: {exc}[/red]")
         raise typer.Exit(2) from None
     except Exception as exc:  # noqa: BLE001 - a log too damaged to query is not intact either
         err.print(f"[red]could not verify: {type(exc).__name__}: {exc}[/red]")
         raise typer.Exit(2) from None
     finally:
-        close()
+        audit.close()
     if format == "json":
         sys.stdout.write(json.dumps(report.as_dict(), default=str) + "\n")
     else:

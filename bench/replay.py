@@ -135,7 +135,7 @@ def measure_queries(db: Path, session_id: str) -> dict[str, float]:
             best = float("inf")
             for _ in range(3):
                 t = time.perf_counter()
-                run_query(con, q.render(session_id))
+                run_query(con, *q.bound(session_id))
                 best = min(best, time.perf_counter() - t)
             out[q.name] = best * 1000
             say(f"  {q.name}: {best * 1000:.0f} ms")

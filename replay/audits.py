@@ -3,7 +3,8 @@
 ``aar audit --list`` shows them, ``aar audit --named NAME [--session ID]`` runs one
 (through the recorder while a stack runs, on the file read-only otherwise: the
 same guarded path as any ``aar audit`` SQL). ``{where}`` in a query becomes the
-session filter (``session_id = '...'``, or ``TRUE`` for every session).
+session filter: ``session_id = $1`` with the session id bound as ``$1`` (never
+spliced: any text is just a session no row has), or ``TRUE`` for every session.
 
 ``chain_breaks`` checks the log's hash chain, in SQL (``services.recorder.chain``
 holds its formulas, shared with the recorder that writes the chain and with
@@ -14,8 +15,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from schemas.base import is_subject_token
+from core.audit import Param
 from services.recorder import chain
+
+SESSION_FILTER = "session_id = $1"
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,14 +27,15 @@ class NamedQuery:
     description: str
     sql: str
 
-    def render(self, session_id: str | None = None) -> str:
+    def bound(self, session_id: str | None = None) -> tuple[str, list[Param]]:
+        """The SQL for one session (None: every session) and its parameters: the session
+        id is bound as ``$1``, whatever it holds. A query without ``{where}`` (the whole
+        log) takes none."""
+        if "{where}" not in self.sql:
+            return self.sql, []
         if session_id is None:
-            where = "TRUE"
-        elif is_subject_token(session_id):
-            where = f"session_id = '{session_id}'"
-        else:
-            raise ValueError(f"not a session id: {session_id!r}")
-        return self.sql.format(where=where)
+            return self.sql.format(where="TRUE"), []
+        return self.sql.format(where=SESSION_FILTER), [session_id]
 
 
 QUERIES: dict[str, NamedQuery] = {q.name: q for q in (

@@ -1,28 +1,28 @@
 """Field-by-field comparison of the replayed read models with the recorder's SQL views.
 
-``query`` is any read-only SQL runner returning ``{"columns": [...], "rows": [...]}``
-(``aar audit``'s, or a DuckDB connection wrapped by :func:`connection_query`).
-Returns a list of differences (empty: the two implementations agree).
+``audit`` is any ``core.audit.AuditQueries`` (``aar audit``'s: the file or the
+recorder, or a DuckDB connection wrapped by :func:`connection_query`); the session
+id is a bound parameter. Returns a list of differences (empty: the two
+implementations agree).
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
 from typing import Any
 
-from services.recorder.audit import sql_literal
+from core.audit import AuditQueries, code_identifier
 
 from .models import ReadModels
 
-Query = Callable[[str], dict[str, Any]]
 
+def connection_query(con: Any) -> AuditQueries:
+    """Audit queries on an open DuckDB connection (guarded like any audit; the
+    connection stays the caller's to close)."""
+    from services.recorder.audit import FileAudit
 
-def connection_query(con: Any) -> Query:
-    from services.recorder.audit import run_query
-
-    return lambda sql: run_query(con, sql).model_dump()
+    return FileAudit(con, owned=False)
 
 
 # view -> (key column, columns to compare; times as epoch_us under the replay's *_us name)
@@ -66,10 +66,11 @@ def _same(a: Any, b: Any) -> bool:
     return bool(a == b)
 
 
-def view_rows(query: Query, view: str, session_id: str, where: str = "") -> list[dict[str, Any]]:
+def view_rows(audit: AuditQueries, view: str, session_id: str) -> list[dict[str, Any]]:
+    """The rows of ``view`` (a key of VIEW_COLUMNS: its name and columns are this module's) for a session."""
     _, cols = VIEW_COLUMNS[view]
-    result = query(f"SELECT {', '.join(cols)} FROM {view} WHERE session_id = {sql_literal(session_id)} {where}")
-    return [dict(zip(result["columns"], r)) for r in result["rows"]]
+    return audit.query(f"SELECT {', '.join(cols)} FROM {code_identifier(view)} WHERE session_id = ?",
+                       [session_id]).dicts()
 
 
 def replayed_rows(models: ReadModels, view: str) -> list[dict[str, Any]]:
@@ -83,11 +84,11 @@ def replayed_rows(models: ReadModels, view: str) -> list[dict[str, Any]]:
     }[view]()
 
 
-def compare(models: ReadModels, query: Query, session_id: str) -> list[str]:
+def compare(models: ReadModels, audit: AuditQueries, session_id: str) -> list[str]:
     """Differences between the replay and the views of ``session_id`` (empty when equal)."""
     diffs: list[str] = []
     for view, (key, cols) in VIEW_COLUMNS.items():
-        live_rows = view_rows(query, view, session_id)
+        live_rows = view_rows(audit, view, session_id)
         live = {r[key]: r for r in live_rows}
         if len(live) != len(live_rows):
             diffs.append(f"{view}: the view has {len(live_rows)} rows for {len(live)} distinct {key}s")
@@ -101,20 +102,20 @@ def compare(models: ReadModels, query: Query, session_id: str) -> list[str]:
                 if not _same(live[k][col], mine[k][col]):
                     diffs.append(f"{view}: {key}={k} field {col}: view {live[k][col]!r} != replay {mine[k][col]!r}")
     # sessions (one row)
-    s = query(f"""SELECT session_id, epoch_us(first_event) AS first_event_us, epoch_us(last_event) AS last_event_us,
-                  events, name, backend, dataset, end_reason, scores FROM sessions WHERE session_id = {sql_literal(session_id)}""")
-    live_s = dict(zip(s["columns"], s["rows"][0])) if s["rows"] else {}
+    s = audit.query("""SELECT session_id, epoch_us(first_event) AS first_event_us, epoch_us(last_event) AS last_event_us,
+                  events, name, backend, dataset, end_reason, scores FROM sessions WHERE session_id = ?""", [session_id])
+    live_s = dict(zip(s.columns, s.rows[0])) if s.rows else {}
     mine_s = models.session_row()
     for col in live_s:
         if not _same(live_s[col], mine_s.get(col)):
             diffs.append(f"sessions: field {col}: view {live_s[col]!r} != replay {mine_s.get(col)!r}")
     # cost per agent and per idea (llm_calls view)
     for by, table in (("agent_id", models.cost_by_agent), ("idea_id", models.cost_by_idea)):
-        r = query(f"""SELECT {by} AS k, count(*) AS calls, sum(input_tokens) AS input_tokens,
+        r = audit.query(f"""SELECT {code_identifier(by)} AS k, count(*) AS calls, sum(input_tokens) AS input_tokens,
                       sum(output_tokens) AS output_tokens, sum(cache_read_tokens) AS cache_read_tokens,
                       sum(cache_write_tokens) AS cache_write_tokens, sum(cost_usd) AS cost_usd
-                      FROM llm_calls WHERE session_id = {sql_literal(session_id)} GROUP BY 1""")
-        live_c = {row[0]: dict(zip(r["columns"][1:], row[1:])) for row in r["rows"]}
+                      FROM llm_calls WHERE session_id = ? GROUP BY 1""", [session_id])
+        live_c = {row[0]: dict(zip(r.columns[1:], row[1:])) for row in r.rows}
         if set(live_c) != set(table):
             diffs.append(f"cost by {by}: keys differ: view {sorted(map(str, live_c))} != replay {sorted(map(str, table))}")
         for k in set(live_c) & set(table):

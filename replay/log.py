@@ -6,23 +6,23 @@ recorded. Order is ``(time, id)``: the order the events were created in (ids
 are ULIDs), which is also how the SQL views break ties.
 
 Two sources, chosen like ``aar audit``: the DuckDB file opened read-only when no
-stack runs, else the recorder over NATS (paged, keyset on ``(time, id)``).
+stack runs, else the recorder over NATS (``core.audit.AuditQueries``, paged, keyset
+on ``(time, id)``). Session and event ids are bound parameters in both.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import gc
 import json
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from core.audit import AuditQueries, Param, is_text
 from core.paths import AarHome
-from services.recorder.audit import sql_literal
 
 COLUMNS = ("id", "type", "session_id", "time_us", "correlation_id", "causation_id", "payload", "source",
            "schema_version", "stream_seq")
@@ -32,12 +32,13 @@ _SELECT = (
 )
 
 
-def _select(skip_payloads: frozenset[str] = frozenset()) -> str:
+def _select(skip_payloads: frozenset[str] = frozenset()) -> tuple[str, list[Param]]:
+    """The SELECT of every column and its parameters (the skipped types, bound as one list)."""
     payload = "CAST(payload AS VARCHAR)"
-    if skip_payloads:
-        payload = (f"CASE WHEN type IN ({', '.join(sql_literal(t) for t in sorted(skip_payloads))}) "
-                   f"THEN 'null' ELSE {payload} END")
-    return _SELECT.format(payload=payload)
+    if not skip_payloads:
+        return _SELECT.format(payload=payload), []
+    return (_SELECT.format(payload=f"CASE WHEN list_contains(?::VARCHAR[], type) THEN 'null' ELSE {payload} END"),
+            [sorted(skip_payloads)])
 PAGE = 50_000
 
 
@@ -102,51 +103,72 @@ class Until:
         return cls(time_us=datetime_to_us(t))
 
 
+def _unknown_event(event_id: str) -> UnknownSession:
+    return UnknownSession(f"no event with id {event_id!r}")
+
+
 def rows_from_connection(con: Any, session_id: str | None, *, until: Until | None = None,
                          skip_payloads: frozenset[str] = frozenset()) -> list[Row]:
     """All rows of a session (every session when None) from a DuckDB connection, ordered.
     Rows of the types in ``skip_payloads`` come without their payload (``"null"``): a rebuild
     passes ``replay.timeline.UNREAD_FOLDED`` and saves reading what it would never parse."""
-    where = [] if session_id is None else [f"session_id = {sql_literal(session_id)}"]
+    select, params = _select(skip_payloads)
+    where: list[str] = []
+    if session_id is not None:
+        if not is_text(session_id):
+            return []  # (a lone surrogate: no session id holds one, and it cannot be bound)
+        where.append("session_id = ?")
+        params.append(session_id)
     if until is not None and until.time_us is not None:
-        where.append(f"epoch_us(time) <= {int(until.time_us)}")
+        where.append("epoch_us(time) <= ?")
+        params.append(int(until.time_us))
     elif until is not None and until.event_id is not None:
-        found = con.execute(f"SELECT epoch_us(time) FROM events WHERE id = {sql_literal(until.event_id)}").fetchall()
+        if not is_text(until.event_id):
+            raise _unknown_event(until.event_id)
+        found = con.execute("SELECT epoch_us(time) FROM events WHERE id = ?", [until.event_id]).fetchall()
         if not found:
-            raise UnknownSession(f"no event with id {until.event_id!r}")
-        where.append(f"(epoch_us(time), id) <= ({int(found[0][0])}, {sql_literal(until.event_id)})")
-    sql = _select(skip_payloads) + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY time, id"
-    table = con.sql(sql).to_arrow_table()
+            raise _unknown_event(until.event_id)
+        where.append("(epoch_us(time), id) <= (?, ?)")
+        params += [int(found[0][0]), until.event_id]
+    sql = select + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY time, id"
+    table = con.sql(sql, params=params or None).to_arrow_table()
     with gc_paused():
         cols = [table.column(name).to_pylist() for name in COLUMNS]
         del table
         return list(map(Row._make, zip(*cols)))
 
 
-Query = Callable[[str], dict[str, Any]]
-
-
-def rows_from_audit(query: Query, session_id: str, *, until: Until | None = None, page: int = PAGE,
+def rows_from_audit(audit: AuditQueries, session_id: str, *, until: Until | None = None, page: int = PAGE,
                     skip_payloads: frozenset[str] = frozenset()) -> list[Row]:
     """The same rows through read-only audit SQL (the recorder while a stack runs), paged."""
-    where = f"session_id = {sql_literal(session_id)}"
+    if not is_text(session_id):
+        return []
+    select, first = _select(skip_payloads)
+    where, params = "session_id = ?", [*first, session_id]
     if until is not None and until.time_us is not None:
-        where += f" AND epoch_us(time) <= {int(until.time_us)}"
+        where += " AND epoch_us(time) <= ?"
+        params.append(int(until.time_us))
     elif until is not None and until.event_id is not None:
-        found = query(f"SELECT epoch_us(time) FROM events WHERE id = {sql_literal(until.event_id)}")["rows"]
+        if not is_text(until.event_id):
+            raise _unknown_event(until.event_id)
+        found = audit.query("SELECT epoch_us(time) FROM events WHERE id = ?", [until.event_id]).rows
         if not found:
-            raise UnknownSession(f"no event with id {until.event_id!r}")
-        where += f" AND (epoch_us(time), id) <= ({int(found[0][0])}, {sql_literal(until.event_id)})"
+            raise _unknown_event(until.event_id)
+        where += " AND (epoch_us(time), id) <= (?, ?)"
+        params += [int(found[0][0]), until.event_id]
     out: list[Row] = []
-    after = ""
+    after, keyset = "", []
     while True:
-        result = query(f"{_select(skip_payloads)} WHERE {where}{after} ORDER BY time, id LIMIT {int(page)}")
-        rows = [Row._make(r) for r in result["rows"]]
+        result = audit.query(f"{select} WHERE {where}{after} ORDER BY time, id LIMIT ?",
+                             [*params, *keyset, int(page)], max_rows=page)
+        rows = [Row._make(r) for r in result.rows]
         out += rows
-        if len(rows) < page:
+        if len(rows) < page and not result.truncated:
             return out
+        if not rows:
+            raise RuntimeError(f"the audit returned no rows of a page: {result.truncated_reason}")
         last = rows[-1]
-        after = f" AND (epoch_us(time), id) > ({int(last.time_us)}, {sql_literal(last.id)})"
+        after, keyset = " AND (epoch_us(time), id) > (?, ?)", [int(last.time_us), last.id]
 
 
 def load_session(session_id: str, *, until: Until | None = None, home: AarHome | None = None,
@@ -157,23 +179,10 @@ def load_session(session_id: str, *, until: Until | None = None, home: AarHome |
 
     settings = admin_settings_from_home(home)
     if settings is not None:
-        from bus import Bus
+        from services.recorder.remote import RecorderAudit
 
-        async def collect() -> list[Row]:
-            bus = await Bus.connect(settings, name="aar-replay")
-            try:
-                loop = asyncio.get_running_loop()
-
-                def query(sql: str) -> dict[str, Any]:
-                    return asyncio.run_coroutine_threadsafe(
-                        bus.request("recorder", "audit", {"sql": sql}, timeout=60), loop).result()
-
-                return await asyncio.to_thread(rows_from_audit, query, session_id, until=until,
-                                               skip_payloads=skip_payloads)
-            finally:
-                await bus.close()
-
-        rows = asyncio.run(collect())
+        with contextlib.closing(RecorderAudit(settings, name="aar-replay")) as audit:
+            rows = rows_from_audit(audit, session_id, until=until, skip_payloads=skip_payloads)
     else:
         from services.recorder.audit import open_read_only
 

@@ -127,10 +127,10 @@ async def publish_rows(bus: Any, rows: Sequence[Row], session_id: str, speed: fl
 
 async def wait_recorded(bus: Any, session_id: str, n: int, timeout: float = 300.0) -> float:
     t0 = time.perf_counter()
-    sql = f"SELECT count(*) FROM events WHERE session_id = '{session_id}'"
+    request = {"sql": "SELECT count(*) FROM events WHERE session_id = ?", "params": [session_id]}
     while True:
         try:
-            result = await bus.request("recorder", "audit", {"sql": sql}, timeout=10.0)
+            result = await bus.request("recorder", "audit", request, timeout=10.0)
             if int(result["rows"][0][0]) >= n:
                 return time.perf_counter() - t0
         except Exception:  # noqa: BLE001 - the recorder may still be starting

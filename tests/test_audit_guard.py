@@ -121,7 +121,7 @@ def test_an_unknown_operator_or_table_function_is_refused_by_name(tmp_path: Path
         for name in VIEWS:
             store.query(f"SELECT * FROM {name}")
         for q in QUERIES.values():
-            store.query(q.render("s-ro"))
+            store.query(*q.bound("s-ro"))
         store.query("SELECT * FROM events e, unnest([1, 2]) u(x), json_each(e.payload) j LIMIT 3")
         store.query("SHOW TABLES")
         store.query("SUMMARIZE events")

@@ -2,9 +2,11 @@
 
 Used by the recorder (answering ``aarq.recorder.audit`` while a session runs, on its
 own thread pool: ``audit_pool``) and by ``aar audit`` on the file directly when no
-session runs. Both go through :func:`run_query`, so both get every layer of
-``guard`` (one SELECT; a read-only transaction; a plan of allow-listed operators;
-no file access, locked), a time limit and a cap on the bytes of the result."""
+session runs (:class:`FileAudit`, one of the two implementations of
+``core.audit.AuditQueries``). Both go through :func:`run_query`, so both get every
+layer of ``guard`` (one SELECT; a read-only transaction; a plan of allow-listed
+operators; no file access, locked), a time limit and a cap on the bytes of the
+result. Values are bound (``params``), never spliced into the text."""
 
 from __future__ import annotations
 
@@ -15,24 +17,29 @@ import math
 import os
 import threading
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import duckdb
 import structlog
-from pydantic import BaseModel
 
-from .guard import AuditRefused, check_plan, check_read_only, refuse_planted
+from core.audit import AuditFailed, AuditParamError, AuditRefused, AuditResult, AuditTimeout, Param, check_params
+
+from .guard import check_plan, check_read_only, refuse_planted
+from .inbox import unfolded
 
 __all__ = [
+    "AuditFailed",
+    "AuditParamError",
     "AuditRefused",
     "AuditResult",
     "AuditTimeout",
+    "FileAudit",
     "check_read_only",
     "default_timeout_s",
     "open_read_only",
     "run_query",
-    "sql_literal",
 ]
 
 MAX_ROWS = 100_000
@@ -46,17 +53,6 @@ TIMEOUT_ENV = "AAR_AUDIT_TIMEOUT_S"
 FETCH_CHUNK = 2048
 
 
-class AuditTimeout(RuntimeError):
-    """The statement ran past its time limit and was interrupted."""
-
-
-class AuditResult(BaseModel):
-    columns: list[str]
-    rows: list[list[Any]]
-    truncated: bool = False
-    truncated_reason: str | None = None  # why ``rows`` stops short (row or byte cap)
-
-
 def default_timeout_s() -> float:
     """``AAR_AUDIT_TIMEOUT_S`` if set to a positive number, else DEFAULT_TIMEOUT_S."""
     try:
@@ -64,11 +60,6 @@ def default_timeout_s() -> float:
     except ValueError:
         return DEFAULT_TIMEOUT_S
     return value if math.isfinite(value) and value > 0 else DEFAULT_TIMEOUT_S
-
-
-def sql_literal(value: str) -> str:
-    """``value`` as a SQL string literal (quotes doubled)."""
-    return "'" + value.replace("'", "''") + "'"
 
 
 def _jsonable(value: Any) -> Any:
@@ -99,16 +90,19 @@ def _row_bytes(row: list[Any]) -> int:
 def run_query(
     con: duckdb.DuckDBPyConnection,
     sql: str,
+    params: Sequence[Param] = (),
     *,
     max_rows: int = MAX_ROWS,
     max_bytes: int = MAX_BYTES,
     timeout_s: float | None = None,
 ) -> AuditResult:
-    """Run one read-only audit statement on ``con`` (see ``guard``): in a read-only
-    transaction, after its plan passed the allow-list, interrupted after ``timeout_s``
-    (default: ``default_timeout_s()``), with at most ``max_rows`` rows and about
-    ``max_bytes`` bytes of them (``truncated`` then says so, and why)."""
-    statement = check_read_only(sql)
+    """Run one read-only audit statement on ``con`` (see ``guard``) with ``params``
+    bound to its ``?`` / ``$n`` placeholders: in a read-only transaction, after its
+    plan (made with the same values bound) passed the allow-list, interrupted after
+    ``timeout_s`` (default: ``default_timeout_s()``), with at most ``max_rows`` rows and
+    about ``max_bytes`` bytes of them (``truncated`` then says so, and why)."""
+    values = check_params(params)
+    statement = check_read_only(sql, len(values))
     limit = default_timeout_s() if timeout_s is None else float(timeout_s)
     if not math.isfinite(limit) or limit <= 0:
         raise AuditRefused(f"the time limit must be a positive number of seconds, not {timeout_s!r}")
@@ -118,8 +112,8 @@ def run_query(
         raise AuditRefused(f"cannot start a read-only transaction for the audit: {exc}") from None
     timer = _Deadline(con, limit)
     try:
-        check_plan(con, statement)
-        rel = con.execute(statement)
+        check_plan(con, statement, values)
+        rel = con.execute(statement, values or None)
         description = rel.description or []
         columns = [d[0] for d in description]
         is_json = [str(d[1]) == "JSON" for d in description]
@@ -206,8 +200,6 @@ def open_read_only(path: Path) -> duckdb.DuckDBPyConnection:
     when someone planted functions in the file (see ``guard.planted_functions``)."""
     if not path.exists():
         raise FileNotFoundError(f"no event log at {path}: run `aar up` first (or set AAR_HOME)")
-    from .inbox import unfolded  # (inbox imports this module)
-
     if waiting := unfolded(path):
         structlog.get_logger("audit").warning(
             "events_not_folded", rows=waiting, log=str(path),
@@ -216,9 +208,70 @@ def open_read_only(path: Path) -> duckdb.DuckDBPyConnection:
     con = duckdb.connect(str(path), read_only=True,
                          config={"enable_external_access": False, "memory_limit": memory_limit()})
     try:
-        con.execute("SET lock_configuration = true")
+        _lock_configuration(con)
         refuse_planted(con)
     except BaseException:
         con.close()
         raise
     return con
+
+
+def _lock_configuration(con: duckdb.DuckDBPyConnection) -> None:
+    """Lock the configuration. A second read-only connection to the same file in this
+    process shares the first one's database instance, already locked: fine if file
+    access is off there too, refused otherwise."""
+    try:
+        con.execute("SET lock_configuration = true")
+    except duckdb.InvalidInputException as exc:
+        if "locked" not in str(exc):
+            raise
+        external = con.execute("SELECT current_setting('enable_external_access')").fetchall()[0][0]
+        if str(external).lower() not in ("false", "0"):
+            raise AuditRefused("the log is open in this process with file access enabled (an export?): "
+                               "not auditing through that connection") from None
+
+
+class FileAudit:
+    """``core.audit.AuditQueries`` on the log file (no stack running): the file opened
+    read-only by :func:`open_read_only`, each statement through :func:`run_query`
+    (every guard layer, values bound). DuckDB errors come out as
+    :class:`AuditFailed`. One statement at a time (a connection runs one)."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, *, timeout_s: float | None = None,
+                 max_bytes: int = MAX_BYTES, owned: bool = True) -> None:
+        self._con: duckdb.DuckDBPyConnection | None = con
+        self._lock = threading.Lock()
+        self.timeout_s = timeout_s
+        self.max_bytes = max_bytes
+        self._owned = owned
+
+    @classmethod
+    def open(cls, path: Path, *, timeout_s: float | None = None) -> "FileAudit":
+        """The log at ``path`` (FileNotFoundError when there is none; AuditRefused when
+        it holds planted functions, see ``open_read_only``)."""
+        return cls(open_read_only(Path(path)), timeout_s=timeout_s)
+
+    def query(self, sql: str, params: Sequence[Param] = (), *, max_rows: int | None = None) -> AuditResult:
+        rows = MAX_ROWS if max_rows is None else max_rows
+        if isinstance(rows, bool) or not isinstance(rows, int) or rows < 1:
+            raise AuditRefused(f"max_rows must be a positive integer, not {max_rows!r}")
+        with self._lock:
+            if self._con is None:
+                raise AuditRefused("this audit connection is closed")
+            try:
+                return run_query(self._con, sql, params, max_rows=min(rows, MAX_ROWS), max_bytes=self.max_bytes,
+                                 timeout_s=self.timeout_s)
+            except duckdb.Error as exc:
+                raise AuditFailed(f"{type(exc).__name__}: {exc}") from None
+
+    def close(self) -> None:
+        with self._lock:
+            con, self._con = self._con, None
+        if con is not None and self._owned:
+            con.close()
+
+    def __enter__(self) -> "FileAudit":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

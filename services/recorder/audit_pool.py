@@ -13,7 +13,10 @@ import asyncio
 import concurrent.futures
 import math
 import threading
+from collections.abc import Sequence
 from typing import Any
+
+from core.audit import Param
 
 from .audit import AuditResult, default_timeout_s
 from .store import EventStore
@@ -56,8 +59,9 @@ class AuditPool:
             return min(float(requested), self.timeout_s)
         return self.timeout_s
 
-    async def run(self, sql: str, *, timeout_s: Any = None, max_bytes: int, max_rows: int | None = None) -> AuditResult:
-        """Run one audit on the pool; refused at once (:class:`AuditBusy`) when full."""
+    async def run(self, sql: str, params: Sequence[Param] = (), *, timeout_s: Any = None, max_bytes: int,
+                  max_rows: int | None = None) -> AuditResult:
+        """Run one audit (``params`` bound) on the pool; refused at once (:class:`AuditBusy`) when full."""
         limit = self.limit(timeout_s)
         with self._lock:
             if self._running + self._waiting >= self.workers + self.queue:
@@ -70,7 +74,7 @@ class AuditPool:
                 self._waiting -= 1
                 self._running += 1
             try:
-                return self.store.query(sql, max_rows=max_rows, max_bytes=max_bytes, timeout_s=limit)
+                return self.store.query(sql, params, max_rows=max_rows, max_bytes=max_bytes, timeout_s=limit)
             finally:
                 with self._lock:
                     self._running -= 1

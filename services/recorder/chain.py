@@ -42,8 +42,10 @@ from dataclasses import dataclass
 
 import duckdb
 
+from core.audit import code_identifier, code_literal
+
 VERSION = "aar-log-chain-v1"
-TABLE = "log_chain"
+TABLE = code_identifier("log_chain")
 GENESIS_PREV = "0" * 64
 FINGERPRINT_HEX = 16  # hex digits of a row hash kept per row (8 bytes)
 
@@ -98,7 +100,7 @@ def row_hash(table: str, alias: str = "") -> str:
     """SQL: the hex SHA-256 of one row of ``table`` (``alias.`` prefixes its columns)."""
     prefix = f"{alias}." if alias else ""
     parts = ", ".join(field(f'{prefix}"{col}"', kind) for col, kind in COLUMNS[table])
-    return f"sha256(concat('{table}|', {parts}))"
+    return f"sha256(concat('{code_identifier(table)}|', {parts}))"
 
 
 def digest(h: str = "h", order: str = "pos") -> str:
@@ -119,7 +121,7 @@ def link_hash(alias: str = "") -> str:
         ("events_from", "I"), ("events_count", "I"), ("events_digest", "V"),
         ("rejected_from", "I"), ("rejected_count", "I"), ("rejected_digest", "V"),
         ("prev_hash", "V")))
-    return f"sha256(concat('{VERSION}', {parts}))"
+    return f"sha256(concat({code_literal(VERSION)}, {parts}))"
 
 
 def _new_rows(table: str, any_rows: bool = True) -> str:
@@ -139,7 +141,7 @@ def append_sql(events: bool = True, rejected: bool = True) -> str:
 INSERT INTO {TABLE}
 WITH prev AS (
     SELECT coalesce(max(batch), 0) AS batch,
-           coalesce(arg_max(hash, batch), '{GENESIS_PREV}') AS hash,
+           coalesce(arg_max(hash, batch), {code_literal(GENESIS_PREV)}) AS hash,
            coalesce(arg_max(events_from + events_count, batch), 0) AS e_next,
            coalesce(arg_max(rejected_from + rejected_count, batch), 0) AS r_next
     FROM {TABLE}
@@ -241,7 +243,7 @@ def _data_checks(table: str) -> str:
     s = SHORT[table]
     cte = f"placed_{s}"
     return f"""
-        SELECT c.batch, '{table}' AS tbl,
+        SELECT c.batch, {code_literal(table)} AS tbl,
                c.{s}_from AS first_pos, c.{s}_count AS recorded_rows, coalesce(f.n, 0) AS found_rows,
                c.{s}_digest AS recorded, coalesce(f.d, sha256('')) AS found,
                c.{s}_fingerprints AS recorded_fp, coalesce(f.fp, ''::BLOB) AS found_fp
@@ -256,7 +258,8 @@ def breaks_sql(db: str = "") -> str:
     outside every batch come last). Columns: batch, tbl, problem, first_pos, rows,
     at_pos, at_key, detail. No rows: the log is intact (as far as the chain goes).
     ``db``: a prefix for the log's tables (``"log."`` when it is attached as ``log``)."""
-    zeros = GENESIS_PREV
+    zeros = code_literal(GENESIS_PREV)
+    db = code_identifier(db) if db else ""  # a catalog prefix from code (identifiers cannot be bound)
     return f"""
 WITH chain AS (
     SELECT *, {link_hash()} AS computed_hash,
@@ -277,8 +280,8 @@ links AS (
     UNION ALL
     SELECT batch, NULL, 'link broken', NULL, NULL,
            'prev_hash ' || prev_hash || ' is not the hash of the batch before (' ||
-           coalesce(prev_link, '{zeros}') || ')'
-    FROM chain WHERE prev_hash IS DISTINCT FROM coalesce(prev_link, '{zeros}')
+           coalesce(prev_link, {zeros}) || ')'
+    FROM chain WHERE prev_hash IS DISTINCT FROM coalesce(prev_link, {zeros})
     UNION ALL
     SELECT batch, NULL, 'link edited', NULL, NULL,
            'the hash stored (' || hash || ') is not the hash of the batch''s fields (' || computed_hash ||
@@ -394,6 +397,7 @@ ORDER BY batch NULLS LAST, tbl NULLS FIRST, problem
 
 def summary_sql(db: str = "") -> str:
     """SQL: one row: batches, the rows they cover, the head, the notes (genesis)."""
+    db = code_identifier(db) if db else ""
     return f"""
 SELECT count(*) AS batches,
        coalesce(sum(events_count), 0) AS events,

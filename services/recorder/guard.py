@@ -28,9 +28,10 @@ from typing import Any
 
 import duckdb
 
+from core.audit import AuditParamError, AuditRefused
 
-class AuditRefused(ValueError):
-    """The statement is not a read-only query (or not one this guard can vouch for)."""
+__all__ = ["AuditParamError", "AuditRefused", "check_operator", "check_plan", "check_read_only", "explain_sql",
+           "planted_functions", "refuse_planted"]
 
 
 # Physical operators that only read (DuckDB 2.0 names, as EXPLAIN (FORMAT JSON) spells them).
@@ -58,8 +59,11 @@ READ_TABLE_FUNCTIONS = frozenset({
 })
 
 
-def check_read_only(sql: str) -> str:
-    """The one SELECT statement in ``sql`` (its text, as parsed), or :class:`AuditRefused`."""
+def check_read_only(sql: str, n_params: int | None = None) -> str:
+    """The one SELECT statement in ``sql`` (its text, as parsed), or :class:`AuditRefused`.
+    ``n_params``: how many values will be bound to it; the statement's placeholders
+    (``?`` or ``$1``..``$n``; not ``$name``) must take exactly that many
+    (:class:`AuditParamError` otherwise)."""
     if not isinstance(sql, str):
         raise AuditRefused(f"the query must be a string, not {type(sql).__name__}")
     try:
@@ -77,7 +81,22 @@ def check_read_only(sql: str) -> str:
             f"refused: audit queries are read-only, and this is a {kind} statement. "
             "Only SELECT (including WITH ..., DESCRIBE, SHOW, SUMMARIZE) is allowed."
         )
+    if n_params is not None:
+        check_placeholders(set(statement.named_parameters), n_params)
     return str(statement.query)
+
+
+def check_placeholders(names: set[str], n_params: int) -> None:
+    """The placeholders of a statement (DuckDB numbers ``?`` as ``1``, ``2``, ...) against
+    the number of values given."""
+    named = sorted(n for n in names if not n.isdigit())
+    if named:
+        raise AuditParamError(f"named placeholders (${', $'.join(named)}) are not supported: use ? or $1, $2, ...")
+    wanted = max((int(n) for n in names), default=0)
+    if wanted != n_params:
+        raise AuditParamError(
+            f"the query takes {wanted} parameter(s) and {n_params} value(s) were given"
+            + (" (bind every value with ? or $n; none is spliced into the text)" if wanted == 0 else ""))
 
 
 def explain_sql(statement: str) -> str:
@@ -93,10 +112,11 @@ def explain_sql(statement: str) -> str:
     return explain
 
 
-def check_plan(con: duckdb.DuckDBPyConnection, statement: str) -> None:
+def check_plan(con: duckdb.DuckDBPyConnection, statement: str, params: list[Any] | None = None) -> None:
     """Refuse ``statement`` unless every operator of its physical plan, and every table
-    function it calls, is on the read-only allow-lists."""
-    rows = con.execute(explain_sql(statement)).fetchall()
+    function it calls, is on the read-only allow-lists. ``params``: the values the
+    statement will run with (its plan is made with them bound)."""
+    rows = con.execute(explain_sql(statement), params or None).fetchall()
     for row in rows:
         try:
             plan = json.loads(row[1])

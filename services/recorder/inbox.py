@@ -33,10 +33,10 @@ from pathlib import Path
 
 import duckdb
 
-from .audit import sql_literal
+from core.audit import code_identifier
 
 FILES = 2
-STATE = "inbox_state"  # in the log: how far (inbox_seq) the inboxes have been folded in
+STATE = code_identifier("inbox_state")  # in the log: how far (inbox_seq) the inboxes have been folded in
 # The active file is swapped for the other (if that one is empty) past this much WAL:
 # at 2k events/s every ~3 s.
 WAL_BYTES = 4_000_000
@@ -55,7 +55,8 @@ def path_for(log: Path, k: int) -> Path:
 
 
 def catalog(k: int) -> str:
-    return f"inbox{k}"
+    """The catalog an inbox file is attached as (an identifier: it cannot be bound)."""
+    return code_identifier(f"inbox{int(k)}")
 
 
 def wal_bytes(db: Path) -> int:
@@ -89,7 +90,7 @@ class Inboxes:
         """Attach both files and create their tables, and the mark in the log (the log
         must be the connection's current database); then read where things stand."""
         for k, path in enumerate(self.paths):
-            con.execute(f"ATTACH {sql_literal(str(path))} AS {catalog(k)}")
+            con.execute(f"ATTACH ? AS {catalog(k)}", [str(path)])
             for table, columns in _COPY.items():
                 con.execute(f"CREATE TABLE IF NOT EXISTS {catalog(k)}.{table} AS "
                             f"SELECT {columns}, NULL::BIGINT AS inbox_seq FROM {table} LIMIT 0")
@@ -177,16 +178,16 @@ def unfolded(log: Path) -> int:
         return 0
     con = duckdb.connect(":memory:")
     try:
-        con.execute(f"ATTACH {sql_literal(str(log))} AS aar (READ_ONLY)")
+        con.execute("ATTACH ? AS aar (READ_ONLY)", [str(log)])
         has_state = con.execute("SELECT count(*) FROM duckdb_tables() WHERE database_name = 'aar' "
                                 "AND table_name = ?", [STATE]).fetchall()[0][0]
         mark = int(con.execute(f"SELECT seq FROM aar.{STATE}").fetchall()[0][0]) if has_state else 0
         total = 0
         for k, path in boxes:
-            con.execute(f"ATTACH {sql_literal(str(path))} AS {catalog(k)} (READ_ONLY)")
+            con.execute(f"ATTACH ? AS {catalog(k)} (READ_ONLY)", [str(path)])
             tables = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables() WHERE database_name = ?",
                                                 [catalog(k)]).fetchall()}
-            total += sum(int(con.execute(f"SELECT count(*) FROM {catalog(k)}.{t} WHERE inbox_seq > {mark}")
+            total += sum(int(con.execute(f"SELECT count(*) FROM {catalog(k)}.{t} WHERE inbox_seq > ?", [mark])
                              .fetchall()[0][0]) for t in MOVED if t in tables)
         return total
     except duckdb.Error:

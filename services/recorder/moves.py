@@ -25,12 +25,14 @@ Two paths (``store.EventStore.move`` runs them in one transaction with the chain
 
 from __future__ import annotations
 
+from core.audit import code_identifier, code_literal
+
 from .chain import COLUMNS
 
 EVENT_COLUMNS = tuple(c for c, _ in COLUMNS["events"])
 REJECTED_COLUMNS = tuple(c for c, _ in COLUMNS["rejected_events"])
 BODY = ("type", "schema_version", "session_id", "source", "time", "correlation_id", "causation_id", "payload")
-TEMP = "move_events"  # the classified stretch (dedupe path), on the mover's own cursor
+TEMP = code_identifier("move_events")  # the classified stretch (dedupe path), on the mover's own cursor
 
 
 def _cols(columns: tuple[str, ...], alias: str = "") -> str:
@@ -46,7 +48,7 @@ def plain_insert(table: str, source: str) -> str:
 def classify(source: str) -> str:
     """``CREATE TEMP TABLE move_events``: every event of the stretch with its verdict."""
     text = ", ".join(f'"{c}"' if c != "payload" else 'payload::VARCHAR AS payload' for c in EVENT_COLUMNS)
-    differs = ", ".join(f"CASE WHEN r.\"{c}\" IS DISTINCT FROM w.\"{c}\" THEN '{c}' END" for c in BODY)
+    differs = ", ".join(f"CASE WHEN r.\"{c}\" IS DISTINCT FROM w.\"{c}\" THEN {code_literal(c)} END" for c in BODY)
     same = " AND ".join(f'r."{c}" IS NOT DISTINCT FROM w."{c}"' for c in BODY)
     return f"""
 CREATE OR REPLACE TEMP TABLE {TEMP} AS

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import duckdb
 
-from .audit import sql_literal
+from core.audit import code_identifier, code_literal
 
 V, D, B, I, BI, J = "VARCHAR", "DOUBLE", "BOOLEAN", "INTEGER", "BIGINT", "JSON"
 LIST_V: list[str] = [V]
@@ -43,7 +43,7 @@ class Projection:
 
     @property
     def table(self) -> str:
-        return f"proj_{self.name}"
+        return code_identifier(f"proj_{self.name}")
 
     @property
     def spec(self) -> str:
@@ -55,7 +55,10 @@ class Projection:
         return hashlib.sha256(json.dumps([self.types, self.fields, ENVELOPE]).encode()).hexdigest()[:16]
 
     def type_filter(self) -> str:
-        return "type IN (" + ", ".join(map(sql_literal, self.types)) + ")"
+        # Spliced, not bound: this text is part of the views' definitions (CREATE VIEW
+        # takes no parameters). The types are constants of this module, and
+        # ``code_literal`` refuses anything but letters, digits, ``_``, ``.``, ``-``.
+        return "type IN (" + ", ".join(map(code_literal, self.types)) + ")"
 
     def create_sql(self) -> str:
         cols = ["rid BIGINT NOT NULL"] + [f'"{c}" {_ENVELOPE_TYPES[c]}' for c in ENVELOPE]
@@ -64,18 +67,24 @@ class Projection:
 
     def _parsed(self, above: str, upto: str | None = None, db: str = "") -> str:
         """Events of this kind with ``rowid`` above ``above`` (and at most ``upto``), parsed
-        (``db``: a prefix for the log's tables)."""
+        (``db``: a prefix for the log's tables). ``above`` and ``upto`` are SQL
+        expressions: ``?`` (bound by the caller), or a subquery / constant of this module
+        in the view definitions, which cannot take parameters."""
         fields = ", ".join(f'p."{name}" AS "{name}"' for name in self.fields)
         bound = f" AND rowid <= {upto}" if upto is not None else ""
+        db = code_identifier(db) if db else ""
         envelope = ", ".join(ENVELOPE)
+        spec = self.spec  # JSON of this module's field names and DuckDB types: nothing to quote
+        if "'" in spec or "\\" in spec:
+            raise ValueError(f"projection {self.name}: a quote or backslash in its spec")
         return (f"SELECT rid, {envelope}, {fields} FROM (SELECT rowid AS rid, {envelope}, "
-                f"from_json(payload, '{self.spec}') AS p FROM {db}events "
+                f"from_json(payload, '{spec}') AS p FROM {db}events "
                 f"WHERE {self.type_filter()} AND rowid > {above}{bound})")
 
     def source_sql(self) -> str:
         """What a view reads: the projection, then the events it has not reached yet."""
         columns = ", ".join(f'"{c}"' for c in (*ENVELOPE, *self.fields))
-        mark = f"(SELECT rid FROM projection_state WHERE name = {sql_literal(self.name)})"
+        mark = f"(SELECT rid FROM projection_state WHERE name = {code_literal(self.name)})"  # (a view: no binding)
         return (f"(SELECT {columns} FROM {self.table} UNION ALL "
                 f"SELECT {columns} FROM ({self._parsed(mark)}))")
 
@@ -153,9 +162,8 @@ def refresh(con: duckdb.DuckDBPyConnection) -> int:
     con.execute("BEGIN TRANSACTION")
     try:
         for p in behind:
-            added += con.execute(
-                f"INSERT INTO {p.table} {p._parsed(str(int(marks.get(p.name, -1))), str(int(top)))}"
-            ).fetchall()[0][0]
+            added += con.execute(f"INSERT INTO {p.table} {p._parsed('?', '?')}",
+                                 [int(marks.get(p.name, -1)), int(top)]).fetchall()[0][0]
             con.execute("UPDATE projection_state SET rid = ? WHERE name = ?", [top, p.name])
         con.execute("COMMIT")
     except Exception:
@@ -168,14 +176,17 @@ def check_sql(db: str = "") -> str:
     """SQL: for each projection, the rows that differ from what the events they were
     built from give (``extra``: in the projection only, ``missing``: only in the events
     up to its mark), and the first events rowid concerned. All zero: the projections
-    (which the views read) say what the log says. ``db``: a prefix for the log's tables."""
+    (which the views read) say what the log says. ``db``: a prefix for the log's tables
+    (an identifier from code). The names are this module's constants, checked by
+    ``code_literal`` (the SQL is one audit statement without parameters)."""
+    db = code_identifier(db) if db else ""
     parts = []
     for p in PROJECTIONS.values():
         cols = ", ".join(f'"{c}"' for c in ("rid", *ENVELOPE, *p.fields))
-        mark = f"coalesce((SELECT rid FROM {db}projection_state WHERE name = {sql_literal(p.name)}), -1)"
+        mark = f"coalesce((SELECT rid FROM {db}projection_state WHERE name = {code_literal(p.name)}), -1)"
         parsed = p._parsed("-1", mark, db)
         parts.append(
-            f"SELECT {sql_literal(p.name)} AS projection, coalesce(sum(greatest(a - b, 0)), 0) AS extra, "
+            f"SELECT {code_literal(p.name)} AS projection, coalesce(sum(greatest(a - b, 0)), 0) AS extra, "
             f"coalesce(sum(greatest(b - a, 0)), 0) AS missing, min(rid) AS first_rid FROM ("
             f"SELECT rid, count(*) FILTER (WHERE src = 0) AS a, count(*) FILTER (WHERE src = 1) AS b FROM ("
             f"SELECT {cols}, 0 AS src FROM {db}{p.table} UNION ALL SELECT {cols}, 1 AS src FROM ({parsed})"

@@ -390,19 +390,23 @@ class Recorder:
             self.log.error("dead_letter_failed", error=str(exc))
 
     async def _audit(self, data: bytes) -> Any:
-        """``{"sql": ..., "timeout_s"?: ..., "max_rows"?: ...}`` -> the result (see
-        ``audit.run_query``), cut to fit one NATS reply."""
-        try:
-            request = json.loads(data)
-        except ValueError:
-            raise ValueError("the audit request must be JSON: {\"sql\": \"SELECT ...\"}") from None
-        if not isinstance(request, dict):
-            raise TypeError("the audit request must be a JSON object: {\"sql\": \"SELECT ...\"}")
-        max_rows = request.get("max_rows")
-        max_rows = min(max_rows, MAX_ROWS) if isinstance(max_rows, int) and max_rows > 0 else None
+        """An ``core.audit.AuditRequest`` (``{"sql": ..., "params"?: [...], "timeout_s"?: ...,
+        "max_rows"?: ...}``) -> the result (see ``audit.run_query``), cut to fit one NATS
+        reply. A malformed request or a bad parameter is an ``AuditRefused`` /
+        ``AuditParamError`` reply naming what is wrong; a statement the database cannot
+        answer (an unknown column) an ``AuditFailed`` one."""
+        import duckdb
+
+        from core.audit import AuditFailed, AuditRequest
+
+        request = AuditRequest.parse(data)
+        max_rows = None if request.max_rows is None else min(request.max_rows, MAX_ROWS)
         room = self._reply_room()
-        result = await self.audits.run(str(request.get("sql", "")), timeout_s=request.get("timeout_s"),
-                                       max_bytes=room, max_rows=max_rows)
+        try:
+            result = await self.audits.run(request.sql, request.params, timeout_s=request.timeout_s,
+                                           max_bytes=room, max_rows=max_rows)
+        except duckdb.Error as exc:
+            raise AuditFailed(f"{type(exc).__name__}: {exc}") from None
         out = result.model_dump()
         # The estimate in run_query is generous; still, never send what the server refuses.
         while len(json.dumps(out, default=str).encode("utf-8", "backslashreplace")) > room and out["rows"]:

@@ -23,7 +23,9 @@ import structlog
 from schemas import Event, Rejection
 
 from . import chain, guard, inbox, moves, poison, projections
-from .audit import MAX_BYTES, MAX_ROWS, AuditResult, memory_limit, run_query, sql_literal
+from core.audit import Param, code_identifier
+
+from .audit import MAX_BYTES, MAX_ROWS, AuditResult, memory_limit, run_query
 from .views import create_schema
 
 log = structlog.get_logger("recorder.store")
@@ -31,7 +33,7 @@ log = structlog.get_logger("recorder.store")
 # the rows are then isolated, and the one that fails is kept as a rejection.
 ROW_ERRORS: tuple[type[Exception], ...] = (duckdb.DataError, duckdb.IntegrityError, duckdb.InvalidInputException)
 
-CATALOG = "aar"
+CATALOG = code_identifier("aar")  # the log's catalog (an identifier: spliced, so checked)
 # DuckDB compresses and writes a row group when it is full, inside the checkpoint that
 # follows, and every write waits for a checkpoint. With the default 122,880 rows that
 # is a 0.5-1.3 s stall once per ~120k events; with 8,192 rows the longest checkpoint
@@ -130,7 +132,7 @@ class EventStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # Attached (not opened directly) to choose the row group size, see ROW_GROUP_SIZE.
         self.con = duckdb.connect(":memory:")
-        self.con.execute(f"ATTACH {sql_literal(str(self.path))} AS {CATALOG} (ROW_GROUP_SIZE {int(row_group_size)})")
+        self.con.execute(f"ATTACH ? AS {CATALOG} (ROW_GROUP_SIZE ?)", [str(self.path), int(row_group_size)])
         self._drop_planted()
         self.con.execute(f"USE {CATALOG}")
         create_schema(self.con)
@@ -181,6 +183,12 @@ class EventStore:
         """Remove functions someone put in the log's file (AAR creates none; one named
         like a built-in would answer in its place in the views, the moves and the chain)."""
         for database, schema, name, kind in guard.planted_functions(self.con):
+            # The one name from the file that reaches SQL text: DuckDB cannot bind an
+            # identifier, and this one must be dropped. Quoted as an identifier ("" doubled);
+            # a name with a NUL or other control character is not dropped but refused.
+            if any(ord(c) < 32 or c == "\x7f" for part in (database, schema, name) for c in part):
+                raise RuntimeError(f"the log holds a user-defined function with a control character in its name "
+                                   f"({schema!r}.{name!r}): the file was edited outside the recorder; not opening it")
             ident = ".".join('"' + part.replace('"', '""') + '"' for part in (database, schema, name))
             definition = self.con.execute(
                 "SELECT list(macro_definition) FROM system.main.duckdb_functions() "
@@ -521,16 +529,16 @@ class EventStore:
         cur.execute(f"USE {CATALOG}")
         return cur
 
-    def query(self, sql: str, *, max_rows: int | None = None, max_bytes: int = MAX_BYTES,
-              timeout_s: float | None = None) -> AuditResult:
-        """Read-only audit SQL (see ``guard``), on a cursor of its own, in a read-only
-        transaction, interrupted past ``timeout_s``."""
+    def query(self, sql: str, params: Sequence[Param] = (), *, max_rows: int | None = None,
+              max_bytes: int = MAX_BYTES, timeout_s: float | None = None) -> AuditResult:
+        """Read-only audit SQL (see ``guard``) with ``params`` bound, on a cursor of its
+        own, in a read-only transaction, interrupted past ``timeout_s``."""
         cur = self._cursor()
         with self._audits_lock:
             self._audits.add(cur)
         try:
-            return run_query(cur, sql, max_rows=MAX_ROWS if max_rows is None else max_rows, max_bytes=max_bytes,
-                             timeout_s=timeout_s)
+            return run_query(cur, sql, params, max_rows=MAX_ROWS if max_rows is None else max_rows,
+                             max_bytes=max_bytes, timeout_s=timeout_s)
         finally:
             with self._audits_lock:
                 self._audits.discard(cur)

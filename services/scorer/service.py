@@ -39,7 +39,7 @@ from bus import Bus, decode_msg
 from bus.client import BusError
 from schemas import Event, decode
 from schemas.base import derived_id as base_derived_id
-from services.recorder.audit import sql_literal
+from core.audit import AuditRequest, Param
 from schemas.artifact import ArtifactKind
 from schemas.experiment import ExperimentFailed, ExperimentFinished, ExperimentRequested, Purpose, Split
 from schemas.idea import IdeaProposed
@@ -208,13 +208,12 @@ class Scorer:
             self._started_at = time.monotonic()
         if session_id not in self._started:
             return None
-        where = f"session_id = {sql_literal(session_id)}"
-        found = await self._events(f"{where} AND type = 'session.started' LIMIT 1")
+        found = await self._events("session_id = ? AND type = 'session.started' LIMIT 1", [session_id])
         if not found:
             return None
         state = await self.on_session_started(found[0])
-        types = "('idea.proposed', 'experiment.requested', 'score.published', 'score.withheld')"
-        for ev in await self._events(f"{where} AND type IN {types} ORDER BY time"):
+        for ev in await self._events("session_id = ? AND type IN ('idea.proposed', 'experiment.requested', "
+                                     "'score.published', 'score.withheld') ORDER BY time", [session_id]):
             if isinstance(ev, Event) and isinstance(ev.payload, IdeaProposed):
                 state.ideas.setdefault(ev.payload.idea_id, ev.payload)
                 state.idea_events.setdefault(ev.payload.idea_id, ev.id)
@@ -227,14 +226,15 @@ class Scorer:
         self.log.info("session_rebuilt", session_id=session_id, requests=len(state.requests), scores=len(state.scores))
         return state
 
-    async def _events(self, where: str) -> list[Event[Any]]:
-        """Events from the log (through the recorder), rebuilt into envelopes.
+    async def _events(self, where: str, params: list[Param]) -> list[Event[Any]]:
+        """Events from the log (through the recorder), rebuilt into envelopes: ``where``
+        is this module's SQL, every value in it a ``?`` bound from ``params``.
         (Baselines re-published while rebuilding carry derived ids: stored once.)"""
         sql = (
             "SELECT id, type, schema_version, session_id, source, strftime(time, '%Y-%m-%dT%H:%M:%S.%fZ'), "
             f"correlation_id, causation_id, payload FROM events WHERE {where}"
         )
-        result = await self.bus.request("recorder", "audit", {"sql": sql}, timeout=30.0)
+        result = await self.bus.request("recorder", "audit", AuditRequest(sql=sql, params=params), timeout=30.0)
         keys = ("id", "type", "schema_version", "session_id", "source", "time", "correlation_id", "causation_id",
                 "payload")
         events = [decode(json.dumps(dict(zip(keys, row))).encode()) for row in result["rows"]]
