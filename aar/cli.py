@@ -9,21 +9,22 @@ import json
 import signal
 import sys
 import time
+from collections.abc import Sequence
 from enum import StrEnum
 from typing import Annotated, Optional
 
 import typer
 from rich.table import Table
 
-from schemas.base import new_session_id
+from core.audit import AuditResult, Param
 from core.console import console, err
 from core.logs import configure
 from core.paths import AarHome
 from core.processes import BY_SERVICE
-
-from .log_audit import run_audit
+from schemas.base import new_session_id
 from schemas.session import Backend
 
+from .log_audit import run_audit
 
 app = typer.Typer(help="AAR: automated alignment research on weak-to-strong supervision.", no_args_is_help=True,
                   pretty_exceptions_show_locals=False)
@@ -69,9 +70,8 @@ def up(
     seed: Annotated[int, typer.Option(help="seed of the offline agents and of direction assignment")] = 0,
 ) -> None:
     """Start the embedded stack and run one research session."""
-    from services.orchestrator.config import SessionConfig
-
     from core.paths import read_run_file
+    from services.orchestrator.config import SessionConfig
 
     from .supervisor import Supervisor, default_specs, log_paths
 
@@ -96,9 +96,9 @@ def up(
         err.print(f"[red]--sizes takes four positive integers A,B,dev,test, got {sizes!r}[/red]")
         raise typer.Exit(2) from None
     from services.scorer.config import ScoringConfig
-    from trainer.models import spec as model_spec
     from trainer.data import spec as dataset_spec
     from trainer.errors import UnknownNameError
+    from trainer.models import spec as model_spec
 
     try:
         for name_ in (weak_model, strong_model):
@@ -177,51 +177,50 @@ def up(
     try:
         with contextlib.closing(open_audit(home)) as log_audit:
             print_summary(log_audit, session_id, console)
-    except Exception as exc:  # the summary is a courtesy: never fail the session over it
+    except Exception as exc:  # noqa: BLE001 - the summary is a courtesy: never fail the session over it
         err.print(f"[yellow]no summary: {exc}[/yellow]")
     for label, path in log_paths(home).items():
         console.print(f"  {label}: {path}")
     try:  # the log's hash chain: a head kept outside AAR_HOME proves nothing was rewritten since
-        head = run_audit("SELECT hash, batch FROM log_chain ORDER BY batch DESC LIMIT 1")["rows"]
+        head = run_audit("SELECT hash, batch FROM log_chain ORDER BY batch DESC LIMIT 1").rows
         if head:
             console.print(f"  log chain head: {head[0][0]} (batch {head[0][1]}; keep it: "
                           f"aar verify-log --head {head[0][0]})")
-    except Exception as exc:  # a courtesy, like the summary
+    except Exception as exc:  # noqa: BLE001 - a courtesy, like the summary
         err.print(f"[yellow]no chain head: {exc}[/yellow]")
     console.print(f'  audit it: aar audit "SELECT type, count(*) FROM events WHERE session_id = \'{session_id}\' GROUP BY 1"')
 
 
-def _print_result(result: dict[str, object], fmt: OutputFormat) -> None:
-    columns = [str(c) for c in result["columns"]]  # type: ignore[union-attr]
-    rows = result["rows"]
+def _print_result(result: AuditResult, fmt: OutputFormat) -> None:
+    columns, rows = result.columns, result.rows
     if fmt is OutputFormat.JSON:
-        for row in rows:  # type: ignore[union-attr]
-            sys.stdout.write(json.dumps(dict(zip(columns, row)), default=str) + "\n")
+        for row in rows:
+            sys.stdout.write(json.dumps(dict(zip(columns, row, strict=True)), default=str) + "\n")
     elif fmt is OutputFormat.CSV:
         buf = io.StringIO()
         writer = csv.writer(buf)
         writer.writerow(columns)
-        for row in rows:  # type: ignore[union-attr]
+        for row in rows:
             writer.writerow([json.dumps(v) if isinstance(v, (list, dict)) else v for v in row])
         sys.stdout.write(buf.getvalue())
     else:
         table = Table(*columns, show_lines=False)
-        for row in rows:  # type: ignore[union-attr]
+        for row in rows:
             table.add_row(*["" if v is None else str(v) for v in row])
         console.print(table)
-        console.print(f"{len(rows)} row(s)" + (" (truncated)" if result.get("truncated") else ""))  # type: ignore[arg-type]
+        console.print(f"{len(rows)} row(s)" + (" (truncated)" if result.truncated else ""))
 
 
-def _audit_or_exit(sql: str, params: list[object] | None = None) -> dict[str, object]:
+def _audit_or_exit(sql: str, params: Sequence[Param] = ()) -> AuditResult:
     from bus.client import QueryError
     from core.audit import AuditFailed, AuditRefused
 
     try:
-        return run_audit(sql, params or [])  # type: ignore[arg-type]
+        return run_audit(sql, params)
     except (AuditRefused, AuditFailed, QueryError, FileNotFoundError) as exc:
         err.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from None
-    except Exception as exc:  # duckdb errors: bad SQL, unknown column, ...
+    except Exception as exc:  # noqa: BLE001 - duckdb errors: bad SQL, unknown column, ...
         err.print(f"[red]{type(exc).__name__}: {exc}[/red]")
         raise typer.Exit(2) from None
 
@@ -268,7 +267,8 @@ def lineage(
     from bus.client import QueryError
     from core.audit import AuditFailed, AuditRefused
 
-    from .lineage import LineageError, lineage as build, render
+    from .lineage import LineageError, render
+    from .lineage import lineage as build
     from .log_audit import open_audit
 
     try:

@@ -134,11 +134,11 @@ if __name__ == "__main__":  # pragma: no cover - the image's entry point; exec n
 
 # -- aar nats-config -----------------------------------------------------------------
 
-from typing import Annotated, Optional  # noqa: E402
+from typing import Annotated, Optional  # noqa: E402 - as above
 
 import typer  # noqa: E402 - below the entry point, which must not pay for it
 
-from core.processes import ADMIN, PROCESSES, asks  # noqa: E402
+from core.processes import ADMIN, PROCESSES, asks  # noqa: E402 - as above
 
 
 def nats_config(
@@ -213,13 +213,15 @@ async def _probe(bus: object, service: str, timeout: float) -> str:
     import nats.errors
 
     from bus.client import Bus, QueryError, query_subject
+    from bus.query import Empty
 
     assert isinstance(bus, Bus)
     if service == "recorder":
-        health = await bus.request("recorder", "health", {}, timeout=timeout)
-        return f"recorder health: {health.get('events')} events, {health.get('rejected')} rejected"
+        from services.recorder.queries import HEALTH as RECORDER_HEALTH
+
+        health = await bus.ask(RECORDER_HEALTH, Empty(), timeout=timeout)
+        return f"recorder health: {health.events} events, {health.rejected} rejected"
     if service == "gateway":
-        from bus.query import Empty
         from services.gateway.queries import HEALTH
 
         gateway = await bus.ask(HEALTH, Empty(), timeout=timeout)
@@ -295,7 +297,7 @@ async def run_healthcheck(
         for service in PROBES.get(role, ()) if probe else ():
             try:
                 results.append((True, await _probe(bus, service, timeout)))
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:  # noqa: BLE001 - any failure of a probe is reported as unhealthy
                 results.append((False, f"{service}: {exc}"))
                 return results
     except (nats.errors.Error, TimeoutError) as exc:

@@ -8,7 +8,7 @@ import contextlib
 from collections.abc import Sequence
 
 from bus.settings import admin_settings_from_home
-from core.audit import AuditQueries, Param
+from core.audit import AuditQueries, AuditResult, Param
 from core.paths import AarHome
 
 
@@ -27,7 +27,7 @@ def open_audit(home: AarHome | None = None, *, timeout_s: float | None = None) -
     return FileAudit.open(home.events_db, timeout_s=timeout_s)
 
 
-def run_audit(sql: str, params: Sequence[Param] = ()) -> dict[str, object]:
+def run_audit(sql: str, params: Sequence[Param] = ()) -> AuditResult:
     """The result of one read-only query (``params`` bound) over the log of ``AAR_HOME``."""
     with contextlib.closing(open_audit()) as audit:
-        return audit.query(sql, params).model_dump()
+        return audit.query(sql, params)

@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Callable, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.table import Table
+
+from core.audit import AuditResult, Param
 
 
 def _console() -> Any:
@@ -25,8 +28,8 @@ def _err() -> Any:
 
 
 def named_audit(list_: bool, name: str | None, session: str | None, fmt: Any,
-                run: Callable[[str, list[Any]], dict[str, object]],
-                show: Callable[[dict[str, object], Any], None]) -> None:
+                run: Callable[[str, Sequence[Param]], AuditResult],
+                show: Callable[[AuditResult, Any], None]) -> None:
     """``aar audit --list`` / ``--named NAME [--session ID]``. ``run`` answers SQL with
     its parameters (the session id is bound, never spliced)."""
     from core.audit import is_text
@@ -68,11 +71,10 @@ def replay(
 ) -> None:
     """Rebuild a session's read models from the log and print its timeline; or re-publish it live
     (--speed), or re-run its scored experiments (--verify)."""
+    from core.paths import AarHome
     from replay import log as replay_log
     from replay.models import rebuild
     from replay.timeline import UNREAD_FOLDED, lines
-
-    from core.paths import AarHome
 
     console, err = _console(), _err()
     home = AarHome.from_env()
@@ -165,7 +167,10 @@ def _print_models(models: Any) -> None:
     if board:
         table = Table("idea", "agent", "method", "dev PGR", "test PGR", "held-out PGR", "shuffled acc", "flags",
                       title="leaderboard (rebuilt)")
-        f = lambda v, d=3: "" if v is None else f"{v:.{d}f}"  # noqa: E731
+
+        def f(v: float | None, d: int = 3) -> str:
+            return "" if v is None else f"{v:.{d}f}"
+
         for r in board:
             table.add_row(r["idea_id"], r["agent_id"], r["method"], f(r["dev_pgr"]), f(r["test_pgr"]),
                           f(r["heldout_pgr"]), f(r["shuffled_accuracy"]), ",".join(r["flags"]))
@@ -224,8 +229,7 @@ def export(
     parquet: Annotated[Path, typer.Option("--parquet", help="folder to write (one sub-folder per event type)")],
 ) -> None:
     """Export a session's events as Parquet, partitioned by event type (payload as a JSON string)."""
-    from core.paths import AarHome
-    from core.paths import read_run_file
+    from core.paths import AarHome, read_run_file
 
     console, err = _console(), _err()
     home = AarHome.from_env()

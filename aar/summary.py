@@ -9,6 +9,7 @@ from rich.table import Table
 
 from core.audit import AuditQueries, Param
 
+
 def best_ideas_sql(session_id: str, limit: int = 8) -> tuple[str, list[Param]]:
     """The best ideas of ``session_id``: SQL and its parameters."""
     return """
@@ -55,7 +56,7 @@ def totals_sql(session_id: str) -> tuple[str, list[Param]]:
 def print_summary(audit: AuditQueries, session_id: str, console: Console) -> None:
     totals = audit.query(*totals_sql(session_id))
     if totals.rows:
-        row = dict(zip(totals.columns, totals.rows[0]))
+        row = dict(zip(totals.columns, totals.rows[0], strict=True))
         console.print(
             f"[bold]{row['ideas']}[/bold] ideas, {row['experiments']} experiments ({row['failed']} failed), "
             f"{row['posts']} forum posts, {row['built_on_others']} ideas built on earlier ones, "

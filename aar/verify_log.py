@@ -196,10 +196,9 @@ def verify_log(
     """Check the event log against its hash chain (and its projections and views): exit 0 when intact,
     1 with the first broken link, 2 when it cannot be verified."""
     from bus.client import QueryError
-    from core.audit import AuditFailed, AuditRefused, AuditTimeout
-
-    from core.paths import AarHome
     from bus.settings import admin_settings_from_home
+    from core.audit import AuditFailed, AuditRefused, AuditTimeout
+    from core.paths import AarHome
 
     err = _err()
     if head is not None:

@@ -74,17 +74,17 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-import duckdb  # noqa: E402
-import psutil  # noqa: E402
+import duckdb
+import psutil
 
-from bus import Bus, BusSettings, NatsServer, QueryError, Role  # noqa: E402
-from bus.roles import STREAM  # noqa: E402
-from core.logs import configure  # noqa: E402
-from schemas import Event, new_id  # noqa: E402
-from schemas.agent import AgentLlmCalled, AgentToolCalled  # noqa: E402
-from schemas.artifact import ArtifactKind, ArtifactStored  # noqa: E402
-from schemas.base import Payload  # noqa: E402
-from schemas.experiment import (  # noqa: E402
+from bus import Bus, BusSettings, NatsServer, QueryError, Role
+from bus.roles import STREAM
+from core.logs import configure
+from schemas import Event, new_id
+from schemas.agent import AgentLlmCalled, AgentToolCalled
+from schemas.artifact import ArtifactKind, ArtifactStored
+from schemas.base import Payload
+from schemas.experiment import (
     ExperimentFailed,
     ExperimentFinished,
     ExperimentProgress,
@@ -92,10 +92,10 @@ from schemas.experiment import (  # noqa: E402
     ExperimentStarted,
     Split,
 )
-from schemas.forum import ForumPosted, ForumVoted  # noqa: E402
-from schemas.idea import IdeaProposed  # noqa: E402
-from schemas.integrity import IntegrityCheck, IntegrityFlagged, Severity  # noqa: E402
-from schemas.scoring import ScorePublished  # noqa: E402
+from schemas.forum import ForumPosted, ForumVoted
+from schemas.idea import IdeaProposed
+from schemas.integrity import IntegrityCheck, IntegrityFlagged, Severity
+from schemas.scoring import ScorePublished
 
 TARGET_E2E_OVER_RAW = 0.5
 TARGET_P99_MS = 100.0
@@ -515,7 +515,7 @@ async def phase_raw(args: argparse.Namespace, procs: Processes, home: Path, repo
                 nxt[0] += step
                 say(f"  acked {done:,}")
 
-        with CpuMeter({"bench": me, "nats-server": srv.process.pid}) as cpu:  # type: ignore[union-attr]
+        with CpuMeter({"bench": me, "nats-server": srv.pid}) as cpu:
             secs = await publish_all(bus, events, args.chunk, args.concurrency, progress)
         info = await bus.js.stream_info(STREAM)
         if info.state.messages != args.events:
@@ -582,7 +582,7 @@ async def phase_e2e_and_latency(args: argparse.Namespace, procs: Processes, home
         rec = procs.spawn([sys.executable, *shlex.split(args.recorder_args)], env=env, log=log_path)
         report["recorder_log"] = str(log_path)
         sampler.watch("recorder", rec.pid)
-        sampler.watch("nats-server", srv.process.pid)  # type: ignore[union-attr]
+        sampler.watch("nats-server", srv.pid)
         sampler.start()
         seen, base = await wait_for_count(bus, 0, 60.0, 0.1, rec)
         if seen is None:
@@ -593,7 +593,7 @@ async def phase_e2e_and_latency(args: argparse.Namespace, procs: Processes, home
         say(f"phase 2 (e2e): building {args.events:,} fresh events")
         factory = EventFactory(seed=2)
         events = factory.events(args.events, f"bench-e2e-{new_id()}")
-        pids = {"bench": os.getpid(), "nats-server": srv.process.pid, "recorder": rec.pid}  # type: ignore[union-attr]
+        pids = {"bench": os.getpid(), "nats-server": srv.pid, "recorder": rec.pid}
         py_spy = await start_py_spy(args, procs, rec.pid, "e2e")
         say(f"  publishing {args.events:,} with the recorder running")
         published_at: list[float] = []
@@ -759,8 +759,8 @@ async def paced_publish(bus: Bus, payloads: Sequence[Payload], rate: float, tick
         tasks.discard(task)
         if task.cancelled():
             return
-        if task.exception() is not None:
-            out.errors.append(task.exception())  # type: ignore[arg-type]
+        if (exc := task.exception()) is not None:
+            out.errors.append(exc)
             return
         now = time.time()
         for k in range(first, first + count):
@@ -906,7 +906,7 @@ def analyse_db(db: Path, lat_session: str, log_path: Path, report: dict[str, Any
             "SELECT session_id, count(*) AS batches, median(n), max(n) FROM "
             "(SELECT session_id, recorded_at, count(*) AS n FROM events GROUP BY ALL) GROUP BY ALL"
         ).fetchall()
-        report["db_events"] = con.execute("SELECT count(*) FROM events").fetchone()[0]  # type: ignore[index]
+        report["db_events"] = (con.execute("SELECT count(*) FROM events").fetchone() or [0])[0]
     finally:
         con.close()
     report["db_batches"] = {

@@ -48,17 +48,17 @@ bench_bus = importlib.util.module_from_spec(_spec)
 sys.modules["bench_bus"] = bench_bus
 _spec.loader.exec_module(bench_bus)
 
-from core.logs import configure  # noqa: E402
-from replay.audits import QUERIES  # noqa: E402
-from replay.log import rows_from_connection  # noqa: E402
-from replay.models import rebuild  # noqa: E402
-from replay.timeline import UNREAD_FOLDED  # noqa: E402
-from replay.republish import publish_rows  # noqa: E402
-from schemas import Event  # noqa: E402
-from schemas.agent import AgentStarted  # noqa: E402
-from schemas.session import AgentAssignment, Backend, SessionStarted  # noqa: E402
-from services.recorder.audit import open_read_only, run_query  # noqa: E402
-from services.recorder.store import EventStore, Recorded  # noqa: E402
+from core.logs import configure
+from replay.audits import QUERIES
+from replay.log import rows_from_connection
+from replay.models import rebuild
+from replay.republish import publish_rows
+from replay.timeline import UNREAD_FOLDED
+from schemas import Event
+from schemas.agent import AgentStarted
+from schemas.session import AgentAssignment, Backend, SessionStarted
+from services.recorder.audit import open_read_only, run_query
+from services.recorder.store import EventStore, Recorded
 
 say = bench_bus.say
 TARGET_REBUILD_S = 10.0
@@ -68,7 +68,7 @@ VERIFICATIONS = ("chain_breaks",)  # named audits that verify the whole log rath
 
 def build_log(db: Path, n: int, session_id: str, batch: int = 50_000) -> dict[str, float]:
     factory = bench_bus.EventFactory(seed=7)
-    head = [Event.create(SessionStarted(name="bench", backend=Backend.CLAUDE, dataset="rotten_tomatoes",
+    head: list[Event[Any]] = [Event.create(SessionStarted(name="bench", backend=Backend.CLAUDE, dataset="rotten_tomatoes",
                                         weak_model="minilm", strong_model="mpnet",
                                         agents=[AgentAssignment(agent_id=a, direction=f"direction {a}")
                                                 for a in factory.agents]),
@@ -124,7 +124,7 @@ def measure_rebuild_fresh(db: Path, session_id: str) -> dict[str, Any]:
                           capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"rebuild failed: {done.stderr[-2000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def measure_queries(db: Path, session_id: str) -> dict[str, float]:

@@ -67,14 +67,14 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from trainer import models, w2s  # noqa: E402
-from trainer._util import usable_cpus  # noqa: E402
-from trainer.data import SplitSizes, load_pool  # noqa: E402
-from trainer.features import embed_texts  # noqa: E402
-from trainer.methods import run_method  # noqa: E402
-from trainer.pipeline import DEFAULT_WEAK, method_inputs, prepare  # noqa: E402
+from trainer import models, w2s
+from trainer._util import usable_cpus
+from trainer.data import SplitSizes, load_pool
+from trainer.features import embed_texts
+from trainer.methods import run_method
+from trainer.pipeline import DEFAULT_WEAK, method_inputs, prepare
 
 METHOD = "naive_soft"
 

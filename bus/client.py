@@ -20,11 +20,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import inspect
 import itertools
 import json
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any, TypeVar
 
 import nats
@@ -462,7 +461,7 @@ class Bus:
     async def serve(
         self,
         service: str,
-        endpoints: Sequence[Endpoint[Any, Any]] | dict[str, Callable[..., Awaitable[Any]]],
+        endpoints: Sequence[Endpoint[Any, Any]],
         *,
         queue: str | None = None,
     ) -> Any:
@@ -471,16 +470,11 @@ class Bus:
         its model first (bus/query.py); a request that does not validate, or whose reply
         subject is not in the asker's own inbox, never reaches a handler. A handler's
         exception becomes an error reply; the service keeps running."""
-        handlers: dict[str, Callable[[bytes, str], Awaitable[Any]]] = {}
-        if isinstance(endpoints, dict):  # raw handlers taking the body (and the asker)
-            for name, fn in endpoints.items():
-                takes_asker = len(inspect.signature(fn).parameters) >= 2
-                handlers[name] = (lambda f, a: (lambda data, asker: f(data, asker) if a else f(data)))(fn, takes_asker)
-        else:
-            for endpoint in endpoints:
-                if endpoint.query.service != service:
-                    raise ValueError(f"{endpoint.query.service}.{endpoint.query.name} is not a {service} query")
-                handlers[endpoint.query.name] = endpoint
+        handlers: dict[str, Endpoint[Any, Any]] = {}
+        for endpoint in endpoints:
+            if endpoint.query.service != service:
+                raise ValueError(f"{endpoint.query.service}.{endpoint.query.name} is not a {service} query")
+            handlers[endpoint.query.name] = endpoint
         answering: set[asyncio.Task[None]] = set()
 
         async def answer(msg: Msg) -> None:

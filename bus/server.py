@@ -130,6 +130,13 @@ class NatsServer:
         if self.process is not None:
             self.reload()
 
+    @property
+    def pid(self) -> int:
+        """The running server's process id."""
+        if self.process is None:
+            raise RuntimeError("nats-server is not running")
+        return self.process.pid
+
     def reload(self, timeout: float = 10.0) -> None:
         """Write the configuration again and have the server load it (SIGHUP)."""
         assert self.process is not None

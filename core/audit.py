@@ -56,7 +56,7 @@ __all__ = [
 Scalar: TypeAlias = str | int | float | bool | None
 # One bound value: a scalar, or a list of scalars of one kind (bound as one DuckDB
 # list: ``list_contains(?, post_id)``, ``post_id = ANY(?)``).
-Param: TypeAlias = Scalar | list[Scalar]
+Param: TypeAlias = Scalar | list[str] | list[int] | list[float] | list[bool] | list[Scalar]
 
 # Caps on what one request may bind (the recorder's request travels in one NATS
 # message, 1 MiB by default; lineage binds at most 50 ids in a list).
@@ -96,7 +96,7 @@ class AuditResult(BaseModel):
 
     def dicts(self) -> list[dict[str, Any]]:
         """The rows as ``{column: value}`` (a repeated column name keeps its last value)."""
-        return [dict(zip(self.columns, row)) for row in self.rows]
+        return [dict(zip(self.columns, row, strict=True)) for row in self.rows]
 
 
 def is_text(value: str) -> bool:
@@ -208,7 +208,7 @@ class AuditRequest(BaseModel):
         return value
 
     @classmethod
-    def parse(cls, data: Any) -> "AuditRequest":
+    def parse(cls, data: Any) -> AuditRequest:
         """A request from its JSON bytes (or an already decoded object), or
         :class:`AuditRefused` / :class:`AuditParamError` naming what is wrong (the
         recorder's error reply)."""

@@ -104,7 +104,7 @@ def compare(models: ReadModels, audit: AuditQueries, session_id: str) -> list[st
     # sessions (one row)
     s = audit.query("""SELECT session_id, epoch_us(first_event) AS first_event_us, epoch_us(last_event) AS last_event_us,
                   events, name, backend, dataset, end_reason, scores FROM sessions WHERE session_id = ?""", [session_id])
-    live_s = dict(zip(s.columns, s.rows[0])) if s.rows else {}
+    live_s = dict(zip(s.columns, s.rows[0], strict=True)) if s.rows else {}
     mine_s = models.session_row()
     for col in live_s:
         if not _same(live_s[col], mine_s.get(col)):
@@ -115,7 +115,7 @@ def compare(models: ReadModels, audit: AuditQueries, session_id: str) -> list[st
                       sum(output_tokens) AS output_tokens, sum(cache_read_tokens) AS cache_read_tokens,
                       sum(cache_write_tokens) AS cache_write_tokens, sum(cost_usd) AS cost_usd
                       FROM llm_calls WHERE session_id = ? GROUP BY 1""", [session_id])
-        live_c = {row[0]: dict(zip(r.columns[1:], row[1:])) for row in r.rows}
+        live_c = {row[0]: dict(zip(r.columns[1:], row[1:], strict=True)) for row in r.rows}
         if set(live_c) != set(table):
             diffs.append(f"cost by {by}: keys differ: view {sorted(map(str, live_c))} != replay {sorted(map(str, table))}")
         for k in set(live_c) & set(table):

@@ -93,7 +93,7 @@ class Until:
     time_us: int | None = None
 
     @classmethod
-    def parse(cls, text: str | None) -> "Until | None":
+    def parse(cls, text: str | None) -> Until | None:
         if text is None:
             return None
         try:
@@ -135,7 +135,7 @@ def rows_from_connection(con: Any, session_id: str | None, *, until: Until | Non
     with gc_paused():
         cols = [table.column(name).to_pylist() for name in COLUMNS]
         del table
-        return list(map(Row._make, zip(*cols)))
+        return list(map(Row._make, zip(*cols, strict=True)))
 
 
 def rows_from_audit(audit: AuditQueries, session_id: str, *, until: Until | None = None, page: int = PAGE,
@@ -157,7 +157,7 @@ def rows_from_audit(audit: AuditQueries, session_id: str, *, until: Until | None
         where += " AND (epoch_us(time), id) <= (?, ?)"
         params += [int(found[0][0]), until.event_id]
     out: list[Row] = []
-    after, keyset = "", []
+    after, keyset = "", list[Param]()
     while True:
         result = audit.query(f"{select} WHERE {where}{after} ORDER BY time, id LIMIT ?",
                              [*params, *keyset, int(page)], max_rows=page)
@@ -197,7 +197,7 @@ def load_session(session_id: str, *, until: Until | None = None, home: AarHome |
 
 
 def payload(row: Row) -> dict[str, Any]:
-    return json.loads(row.payload)  # type: ignore[no-any-return]
+    return json.loads(row.payload)
 
 
 def iter_types(rows: Sequence[Row], *types: str) -> Iterator[tuple[Row, dict[str, Any]]]:

@@ -232,10 +232,10 @@ class ReadModels:
         for e in self.experiments.values():
             st = status(e["experiment_id"])
             key = st["key"] if st else None
-            p = st["payload"] if key else {}
+            p = st["payload"] if st and key else {}
             out.append({
                 **e,
-                "status": st["type"].removeprefix("experiment.") if key else "requested",  # type: ignore[index]
+                "status": st["type"].removeprefix("experiment.") if st and key else "requested",
                 "status_at_us": key[0] if key else None,
                 "trainer_id": p.get("trainer_id"), "runtime_s": _opt_float(p.get("runtime_s")),
                 "peak_rss_mb": _opt_float(p.get("peak_rss_mb")), "predictions_artifact": p.get("predictions_artifact"),

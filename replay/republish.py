@@ -33,8 +33,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from core.audit import AuditRequest
 from core.paths import AarHome
 from schemas.base import new_id, new_session_id
+from services.recorder.queries import AUDIT
 
 from .log import Row
 
@@ -127,11 +129,11 @@ async def publish_rows(bus: Any, rows: Sequence[Row], session_id: str, speed: fl
 
 async def wait_recorded(bus: Any, session_id: str, n: int, timeout: float = 300.0) -> float:
     t0 = time.perf_counter()
-    request = {"sql": "SELECT count(*) FROM events WHERE session_id = ?", "params": [session_id]}
+    request = AuditRequest(sql="SELECT count(*) FROM events WHERE session_id = ?", params=[session_id])
     while True:
         try:
-            result = await bus.request("recorder", "audit", request, timeout=10.0)
-            if int(result["rows"][0][0]) >= n:
+            result = await bus.ask(AUDIT, request, timeout=10.0)
+            if int(result.rows[0][0]) >= n:
                 return time.perf_counter() - t0
         except Exception:  # noqa: BLE001 - the recorder may still be starting
             pass
@@ -144,8 +146,8 @@ async def republish(rows: Sequence[Row], speed: float | None, *, home: AarHome |
                     session_id: str | None = None, wait: bool = True,
                     progress: Callable[[int], None] | None = None) -> Republished:
     """Publish ``rows`` again under ``session_id`` (new when None); see the module docstring."""
-    from bus.settings import admin_settings_from_home
     from bus import Bus, BusSettings, NatsServer, Role
+    from bus.settings import admin_settings_from_home
 
     home = home or AarHome.from_env()
     new_sid = session_id or new_session_id()

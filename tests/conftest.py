@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -133,7 +134,7 @@ async def running(module: str, role: Role, server: NatsServer, home: AarHome, ad
                   health: bool = True, **kw: object) -> AsyncIterator[ServiceProcess]:
     """A service process, once it answers its ``health`` query (``health=False``: started
     only, for services without one)."""
-    proc = ServiceProcess(module, role, server, home, **kw).start()  # type: ignore[arg-type]
+    proc = ServiceProcess(module, role, server, home, **kw).start()  # type: ignore[arg-type]  # the options of ServiceProcess, passed through
     service = module.rsplit(".", 1)[-1]
 
     async def ready() -> bool:
@@ -154,7 +155,7 @@ async def gateway(nats_server: NatsServer, home: AarHome, admin: Bus) -> AsyncIt
         yield proc
 
 
-async def recorder_health(bus: Bus) -> dict[str, int] | None:
+async def recorder_health(bus: Bus) -> dict[str, Any] | None:
     try:
         return await bus.request("recorder", "health", {}, timeout=1.0)
     except QueryError:

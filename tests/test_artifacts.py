@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
@@ -16,7 +17,7 @@ from services.artifacts.store import ArtifactCorrupt, ArtifactNotFound, Artifact
 from .conftest import ServiceProcess, recorded_count, settings, wait_until
 
 
-def test_same_bytes_are_one_blob(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_same_bytes_are_one_blob(tmp_path: Path) -> None:
     store = BlobStore(tmp_path / "a")
     first, new1 = store.put(b"def run(ctx): ...")
     second, new2 = store.put(b"def run(ctx): ...")
@@ -26,7 +27,7 @@ def test_same_bytes_are_one_blob(tmp_path) -> None:  # type: ignore[no-untyped-d
     assert store.get(first) == b"def run(ctx): ..."
 
 
-def test_size_limit_and_missing_blob_have_clear_errors(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_size_limit_and_missing_blob_have_clear_errors(tmp_path: Path) -> None:
     store = BlobStore(tmp_path, max_bytes=10)
     with pytest.raises(ArtifactTooLarge, match="11 bytes exceeds the limit of 10"):
         store.put(b"x" * 11)
@@ -34,7 +35,7 @@ def test_size_limit_and_missing_blob_have_clear_errors(tmp_path) -> None:  # typ
         store.get("0" * 64)
 
 
-def test_a_tampered_blob_is_detected(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_a_tampered_blob_is_detected(tmp_path: Path) -> None:
     store = BlobStore(tmp_path)
     digest, _ = store.put(b"predictions")
     path = store.path(digest)
@@ -65,7 +66,7 @@ async def artifacts(nats_server: NatsServer, home: AarHome, admin: Bus, gateway:
         proc.stop()
 
 
-async def test_put_get_over_nats_records_one_event(nats_server, home, admin, recorder, artifacts) -> None:  # type: ignore[no-untyped-def]
+async def test_put_get_over_nats_records_one_event(nats_server: NatsServer, home: AarHome, admin: Bus, recorder: ServiceProcess, artifacts: ServiceProcess) -> None:
     agent = await Bus.connect(settings(nats_server, "agent-1"), name="agent-1")
     try:
         client = ArtifactClient(agent, session_id="s-art")
@@ -98,7 +99,7 @@ async def test_put_get_over_nats_records_one_event(nats_server, home, admin, rec
         await agent.close()
 
 
-async def test_an_agents_puts_are_budgeted_and_never_hold_up_a_trainers(nats_server, home, admin, gateway) -> None:  # type: ignore[no-untyped-def]
+async def test_an_agents_puts_are_budgeted_and_never_hold_up_a_trainers(nats_server: NatsServer, home: AarHome, admin: Bus, gateway: ServiceProcess) -> None:
     """A flood of tiny puts used to queue every other identity's puts behind it, and its
     announcements spent the artifacts service's own publish budget, so a trainer's
     predictions could not be stored. Puts are budgeted per identity (bytes and puts a

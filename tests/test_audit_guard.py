@@ -15,8 +15,8 @@ from pathlib import Path
 import duckdb
 import pytest
 
+from bus import Bus, NatsServer, QueryError, Role
 from core.paths import AarHome
-from bus import Bus, QueryError
 from schemas import EventType
 from services.recorder.audit import open_read_only, run_query
 from services.recorder.store import EventStore, Recorded
@@ -218,11 +218,11 @@ async def test_audit_sql_through_the_recorder_cannot_rewrite_the_log(
         con.close()
 
 
-async def test_slow_audits_do_not_stall_recording(admin: Bus, nats_server: object, home: AarHome) -> None:
+async def test_slow_audits_do_not_stall_recording(admin: Bus, nats_server: NatsServer, home: AarHome) -> None:
     """More slow audits than the recorder has threads for: events keep being recorded with low
     latency, the audits that run end with the time-limit error, the rest are refused at once
     (or wait their turn). Before, they took every thread of the executor the appends use."""
-    proc = ServiceProcess("services.recorder", __import__("bus").Role.RECORDER, nats_server, home,  # type: ignore[arg-type]
+    proc = ServiceProcess("services.recorder", Role.RECORDER, nats_server, home,
                           env={"AAR_AUDIT_TIMEOUT_S": "3"}).start()
     try:
         await wait_until(lambda: _answers(admin), 30, "the recorder")

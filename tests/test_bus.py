@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from nats.aio.msg import Msg
 
 from bus import Bus, NatsServer, PublishDenied, Role
 from bus.roles import DIRECT, PUBLISHES, permissions
@@ -47,7 +48,7 @@ def test_permission_table_is_the_documented_one() -> None:
     for role, types in EXPECTED.items():
         assert {t.value for t in EventType if allowed(role, t)} == types, role
     assert {t.value for t in EventType if allowed(Role.GATEWAY, t)} == GATEWAY_OWN
-    assert "aar.>" in permissions(Role.GATEWAY)["publish"]["allow"]  # type: ignore[index]
+    assert "aar.>" in permissions(Role.GATEWAY)["publish"]["allow"]  # type: ignore[index]  # a nats-server config block: nested JSON
 
 
 def _matching_sample(event_type: EventType, session: str, identity: str) -> Event:
@@ -138,7 +139,7 @@ async def test_workers_share_a_durable_queue_and_heartbeats_prevent_redelivery(
             await w.close()
 
 
-async def test_agents_cannot_read_withheld_scores(nats_server, admin) -> None:  # type: ignore[no-untyped-def]
+async def test_agents_cannot_read_withheld_scores(nats_server: NatsServer, admin: Bus) -> None:
     """Test-split, held-out and ablation scores travel as score.withheld: the server
     refuses an agent's subscription to them, while dev scores reach it."""
     from schemas.experiment import Split
@@ -147,7 +148,7 @@ async def test_agents_cannot_read_withheld_scores(nats_server, admin) -> None:  
     agent = await Bus.connect(settings(nats_server, Role.AGENT), name="agent")
     got: list[str] = []
     try:
-        async def on(msg) -> None:  # type: ignore[no-untyped-def]
+        async def on(msg: Msg) -> None:
             got.append(msg.subject)
 
         await agent.nc.subscribe("aar.s-w.score.published", cb=on)

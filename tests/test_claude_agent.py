@@ -271,7 +271,9 @@ async def test_the_loop_stops_when_the_session_drains(admin: Bus, toolbox: Toolb
     toolbox.session_over.clear()
 
     # Now for real: the orchestrator's session.draining reaches the toolbox while the agent works.
-    forever = lambda body: message(tool_use("note", {"text": "still going"}), delay_s=0.02)  # noqa: E731
+    def forever(body: Any) -> Any:
+        return message(tool_use("note", {"text": "still going"}), delay_s=0.02)
+
     with FakeAnthropic(fallback=forever) as fake:
         work = asyncio.create_task(run_claude(toolbox, assignment_for(toolbox), client=client_for(fake)))
         await wait_until(lambda: _true(len(fake.messages_requests) >= 2), 10, "the agent to be working")

@@ -188,7 +188,7 @@ def test_up_restarts_a_crashed_service_and_stops_cleanly(home: AarHome) -> None:
         (("--sizes", "10,0,30,40"), "--sizes takes four positive integers"),
     ],
 )
-def test_up_refuses_bad_options_before_starting_anything(home: AarHome, monkeypatch, args, message) -> None:  # type: ignore[no-untyped-def]
+def test_up_refuses_bad_options_before_starting_anything(home: AarHome, monkeypatch: pytest.MonkeyPatch, args: tuple[str, ...], message: str) -> None:
     monkeypatch.setenv("AAR_HOME", str(home.root))
     result = runner.invoke(app, ["up", *args])
     assert result.exit_code == 2
@@ -196,7 +196,7 @@ def test_up_refuses_bad_options_before_starting_anything(home: AarHome, monkeypa
     assert not home.run_file.exists() and not (home.nats / "jetstream").exists()
 
 
-def test_up_with_the_claude_backend_needs_an_api_key(home: AarHome, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_up_with_the_claude_backend_needs_an_api_key(home: AarHome, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AAR_HOME", str(home.root))
     monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
     result = runner.invoke(app, ["up", "--backend", "claude"])

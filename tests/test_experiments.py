@@ -112,9 +112,9 @@ class Stack:
 
 
 @contextlib.asynccontextmanager
-async def running_stack(  # type: ignore[no-untyped-def]
+async def running_stack(
     nats_server: NatsServer, home: AarHome, admin: Bus, trainer_args: list[str], n_trainers: int = 1
-):
+) -> AsyncIterator[Stack]:
     """Recorder, artifacts, scorer and ``n_trainers`` trainers as processes, plus an agent connection."""
     procs = [
         ServiceProcess("services.recorder", Role.RECORDER, nats_server, home).start(),

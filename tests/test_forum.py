@@ -204,7 +204,7 @@ async def full_state(bus: Bus) -> dict[str, Any]:
     }
 
 
-async def test_forum_live_then_rebuilt_from_the_log(nats_server, home, admin, agents) -> None:  # type: ignore[no-untyped-def]
+async def test_forum_live_then_rebuilt_from_the_log(nats_server: NatsServer, home: AarHome, admin: Bus, agents: dict[str, Bus]) -> None:
     a1, a2, a3 = agents["agent-1"], agents["agent-2"], agents["agent-3"]
     # Before the forum starts: these are only in the log.
     await publish_as(a1, ForumPosted(post_id="p1", agent_id="agent-1", title="Confidence filtering helps",
@@ -255,7 +255,7 @@ async def test_forum_live_then_rebuilt_from_the_log(nats_server, home, admin, ag
 
         # The moderation events are in the log, with the reason, caused by the post.
         mod = await admin.js.get_msg("AAR", seq=1, subject=f"aar.{SESSION}.forum.moderated", next=True)
-        first = Event.parse(json.loads(mod.data))
+        first = Event.parse(json.loads(mod.data or b"{}"))
         assert first.payload.action == "hide" and first.source.startswith("forum")
         reasons = {line["post_id"]: line["reason"] for line in log_lines(forum, "post_moderated")}
         assert reasons.keys() == {"p1-again", "big"}
@@ -301,7 +301,7 @@ async def test_forum_live_then_rebuilt_from_the_log(nats_server, home, admin, ag
         assert forum2.stop() == 0
 
 
-async def test_the_forum_role_scans_forum_events_only_with_or_without_direct_get(nats_server, admin) -> None:  # type: ignore[no-untyped-def]
+async def test_the_forum_role_scans_forum_events_only_with_or_without_direct_get(nats_server: NatsServer, admin: Bus) -> None:
     events = [Event.create(sample_payload(t, i), session_id=f"s-{i}", source="test")
               for i in range(3) for t in (EventType.SESSION_STARTED, EventType.FORUM_POSTED, EventType.FORUM_VOTED)]
     await admin.publish_many(events)

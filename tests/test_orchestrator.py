@@ -14,8 +14,8 @@ from services.orchestrator.queries import ASSIGNMENT
 from services.orchestrator.service import Orchestrator
 
 
-def _orch(**kw) -> Orchestrator:  # type: ignore[no-untyped-def]
-    return Orchestrator(None, SessionConfig(session_id="s-1", name="t", **kw))  # type: ignore[arg-type]
+def _orch(**kw: Any) -> Orchestrator:
+    return Orchestrator(None, SessionConfig(session_id="s-1", name="t", **kw))  # type: ignore[arg-type]  # no bus: decisions only
 
 
 async def _ask(orch: Orchestrator, data: bytes, asker: str = "") -> dict[str, Any]:

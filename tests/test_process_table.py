@@ -142,7 +142,7 @@ def test_permissions_and_health_checks_come_from_the_table() -> None:
         assert PUBLISH_BUDGETS.get(role) == proc.publish_budget
         assert PROBES[role.value] == proc.asks
         assert OWN_CONSUMERS.get(role.value) == proc.probe_consumer
-        allow: list[str] = permissions(role, f"{role.value}-7")["subscribe"]["allow"]  # type: ignore[index]
+        allow: list[str] = permissions(role, f"{role.value}-7")["subscribe"]["allow"]  # type: ignore[index]  # a nats-server config block: nested JSON
         for subject in proc.watches:
             assert f"aar.*.{subject}" in allow, (role, subject)
     assert PROBES["admin"] == tuple(p.role.value for p in PROCESSES if p.serves)

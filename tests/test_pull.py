@@ -49,7 +49,7 @@ async def ack_all(bus: Bus, msgs: list[Msg]) -> None:
 
 async def consumer(bus: Bus, durable: str, **kw: object) -> None:
     """A durable pull consumer on the stream (created as the services create theirs)."""
-    await bus.pull(durable, "aar.>", **kw)  # type: ignore[arg-type]
+    await bus.pull(durable, "aar.>", **kw)  # type: ignore[arg-type]  # each test passes the options it needs
 
 
 async def counts(bus: Bus, durable: str) -> tuple[int, int, int]:
@@ -65,7 +65,7 @@ def answers_late(monkeypatch: pytest.MonkeyPatch, puller: NoWaitPuller) -> None:
     real = puller.nc.publish
 
     async def publish_then_hold(subject: str, payload: bytes = b"", reply: str = "", **kw: object) -> None:
-        await real(subject, payload, reply=reply, **kw)  # type: ignore[arg-type]
+        await real(subject, payload, reply=reply, **kw)  # type: ignore[arg-type]  # headers, passed through as given
         if subject == puller.subject:
             time.sleep(0.02)  # blocking on purpose: nothing is read meanwhile
 
@@ -219,7 +219,7 @@ async def test_late_status_does_not_end_the_next_request(
     stale: list[str] = []
 
     async def publish_then_stale_404(subject: str, payload: bytes = b"", reply: str = "", **kw: object) -> None:
-        await real(subject, payload, reply=reply, **kw)  # type: ignore[arg-type]
+        await real(subject, payload, reply=reply, **kw)  # type: ignore[arg-type]  # headers, passed through as given
         if subject == puller.subject:
             stale.append(f"{reply.rsplit('.', 1)[0]}.0")
             await real(stale[-1], b"", headers={"Status": "404", "Description": "No Messages"})
@@ -311,7 +311,7 @@ async def test_pull_protocol_as_relied_on(admin: Bus) -> None:
 
 async def test_bad_batch() -> None:
     with pytest.raises(ValueError):
-        await NoWaitPuller(None, STREAM, "x").fetch(0)  # type: ignore[arg-type]
+        await NoWaitPuller(None, STREAM, "x").fetch(0)  # type: ignore[arg-type]  # no client: refused before use
 
 
 async def _true(value: bool) -> bool:

@@ -41,7 +41,7 @@ class Calls:
         return Sum(total=request.a + request.b, asker=asker)
 
     async def wrong(self, request: Empty, asker: str) -> Sum:
-        return "not a Sum"  # type: ignore[return-value]
+        return "not a Sum"  # type: ignore[return-value]  # the wrong answer, on purpose
 
 
 @pytest.fixture

@@ -15,8 +15,8 @@ from typer.testing import CliRunner
 
 from aar import verify_log
 from aar.cli import app
-from core.paths import AarHome
 from bus import Bus, NatsServer, Role
+from core.paths import AarHome
 from schemas import Event, EventType, Rejection
 from services.recorder import chain
 from services.recorder.store import EventStore, Recorded, RejectedRecord
@@ -258,7 +258,9 @@ async def test_a_running_recorder_chains_what_it_records(
     con = duckdb.connect(str(home.events_db), read_only=True)
     try:
         assert con.execute(chain.breaks_sql()).fetchall() == []
-        assert con.execute("SELECT arg_max(hash, batch) FROM log_chain").fetchone()[0] == health["chain_head"] or \
-            con.execute("SELECT count(*) FROM log_chain WHERE hash = ?", [health["chain_head"]]).fetchone()[0] == 1
+        newest = con.execute("SELECT arg_max(hash, batch) FROM log_chain").fetchone()
+        found = con.execute("SELECT count(*) FROM log_chain WHERE hash = ?", [health["chain_head"]]).fetchone()
+        assert newest is not None and found is not None
+        assert newest[0] == health["chain_head"] or found[0] == 1
     finally:
         con.close()

@@ -237,7 +237,9 @@ def test_republished_session_is_recorded_with_causation_links(session_home: tupl
     home = _copy_home(src, tmp_path / "aar")
     done = aar("replay", sid, "--speed", "max", home=home)
     assert done.returncode == 0, done.stdout + done.stderr
-    new_sid = re.search(r"as (s-[0-9A-Z]+)", done.stdout).group(1)  # type: ignore[union-attr]
+    found = re.search(r"as (s-[0-9A-Z]+)", done.stdout)
+    assert found is not None, done.stdout
+    new_sid = found.group(1)
     assert new_sid != sid
     con = _open(home)
     try:

@@ -18,7 +18,7 @@ session that was not a subject token instead of answering for it.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import duckdb
@@ -52,7 +52,7 @@ IN_LOG = [OR, DROP, "--", ";", NUL]
 EVIL_EVENT_ID = "x'OR'1'='1--;"
 
 
-def _idea(idea_id: str, parents: list[str] = (), cites: list[str] = (), *, event_id: str | None = None,
+def _idea(idea_id: str, parents: Sequence[str] = (), cites: Sequence[str] = (), *, event_id: str | None = None,
           session_id: str = SID) -> Event:
     payload = IdeaProposed(idea_id=idea_id, agent_id="agent-1", title=f"idea {idea_id!r}", hypothesis="h",
                            builtin_method="conf_filter", parent_ideas=list(parents), cites_posts=list(cites))
@@ -125,7 +125,7 @@ def _json(output: str) -> Any:
 def _lineage(any_id: str) -> dict[str, Any]:
     done = runner.invoke(app, ["lineage", "-f", "json", "--", any_id])  # ("--": the id may be "--")
     assert done.exit_code == 0, done.output
-    return _json(done.stdout)  # type: ignore[no-any-return]
+    return _json(done.stdout)
 
 
 # -- aar lineage ----------------------------------------------------------------------
@@ -240,8 +240,8 @@ def test_ad_hoc_audit_with_bound_evil_values(home: AarHome) -> None:
 
     for evil in IN_LOG:
         result = run_audit("SELECT idea_id FROM ideas WHERE idea_id = ?", [evil])
-        assert result["rows"] == [[evil]]
-    assert run_audit("SELECT count(*) FROM ideas WHERE list_contains(?, idea_id)", [EVIL[:-1] + ["x"]])["rows"] \
+        assert result.rows == [[evil]]
+    assert run_audit("SELECT count(*) FROM ideas WHERE list_contains(?, idea_id)", [EVIL[:-1] + ["x"]]).rows \
         == [[len(IN_LOG) + 1]]
 
 

@@ -378,8 +378,8 @@ class ClaudeAgent:
             attempt += 1
             try:
                 response = await self.client.messages.create(
-                    model=self.assignment.model, max_tokens=self.max_tokens, system=self.system,  # type: ignore[arg-type]
-                    tools=self.tools, messages=self.conversation.request_messages(),  # type: ignore[arg-type]
+                    model=self.assignment.model, max_tokens=self.max_tokens, system=self.system,  # type: ignore[arg-type]  # plain dicts where the SDK types TypedDicts
+                    tools=self.tools, messages=self.conversation.request_messages(),  # type: ignore[arg-type]  # as above
                 )
             except anthropic.APIError as exc:
                 reason = describe(exc)

@@ -9,6 +9,7 @@ by whoever reads it.
 from __future__ import annotations
 
 import nats.errors
+from nats.aio.msg import Msg
 
 from bus import Bus
 from bus.client import QueryError, query_subject
@@ -28,7 +29,7 @@ class ArtifactClient:
         self.session_id = session_id
         self.timeout = timeout
 
-    async def _request(self, name: str, data: bytes, headers: dict[str, str]):  # type: ignore[no-untyped-def]
+    async def _request(self, name: str, data: bytes, headers: dict[str, str]) -> Msg:
         try:
             msg = await self.bus.nc.request(query_subject("artifacts", name, self.bus.identity), data,
                                             timeout=self.timeout, headers=headers)

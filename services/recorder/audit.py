@@ -128,7 +128,7 @@ def run_query(
                 if len(rows) >= max_rows:
                     reason = f"more than {max_rows:,} rows: only the first {max_rows:,} are returned"
                     break
-                row = [json.loads(v) if j and isinstance(v, str) else _jsonable(v) for v, j in zip(raw, is_json)]
+                row = [json.loads(v) if j and isinstance(v, str) else _jsonable(v) for v, j in zip(raw, is_json, strict=True)]
                 size += _row_bytes(row)
                 if size > max_bytes:
                     reason = (f"the result passed {max_bytes:,} bytes: only the first {len(rows):,} rows are "
@@ -246,7 +246,7 @@ class FileAudit:
         self._owned = owned
 
     @classmethod
-    def open(cls, path: Path, *, timeout_s: float | None = None) -> "FileAudit":
+    def open(cls, path: Path, *, timeout_s: float | None = None) -> FileAudit:
         """The log at ``path`` (FileNotFoundError when there is none; AuditRefused when
         it holds planted functions, see ``open_read_only``)."""
         return cls(open_read_only(Path(path)), timeout_s=timeout_s)
@@ -270,7 +270,7 @@ class FileAudit:
         if con is not None and self._owned:
             con.close()
 
-    def __enter__(self) -> "FileAudit":
+    def __enter__(self) -> FileAudit:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -173,7 +173,7 @@ def planted_functions(con: duckdb.DuckDBPyConnection) -> list[tuple[str, str, st
     name, type). AAR never creates any, and one named like a built-in (``sha256``,
     ``count``, a table function) takes its place in every query on that database: one
     found in the log was put there by someone editing the file."""
-    return [tuple(map(str, r)) for r in con.execute(_PLANTED_SQL).fetchall()]  # type: ignore[misc]
+    return [tuple(map(str, r)) for r in con.execute(_PLANTED_SQL).fetchall()]  # type: ignore[misc]  # rows of two columns, as the query says
 
 
 def refuse_planted(con: duckdb.DuckDBPyConnection) -> None:

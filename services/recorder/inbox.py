@@ -147,7 +147,7 @@ class Inboxes:
                 cur = con.execute(f"SELECT * FROM {catalog(k)}.{table} WHERE inbox_seq = ? LIMIT 1", [int(seq)])
                 row = cur.fetchone()
                 if row is not None:
-                    return table, dict(zip([d[0] for d in cur.description], row))
+                    return table, dict(zip([d[0] for d in cur.description], row, strict=True))
         return None
 
     def recyclable(self, *, all_files: bool = False) -> list[int]:

@@ -118,7 +118,7 @@ def body_key(row: dict[str, Any]) -> tuple[Any, ...]:
 def _attr(obj: Any, name: str) -> Any:
     try:
         return getattr(obj, name, None)
-    except Exception:  # noqa: BLE001
+    except Exception:  # noqa: BLE001 - a property that raises reads as absent
         return None
 
 
@@ -144,12 +144,12 @@ def event_raw(rec: Any) -> bytes:
         return raw_bytes(raw)
     event = _attr(rec, "event")
     try:
-        return event.model_dump_json().encode()  # type: ignore[union-attr]
+        return event.model_dump_json().encode()
     except Exception:  # noqa: BLE001 - unserializable: try the next rendering
         pass
     try:
-        return json.dumps(event.model_dump(mode="python"), default=repr, ensure_ascii=True).encode()  # type: ignore[union-attr]
-    except Exception:  # noqa: BLE001
+        return json.dumps(event.model_dump(mode="python"), default=repr, ensure_ascii=True).encode()
+    except Exception:  # noqa: BLE001 - the last rendering: repr of what is there
         return raw_bytes(repr(event))
 
 
@@ -160,7 +160,7 @@ def unstorable_row(rec: Any, why: BaseException | str, now: dt.datetime) -> dict
     event_type = _attr(_attr(event, "type"), "value") or _attr(event, "type")
     subject = None
     try:
-        subject = event.subject  # type: ignore[union-attr]
+        subject = event.subject
     except Exception:  # noqa: BLE001 - no subject then
         pass
     return {

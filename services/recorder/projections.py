@@ -27,7 +27,7 @@ import duckdb
 
 from core.audit import code_identifier, code_literal
 
-V, D, B, I, BI, J = "VARCHAR", "DOUBLE", "BOOLEAN", "INTEGER", "BIGINT", "JSON"
+V, D, B, I, BI, J = "VARCHAR", "DOUBLE", "BOOLEAN", "INTEGER", "BIGINT", "JSON"  # noqa: E741 - SQL type shorthands (I: INTEGER)
 LIST_V: list[str] = [V]
 # Columns of the envelope every projection keeps (besides ``rid``, the events rowid).
 _ENVELOPE_TYPES = {"session_id": "VARCHAR", "id": "VARCHAR", "time": "TIMESTAMPTZ", "type": "VARCHAR",

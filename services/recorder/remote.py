@@ -71,6 +71,8 @@ class RecorderAudit:
     def query(self, sql: str, params: Sequence[Param] = (), *, max_rows: int | None = None) -> AuditResult:
         from bus.client import QueryError
 
+        from .queries import AUDIT
+
         if self._closed:
             raise AuditRefused("this audit connection is closed")
         if max_rows is not None and (isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 1):
@@ -79,10 +81,9 @@ class RecorderAudit:
                                       "max_rows": max_rows})
         wait = (self.timeout_s or 60.0) + ANSWER_MARGIN_S
         try:
-            answer = self._run(self._bus.request("recorder", "audit", request, timeout=wait))
+            return self._run(self._bus.ask(AUDIT, request, timeout=wait))
         except QueryError as exc:
             raise _as_audit_error(exc) from None
-        return AuditResult.model_validate(answer)
 
     def close(self) -> None:
         if self._closed:
@@ -99,7 +100,7 @@ class RecorderAudit:
         if not self._loop.is_running():
             self._loop.close()
 
-    def __enter__(self) -> "RecorderAudit":
+    def __enter__(self) -> RecorderAudit:
         return self
 
     def __exit__(self, *exc: object) -> None:

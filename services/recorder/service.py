@@ -27,15 +27,15 @@ import time
 from datetime import datetime
 from typing import Any
 
-import nats.errors
 import structlog
 from nats.aio.msg import Msg
-from nats.js import JetStreamContext
 
-from core.paths import AarHome
 from bus import Bus, PublishDenied, decode_msg
 from bus.pull import NoWaitPuller
+from bus.query import Empty
 from bus.roles import STREAM
+from core.audit import AuditFailed, AuditRequest, AuditResult
+from core.paths import AarHome
 from schemas import Event, Rejection, decode
 from schemas.base import MAX_NAME, MAX_TEXT, derived_id  # (the longest reason and subject of a recorder.rejected)
 from schemas.recorder import RecorderDeadLettered, RecorderRejected
@@ -43,6 +43,7 @@ from schemas.recorder import RecorderDeadLettered, RecorderRejected
 from . import poison
 from .audit import MAX_BYTES, MAX_ROWS
 from .audit_pool import DEFAULT_QUEUE, DEFAULT_WORKERS, AuditPool
+from .queries import AUDIT, HEALTH, RecorderHealth
 from .store import EventStore, Recorded, RejectedRecord
 
 DURABLE = "recorder"
@@ -114,7 +115,7 @@ class Recorder:
         sub = await self.bus.pull(DURABLE, "aar.>", ack_wait=self.ack_wait, max_deliver=-1, max_ack_pending=50_000)
         self._puller = NoWaitPuller(self.bus.nc, STREAM, DURABLE)  # the same consumer, its own inbox
         self.counts = await asyncio.to_thread(self.store.counts)
-        await self.bus.serve("recorder", {"audit": self._audit, "health": self._health})
+        await self.bus.serve("recorder", [AUDIT.answer(self._audit), HEALTH.answer(self._health)])
         await self.bus.nc.subscribe(
             f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{STREAM}.*", cb=self._on_max_deliveries
         )
@@ -260,7 +261,7 @@ class Recorder:
             if isinstance(item, Event):
                 events.append(Recorded(item, seq, msg.data))
             else:
-                rejected.append(RejectedRecord(item, seq, stamp))  # type: ignore[arg-type]
+                rejected.append(RejectedRecord(item, seq, stamp))
         return events, rejected
 
     async def commit(self, batch: _Pending) -> None:
@@ -389,7 +390,7 @@ class Recorder:
         except Exception as exc:  # noqa: BLE001 - an advisory must never stop the recorder
             self.log.error("dead_letter_failed", error=str(exc))
 
-    async def _audit(self, data: bytes) -> Any:
+    async def _audit(self, request: AuditRequest, asker: str = "") -> AuditResult:
         """An ``core.audit.AuditRequest`` (``{"sql": ..., "params"?: [...], "timeout_s"?: ...,
         "max_rows"?: ...}``) -> the result (see ``audit.run_query``), cut to fit one NATS
         reply. A malformed request or a bad parameter is an ``AuditRefused`` /
@@ -397,9 +398,6 @@ class Recorder:
         answer (an unknown column) an ``AuditFailed`` one."""
         import duckdb
 
-        from core.audit import AuditFailed, AuditRequest
-
-        request = AuditRequest.parse(data)
         max_rows = None if request.max_rows is None else min(request.max_rows, MAX_ROWS)
         room = self._reply_room()
         try:
@@ -407,15 +405,13 @@ class Recorder:
                                            max_bytes=room, max_rows=max_rows)
         except duckdb.Error as exc:
             raise AuditFailed(f"{type(exc).__name__}: {exc}") from None
-        out = result.model_dump()
         # The estimate in run_query is generous; still, never send what the server refuses.
-        while len(json.dumps(out, default=str).encode("utf-8", "backslashreplace")) > room and out["rows"]:
-            keep = len(out["rows"]) // 2
-            out["rows"] = out["rows"][:keep]
-            out["truncated"] = True
-            out["truncated_reason"] = (f"the result did not fit one reply ({room:,} bytes): only the first "
-                                       f"{keep:,} rows are returned")
-        return out
+        while len(result.model_dump_json().encode("utf-8", "backslashreplace")) > room and result.rows:
+            keep = len(result.rows) // 2
+            result = AuditResult(columns=result.columns, rows=result.rows[:keep], truncated=True,
+                                 truncated_reason=f"the result did not fit one reply ({room:,} bytes): only "
+                                                  f"the first {keep:,} rows are returned")
+        return result
 
     def _reply_room(self) -> int:
         """Bytes of rows one reply may carry (the server's max_payload, less a margin)."""
@@ -425,13 +421,13 @@ class Recorder:
             payload = 1024 * 1024
         return max(4096, min(MAX_BYTES, payload - REPLY_MARGIN))
 
-    async def _health(self, data: bytes) -> Any:
-        return {**self.counts, "batches": self.batches, "last_batch_ms": self.last_batch_ms,
-                "checkpoints": self.checkpoints, "wal_bytes": self.store.wal_bytes(), "moves": self.moves,
-                "inbox": self.store.pending(), "pid": os.getpid(), "failed_commits": self.failed_commits,
-                "audits_running": self.audits.running, "audits_waiting": self.audits.waiting,
-                "audits_done": self.audits.done,
-                "chain_batch": self.store.chain_batch, "chain_head": self.store.chain_head}
+    async def _health(self, request: Empty, asker: str = "") -> RecorderHealth:
+        return RecorderHealth(
+            events=self.counts["events"], rejected=self.counts["rejected"], batches=self.batches,
+            last_batch_ms=self.last_batch_ms, checkpoints=self.checkpoints, wal_bytes=self.store.wal_bytes(),
+            moves=self.moves, inbox=self.store.pending(), pid=os.getpid(), failed_commits=self.failed_commits,
+            audits_running=self.audits.running, audits_waiting=self.audits.waiting, audits_done=self.audits.done,
+            chain_batch=self.store.chain_batch, chain_head=self.store.chain_head)
 
 
 async def fetch_available(puller: NoWaitPuller, batch: int, timeout: float = 1.0) -> list[Msg]:
@@ -475,7 +471,7 @@ def _decode(msg: Msg) -> Event | Rejection:
     except Exception as exc:  # noqa: BLE001 - no message may stop the recorder
         why = f"{type(exc).__name__}: {exc}"
     return Rejection.model_construct(
-        reason=poison.storable(f"undecodable: {why}", poison.MAX_REASON), raw=poison.raw_bytes(msg.data),
+        reason=poison.storable(f"undecodable: {why}", poison.MAX_REASON) or "undecodable", raw=poison.raw_bytes(msg.data),
         subject=poison.storable(getattr(msg, "subject", None)), event_id=None, event_type=None, session_id=None)
 
 
@@ -484,7 +480,7 @@ def _position(msg: Msg) -> tuple[int | None, datetime | None]:
     try:
         meta = msg.metadata
         return int(meta.sequence.stream), meta.timestamp
-    except Exception:  # noqa: BLE001
+    except Exception:  # noqa: BLE001 - unreadable metadata: the message is still recorded, without a position
         return None, None
 
 

@@ -20,11 +20,10 @@ import duckdb
 import pyarrow as pa
 import structlog
 
+from core.audit import Param, code_identifier
 from schemas import Event, Rejection
 
 from . import chain, guard, inbox, moves, poison, projections
-from core.audit import Param, code_identifier
-
 from .audit import MAX_BYTES, MAX_ROWS, AuditResult, memory_limit, run_query
 from .views import create_schema
 
@@ -120,7 +119,7 @@ class Appended:
 @dataclass(frozen=True, slots=True)
 class RejectedRecord:
     rejection: Rejection
-    stream_seq: int
+    stream_seq: int | None  # None: unreadable metadata (as for Recorded)
     stream_time: datetime | None = None  # when the stream stored the message (None: unknown)
 
 
@@ -302,7 +301,7 @@ class EventStore:
             try:
                 self._insert([row], [], now)
                 continue
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:  # noqa: BLE001 - whatever stops the row, it becomes a rejection
                 bad = {"stream_seq": row.get("stream_seq"), "subject": poison.storable(row.get("subject")),
                        "reason": poison.storable(f"unstorable event: {type(exc).__name__}: {exc}", poison.MAX_REASON),
                        "raw": json.dumps(row, default=str, ensure_ascii=True).encode(),
@@ -366,7 +365,8 @@ class EventStore:
         try:
             tops = chain.top_rowids(cur, self._floors)
             try:
-                counts, made = self._plain(cur, sources), []
+                made: list[NewRejection] = []
+                counts = self._plain(cur, sources)
             except duckdb.ConstraintException:
                 # A key already in the log or twice in the stretch (a redelivery after a
                 # crash, a re-publish past JetStream's duplicate window, a conflict):

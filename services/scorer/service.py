@@ -34,13 +34,13 @@ from typing import Any
 import structlog
 from nats.aio.msg import Msg
 
-from core.paths import AarHome
 from bus import Bus, decode_msg
 from bus.client import BusError
-from schemas import Event, decode
-from schemas.base import derived_id as base_derived_id
 from core.audit import AuditRequest, Param
+from core.paths import AarHome
+from schemas import Event, decode
 from schemas.artifact import ArtifactKind
+from schemas.base import derived_id as base_derived_id
 from schemas.experiment import ExperimentFailed, ExperimentFinished, ExperimentRequested, Purpose, Split
 from schemas.idea import IdeaProposed
 from schemas.integrity import IntegrityCheck, IntegrityFlagged, Severity
@@ -48,6 +48,7 @@ from schemas.scoring import BaselineComputed, BaselineKind, ScorePublished, Scor
 from schemas.session import SessionDraining, SessionEnded, SessionStarted
 from services.artifacts.arrays import MEDIA_TYPE, pack_seeds, unpack_seeds
 from services.artifacts.client import ArtifactClient
+from services.recorder.queries import AUDIT
 from trainer import w2s
 
 from .config import ScoringConfig
@@ -202,8 +203,8 @@ class Scorer:
         if session_id in self.sessions:
             return self.sessions[session_id]
         if session_id not in self._started and time.monotonic() >= self._started_at + STARTED_REFRESH_S:
-            rows = (await self.bus.request("recorder", "audit", {
-                "sql": "SELECT DISTINCT session_id FROM events WHERE type = 'session.started'"}, timeout=30.0))["rows"]
+            rows = (await self.bus.ask(AUDIT, AuditRequest(
+                sql="SELECT DISTINCT session_id FROM events WHERE type = 'session.started'"), timeout=30.0)).rows
             self._started = {str(r[0]) for r in rows}
             self._started_at = time.monotonic()
         if session_id not in self._started:
@@ -234,10 +235,10 @@ class Scorer:
             "SELECT id, type, schema_version, session_id, source, strftime(time, '%Y-%m-%dT%H:%M:%S.%fZ'), "
             f"correlation_id, causation_id, payload FROM events WHERE {where}"
         )
-        result = await self.bus.request("recorder", "audit", AuditRequest(sql=sql, params=params), timeout=30.0)
+        result = await self.bus.ask(AUDIT, AuditRequest(sql=sql, params=params), timeout=30.0)
         keys = ("id", "type", "schema_version", "session_id", "source", "time", "correlation_id", "causation_id",
                 "payload")
-        events = [decode(json.dumps(dict(zip(keys, row))).encode()) for row in result["rows"]]
+        events = [decode(json.dumps(dict(zip(keys, row, strict=True))).encode()) for row in result.rows]
         return [e for e in events if isinstance(e, Event)]
 
     # -- ideas -> experiments ------------------------------------------------------
@@ -311,20 +312,20 @@ class Scorer:
         state = self.sessions.get(session_id)
         if state is None:
             raise ValueError(f"unknown session {session_id!r} (or its baselines are not computed yet)")
-        rows = []
+        rows: list[LeaderboardEntry] = []
         for score in state.scores.values():
             if score.purpose is not Purpose.SCORE or score.split is not Split.DEV or score.idea_id is None:
                 continue
             idea = state.ideas.get(score.idea_id)
-            rows.append({
-                "idea_id": score.idea_id, "agent_id": score.agent_id, "title": idea.title if idea else "",
-                "method": score.builtin_method or f"code:{(score.method_artifact or '')[:12]}",
-                "params": dict(idea.params) if idea else {},
-                "parent_ideas": list(idea.parent_ideas) if idea else [],
-                "pgr": score.pgr, "pgr_stderr": score.pgr_stderr, "accuracy": round(score.accuracy, 4),
-                "flags": sorted(set(state.flags.get(score.idea_id, []))),
-            })
-        rows.sort(key=lambda r: (r["pgr"] is None, -(r["pgr"] or 0.0)))
+            rows.append(LeaderboardEntry(
+                idea_id=score.idea_id, agent_id=score.agent_id, title=idea.title if idea else "",
+                method=score.builtin_method or f"code:{(score.method_artifact or '')[:12]}",
+                params=dict(idea.params) if idea else {},
+                parent_ideas=list(idea.parent_ideas) if idea else [],
+                pgr=score.pgr, pgr_stderr=score.pgr_stderr, accuracy=round(score.accuracy, 4),
+                flags=sorted(set(state.flags.get(score.idea_id, []))),
+            ))
+        rows.sort(key=lambda r: (r.pgr is None, -(r.pgr or 0.0)))
         main = state.truths.get(state.main.dataset)
         base = main.baselines["dev"] if main else None
         return Leaderboard(
@@ -332,7 +333,7 @@ class Scorer:
             weak_accuracy=round(sum(base.weak_acc) / len(base.weak_acc), 4) if base else None,
             ceiling_accuracy=round(sum(base.ceiling_acc) / len(base.ceiling_acc), 4) if base else None,
             scored=len(rows),
-            entries=[LeaderboardEntry.model_validate(r) for r in rows[:limit]],
+            entries=rows[:limit],
         )
 
     # -- results -> scores -------------------------------------------------------
@@ -406,7 +407,8 @@ class Scorer:
         if better >= cfg.promote_top:
             return
         state.promoted.add(req.idea_id)
-        common = dict(method_artifact=req.method_artifact, builtin_method=req.builtin_method, params=dict(req.params))
+        common: dict[str, Any] = dict(method_artifact=req.method_artifact, builtin_method=req.builtin_method,
+                                      params=dict(req.params))
         await self._request(state, event, req.idea_id, req.agent_id, Purpose.ABLATION, Split.DEV, state.main,
                             shuffled=True, **common)
         await self._request(state, event, req.idea_id, req.agent_id, Purpose.SCORE, Split.TEST, state.main, **common)
