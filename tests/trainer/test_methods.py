@@ -103,3 +103,29 @@ def test_product_loss_target_is_normalized_product() -> None:
     assert float(loss.detach()) == pytest.approx(float(expected))
     loss.backward()  # the target is detached: gradients flow only through the logits
     assert logits.grad is not None
+
+
+@pytest.mark.parametrize("alpha", [0.5, 1.0])
+def test_product_loss_keeps_a_hard_labels_class(alpha: float) -> None:
+    """A student sure of class 0 (logit gap 30) against a hard label [0, 1]: the target
+    stays on class 1. The old floor (weak clamped at 1e-12 everywhere) made it
+    [1e-6 * 1, 1 * 9e-14] at alpha 0.5: the target flipped to class 0."""
+    logits = torch.tensor([[30.0, 0.0]], requires_grad=True)
+    hard = torch.tensor([[0.0, 1.0]])
+    target = losses.product_target(torch.softmax(logits.detach(), dim=-1), hard, alpha)
+    assert target.tolist() == [[0.0, 1.0]]
+    old = torch.softmax(logits.detach(), dim=-1) * hard.clamp_min(1e-12).pow(alpha)
+    old_target = old / old.sum(dim=-1, keepdim=True)
+    assert float(old_target[0, 0]) > 0.5  # what the old floor did: the target flipped to class 0
+    loss = losses.product(alpha=alpha)(logits, hard, 0.0)
+    loss.backward()
+    assert logits.grad is not None and float(logits.grad[0, 1]) < 0  # pushed towards class 1
+
+
+def test_product_loss_floors_only_a_row_whose_whole_product_is_zero() -> None:
+    preds = torch.tensor([[1.0, 0.0], [0.3, 0.7]])  # row 0: the student's mass exactly on class 0
+    weak = torch.tensor([[0.0, 1.0], [0.0, 1.0]])
+    target = losses.product_target(preds, weak, alpha=0.5)
+    assert target[0].tolist() == [1.0, 0.0]  # nothing else to normalize: the floored product
+    assert target[1].tolist() == [0.0, 1.0]  # the exact product
+    assert torch.isfinite(target).all()

@@ -73,14 +73,32 @@ def logconf(aux_coef: float = 0.5, warmup_frac: float = 0.1, warmup: Warmup = "f
     return loss
 
 
+PRODUCT_FLOOR = 1e-12
+
+
+def product_target(preds: torch.Tensor, weak: torch.Tensor, alpha: float = 1.0, beta: float = 1.0) -> torch.Tensor:
+    """``normalize(preds**beta * weak**alpha)`` row by row.
+
+    A weak probability of exactly 0 stays 0: a hard label ``[0, 1]`` keeps its target on
+    class 1 however sure the student is of class 0. Only a row whose whole product is 0
+    (the student's and the teacher's mass on different classes, both exactly) uses the
+    floored weak labels ``max(weak, 1e-12)**alpha`` instead, so that it can be
+    normalized at all. (Flooring every row, as the released code does, moves a hard
+    label's target: at alpha 0.5 the floor is 1e-6, which outweighs a student
+    probability below it, and the target flips to the student's class.)"""
+    exact = preds.pow(beta) * weak.pow(alpha)
+    total = exact.sum(dim=-1, keepdim=True)
+    floored = preds.pow(beta) * weak.clamp_min(PRODUCT_FLOOR).pow(alpha)
+    target = torch.where(total > 0, exact, floored)
+    return target / target.sum(dim=-1, keepdim=True)
+
+
 def product(alpha: float = 1.0, beta: float = 1.0) -> LossFn:
-    """CE towards ``normalize(student**beta * weak**alpha)`` (detached)."""
+    """CE towards ``normalize(student**beta * weak**alpha)`` (detached; see :func:`product_target`)."""
 
     def loss(logits: torch.Tensor, targets: torch.Tensor, step_frac: float = 0.0) -> torch.Tensor:
         logits, targets = logits.float(), targets.float()
-        preds = torch.softmax(logits, dim=-1)
-        target = preds.pow(beta) * targets.clamp_min(1e-12).pow(alpha)
-        target = (target / target.sum(dim=-1, keepdim=True)).detach()
+        target = product_target(torch.softmax(logits, dim=-1), targets, alpha, beta).detach()
         return F.cross_entropy(logits, target)
 
     return loss
