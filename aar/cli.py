@@ -232,8 +232,15 @@ def audit(
     list_: Annotated[bool, typer.Option("--list", help="list the named audit queries")] = False,
     named: Annotated[Optional[str], typer.Option("--named", help="run a named audit query (see --list)")] = None,
     session: Annotated[Optional[str], typer.Option("--session", help="--named: only this session")] = None,
+    param: Annotated[Optional[list[str]], typer.Option(
+        "--param", "-p", help="a text value bound to the next ? or $n (repeatable, in order)")] = None,
+    params_json: Annotated[Optional[str], typer.Option(
+        "--params", help='all bound values as one JSON list (typed: \'["s-1", 3, ["a", "b"]]\')')] = None,
 ) -> None:
-    """Run read-only SQL over the event log (or a named audit query: --list, --named)."""
+    """Run read-only SQL over the event log (or a named audit query: --list, --named).
+
+    Values go in as bound parameters, never into the SQL text:
+    aar audit "SELECT * FROM ideas WHERE session_id = ?" --param s-01J..."""
     if list_ or named is not None:
         from .replay_cmds import named_audit
 
@@ -241,7 +248,27 @@ def audit(
     if sql is None:
         err.print("[red]give a SELECT, --named NAME or --list[/red]")
         raise typer.Exit(2)
-    _print_result(_audit_or_exit(sql), format)
+    _print_result(_audit_or_exit(sql, _cli_params(param, params_json)), format)
+
+
+def _cli_params(texts: list[str] | None, as_json: str | None) -> list[Param]:
+    """``--param`` values (text) or ``--params`` (one JSON list), checked like any audit's."""
+    from core.audit import AuditParamError, check_params
+
+    if texts and as_json is not None:
+        err.print("[red]give either --param (repeatable) or --params JSON, not both[/red]")
+        raise typer.Exit(2)
+    try:
+        if as_json is None:
+            return check_params(list(texts or []))
+        try:
+            values = json.loads(as_json)
+        except json.JSONDecodeError as exc:
+            raise AuditParamError(f"--params is not JSON: {exc}") from None
+        return check_params(values)
+    except AuditParamError as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
 
 
 @app.command()

@@ -88,6 +88,24 @@ def test_audit_formats(filled_home: AarHome, monkeypatch: pytest.MonkeyPatch) ->
     assert row["session_id"] == "s-cli" and row["name"] == "demo" and row["events"] == len(every_event())
 
 
+def test_audit_binds_values_given_on_the_command_line(filled_home: AarHome, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AAR_HOME", str(filled_home.root))
+    sql = "SELECT count(*) AS n FROM events WHERE session_id = ? AND type = ?"
+    found = runner.invoke(app, ["audit", sql, "-p", "s-cli", "-p", "experiment.requested", "-f", "json"])
+    assert found.exit_code == 0, found.output
+    assert json.loads(found.stdout) == {"n": 1}
+    evil = runner.invoke(app, ["audit", sql, "-p", "s-cli' OR '1'='1", "-p", "x", "-f", "json"])
+    assert evil.exit_code == 0 and json.loads(evil.stdout) == {"n": 0}  # a value, never SQL
+    typed = runner.invoke(app, ["audit", "SELECT count(*) AS n FROM events WHERE list_contains(?, type) LIMIT ?",
+                                "--params", '[["experiment.requested", "nope"], 5]', "-f", "json"])
+    assert typed.exit_code == 0 and json.loads(typed.stdout) == {"n": 1}
+    for args, message in ((["-p", "a", "--params", "[1]"], "not both"), (["--params", "{"], "not JSON"),
+                          (["--params", '[{"a": 1}]'], "parameter 1 is a dict"),
+                          (["-p", "only-one"], "takes 2 parameter(s) and 1 value(s)")):
+        bad = runner.invoke(app, ["audit", sql, *args])
+        assert bad.exit_code == 2 and message in " ".join(bad.output.split()), (args, bad.output)
+
+
 def test_audit_without_a_log_says_what_to_do(home: AarHome, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AAR_HOME", str(home.root))
     result = runner.invoke(app, ["audit", "SELECT 1"])
