@@ -17,7 +17,7 @@ import typer
 from rich.table import Table
 
 from core.audit import AuditResult, Param
-from core.console import console, err
+from core.console import console, data, err, esc
 from core.logs import configure
 from core.paths import AarHome
 from core.processes import BY_SERVICE
@@ -106,7 +106,7 @@ def up(
         for name_ in (dataset, *(heldout or [])):
             dataset_spec(name_)
     except UnknownNameError as exc:
-        err.print(f"[red]{exc}[/red]")
+        err.print(f"[red]{esc(exc)}[/red]")
         raise typer.Exit(2) from None
     # Backbones first, in the foreground: a download shows its progress here and a
     # failure (no network, a corrupt file) is a clear error before anything starts.
@@ -117,7 +117,7 @@ def up(
         for name_ in dict.fromkeys((weak_model, strong_model)):
             model_path(name_, home, progress=True)
     except (TrainerError, OSError) as exc:
-        err.print(f"[red]cannot prepare backbone {name_!r}: {exc}[/red]")
+        err.print(f"[red]cannot prepare backbone {name_!r}: {esc(exc)}[/red]")
         raise typer.Exit(1) from None
     session_id = new_session_id()
     name = session or session_id
@@ -178,7 +178,7 @@ def up(
         with contextlib.closing(open_audit(home)) as log_audit:
             print_summary(log_audit, session_id, console)
     except Exception as exc:  # noqa: BLE001 - the summary is a courtesy: never fail the session over it
-        err.print(f"[yellow]no summary: {exc}[/yellow]")
+        err.print(f"[yellow]no summary: {esc(exc)}[/yellow]")
     for label, path in log_paths(home).items():
         console.print(f"  {label}: {path}")
     try:  # the log's hash chain: a head kept outside AAR_HOME proves nothing was rewritten since
@@ -187,7 +187,7 @@ def up(
             console.print(f"  log chain head: {head[0][0]} (batch {head[0][1]}; keep it: "
                           f"aar verify-log --head {head[0][0]})")
     except Exception as exc:  # noqa: BLE001 - a courtesy, like the summary
-        err.print(f"[yellow]no chain head: {exc}[/yellow]")
+        err.print(f"[yellow]no chain head: {esc(exc)}[/yellow]")
     console.print(f'  audit it: aar audit "SELECT type, count(*) FROM events WHERE session_id = \'{session_id}\' GROUP BY 1"')
 
 
@@ -206,7 +206,7 @@ def _print_result(result: AuditResult, fmt: OutputFormat) -> None:
     else:
         table = Table(*columns, show_lines=False)
         for row in rows:
-            table.add_row(*["" if v is None else str(v) for v in row])
+            table.add_row(*[data(v) for v in row])
         console.print(table)
         console.print(f"{len(rows)} row(s)" + (" (truncated)" if result.truncated else ""))
 
@@ -218,10 +218,10 @@ def _audit_or_exit(sql: str, params: Sequence[Param] = ()) -> AuditResult:
     try:
         return run_audit(sql, params)
     except (AuditRefused, AuditFailed, QueryError, FileNotFoundError) as exc:
-        err.print(f"[red]{exc}[/red]")
+        err.print(f"[red]{esc(exc)}[/red]")
         raise typer.Exit(2) from None
     except Exception as exc:  # noqa: BLE001 - duckdb errors: bad SQL, unknown column, ...
-        err.print(f"[red]{type(exc).__name__}: {exc}[/red]")
+        err.print(f"[red]{type(exc).__name__}: {esc(exc)}[/red]")
         raise typer.Exit(2) from None
 
 
@@ -267,7 +267,7 @@ def _cli_params(texts: list[str] | None, as_json: str | None) -> list[Param]:
             raise AuditParamError(f"--params is not JSON: {exc}") from None
         return check_params(values)
     except AuditParamError as exc:
-        err.print(f"[red]{exc}[/red]")
+        err.print(f"[red]{esc(exc)}[/red]")
         raise typer.Exit(2) from None
 
 
@@ -302,10 +302,10 @@ def lineage(
         with contextlib.closing(open_audit()) as log_audit:
             data = build(log_audit, any_id)
     except LineageError as exc:
-        err.print(f"[red]{exc}[/red]")
+        err.print(f"[red]{esc(exc)}[/red]")
         raise typer.Exit(1) from None
     except (AuditRefused, AuditFailed, QueryError, FileNotFoundError) as exc:
-        err.print(f"[red]{exc}[/red]")
+        err.print(f"[red]{esc(exc)}[/red]")
         raise typer.Exit(2) from None
     if format is OutputFormat.JSON:
         sys.stdout.write(json.dumps(data, default=str, indent=1) + "\n")

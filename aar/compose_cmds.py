@@ -158,7 +158,7 @@ def nats_config(
 ) -> None:
     """Write the nats-server config: one user per identity with its subject permissions (bus.roles)."""
     from bus.roles import Credentials, Role, server_config
-    from core.console import err
+    from core.console import err, esc
 
     try:
         creds = Credentials.load_or_create(credentials)
@@ -168,7 +168,7 @@ def nats_config(
         if creds.identities != before:
             creds.save(credentials)
     except (OSError, ValueError) as exc:
-        err.print(f"[red]cannot read or create {credentials}: {exc}[/red]")
+        err.print(f"[red]cannot read or create {credentials}: {esc(exc)}[/red]")
         raise typer.Exit(1) from None
     config = server_config(
         port=port, host=host, http_port=http_port or None, store_dir=Path(store_dir), credentials=creds,
@@ -350,7 +350,7 @@ def healthcheck(
     import asyncio
 
     from bus.roles import role_of
-    from core.console import console, err
+    from core.console import console, err, esc
 
     try:
         role = role_of(identity).value
@@ -363,12 +363,12 @@ def healthcheck(
     try:
         settings = healthcheck_settings(identity, dict(os.environ), credentials)
     except (EntrypointError, OSError, ValueError) as exc:
-        err.print(f"[red]{exc}[/red]")
+        err.print(f"[red]{esc(exc)}[/red]")
         raise typer.Exit(1) from None
     results = asyncio.run(run_healthcheck(role, settings, timeout=timeout, ensure_stream=ensure_stream, probe=probe))
     healthy = bool(results) and all(ok for ok, _ in results)
     for ok, what in results:
         if not (quiet and ok):
-            (console if ok else err).print(f"{'ok  ' if ok else 'FAIL'} {what}", highlight=False)
+            (console if ok else err).print(f"{'ok  ' if ok else 'FAIL'} {what}", highlight=False, markup=False)
     raise typer.Exit(0 if healthy else 1)
 

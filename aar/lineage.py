@@ -12,8 +12,10 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from core.audit import AuditQueries, Param, is_text
+from core.console import data as cell
 
 
 class LineageError(LookupError):
@@ -103,25 +105,26 @@ def lineage(audit: AuditQueries, any_id: str, max_depth: int = 20) -> dict[str, 
 def _table(title: str, rows: list[dict[str, Any]], columns: list[str]) -> Table:
     table = Table(*columns, title=title, title_justify="left")
     for r in rows:
-        table.add_row(*["" if r.get(c) is None else str(r.get(c)) for c in columns])
+        table.add_row(*[cell(r.get(c)) for c in columns])
     return table
 
 
 def render(data: dict[str, Any], console: Console) -> None:
     i = data["idea"]
-    console.print(f"[bold]idea {i['idea_id']}[/bold] (session {data['session_id']}, found by its {data['resolved_from']} id)")
-    console.print(f"  agent      {i['agent_id']} — direction: {i['direction'] or '?'}")
-    console.print(f"  title      {i['title']}")
-    console.print(f"  hypothesis {i['hypothesis']}")
+    console.print(Text.assemble(("idea " + str(i["idea_id"]), "bold"),
+                                f" (session {data['session_id']}, found by its {data['resolved_from']} id)"))
+    console.print(f"  agent      {i['agent_id']} — direction: {i['direction'] or '?'}", markup=False)
+    console.print(f"  title      {i['title']}", markup=False)
+    console.print(f"  hypothesis {i['hypothesis']}", markup=False)
     if i["why"]:
-        console.print(f"  why        {i['why']}")
+        console.print(f"  why        {i['why']}", markup=False)
     method = i["builtin_method"] or f"code artifact {i['method_artifact']}"
-    console.print(f"  method     {method} with {i['params']}")
-    console.print(f"  proposed   {i['proposed_at']}")
+    console.print(f"  method     {method} with {i['params']}", markup=False)
+    console.print(f"  proposed   {i['proposed_at']}", markup=False)
     if data["artifact"]:
         a = data["artifact"]
         console.print(f"  artifact   sha256 {a['sha256']}" + (" (no artifact.stored event!)" if a.get("missing") else
-                                                               f", {a['size']} bytes from {a['owner']}"))
+                                                               f", {a['size']} bytes from {a['owner']}"), markup=False)
     if data["ancestors"]:
         console.print(_table("builds on", data["ancestors"], ["depth", "idea_id", "agent_id", "title", "dev_pgr"]))
     if data["cited_posts"]:

@@ -21,6 +21,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from core.console import esc
+
 if TYPE_CHECKING:
     from trainer.models import BackboneSpec
 
@@ -142,7 +144,7 @@ def fetch(
         try:
             path = models.fetch(name, progress=not quiet)
         except TrainerError as exc:  # UnavailableError (no network) says what it needed
-            err.print(f"[red]{name}: not fetched[/red]: {exc}")
+            err.print(f"[red]{name}: not fetched[/red]: {esc(exc)}")
             failed.append(name)
             continue
         _report(name, path, s.weights_sha256, time.monotonic() - started)

@@ -11,8 +11,10 @@ from typing import Annotated, Any, Optional
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from core.audit import AuditResult, Param
+from core.console import data, esc
 
 
 def _console() -> Any:
@@ -85,7 +87,7 @@ def replay(
         rows = replay_log.load_session(session, until=replay_log.Until.parse(until), home=home,
                                        skip_payloads=frozenset() if whole else UNREAD_FOLDED)
     except (replay_log.UnknownSession, FileNotFoundError) as exc:
-        err.print(f"[red]{exc}[/red]")
+        err.print(f"[red]{esc(exc)}[/red]")
         raise typer.Exit(1) from None
     if speed is not None:
         from replay.republish import parse_speed, republish
@@ -93,7 +95,7 @@ def replay(
         try:
             pace = parse_speed(speed)
         except ValueError as exc:
-            err.print(f"[red]{exc}[/red]")
+            err.print(f"[red]{esc(exc)}[/red]")
             raise typer.Exit(2) from None
         done = asyncio.run(republish(rows, pace, home=home))
         console.print(f"re-published {done.events} events of {session} as [cyan]{done.session_id}[/cyan] "
@@ -114,12 +116,12 @@ def replay(
                           title=f"verify {session} (tolerance {tolerance:g} on accuracy)")
             for r in results:
                 style = "green" if r.status == "reproduced" else "red"
-                table.add_row(f"[{style}]{r.status}[/{style}]", r.experiment_id, f"{r.purpose}/{r.split}", r.method,
+                table.add_row(Text(r.status, style=style), data(r.experiment_id), f"{r.purpose}/{r.split}", data(r.method),
                               f"{r.recorded_accuracy:.6f}", "" if r.rerun_accuracy is None else f"{r.rerun_accuracy:.6f}",
                               "" if r.accuracy_diff is None else f"{r.accuracy_diff:+.2e}",
                               "" if r.recorded_pgr is None else f"{r.recorded_pgr:.4f}",
                               "" if r.rerun_pgr is None else f"{r.rerun_pgr:.4f}",
-                              ",".join(f"{k}:{v}" for k, v in r.artifacts.items() if v != "none"), r.detail)
+                              ",".join(f"{k}:{v}" for k, v in r.artifacts.items() if v != "none"), data(r.detail))
             console.print(table)
         bad = [r for r in results if r.status != "reproduced"]
         console.print(f"{len(results) - len(bad)} of {len(results)} scores reproduced" +
@@ -160,7 +162,7 @@ def _print_models(models: Any) -> None:
     console = _console()
     s = models.summary()
     sess = s["session"]
-    console.print(f"[bold]{sess['name']}[/bold] ({sess['session_id']}): {s['ideas']} ideas, {s['experiments']} "
+    console.print(f"[bold]{esc(sess['name'])}[/bold] ({esc(sess['session_id'])}): {s['ideas']} ideas, {s['experiments']} "
                   f"experiments {s['experiments_by_status']}, {s['scores']} scores, {s['forum_posts']} forum posts, "
                   f"{s['integrity_flags']} integrity flags, ${s['cost_usd']:.4f}; ended: {sess['end_reason']}")
     board = models.leaderboard()[:10]
@@ -172,14 +174,14 @@ def _print_models(models: Any) -> None:
             return "" if v is None else f"{v:.{d}f}"
 
         for r in board:
-            table.add_row(r["idea_id"], r["agent_id"], r["method"], f(r["dev_pgr"]), f(r["test_pgr"]),
-                          f(r["heldout_pgr"]), f(r["shuffled_accuracy"]), ",".join(r["flags"]))
+            table.add_row(data(r["idea_id"]), data(r["agent_id"]), data(r["method"]), f(r["dev_pgr"]), f(r["test_pgr"]),
+                          f(r["heldout_pgr"]), f(r["shuffled_accuracy"]), data(",".join(r["flags"])))
         console.print(table)
     agents = models.agent_rows()
     if agents:
         table = Table("agent", "ideas", "LLM calls", "input tokens", "output tokens", "USD", title="cost per agent")
         for a in agents:
-            table.add_row(a["agent_id"], str(a["ideas"]), str(a["llm_calls"]), str(a["input_tokens"]),
+            table.add_row(data(a["agent_id"]), str(a["ideas"]), str(a["llm_calls"]), str(a["input_tokens"]),
                           str(a["output_tokens"]), f"{a['cost_usd']:.4f}")
         console.print(table)
 
@@ -239,7 +241,7 @@ def export(
     try:
         counts = export_parquet(home.events_db, session, parquet)
     except (ValueError, LookupError, FileNotFoundError) as exc:
-        err.print(f"[red]{exc}[/red]")
+        err.print(f"[red]{esc(exc)}[/red]")
         raise typer.Exit(1) from None
     console.print(f"exported {sum(counts.values())} events of {session} to {parquet} "
                   f"({len(counts)} event types, partitioned by event_type)")

@@ -8,6 +8,7 @@ from rich.console import Console
 from rich.table import Table
 
 from core.audit import AuditQueries, Param
+from core.console import data
 
 
 def best_ideas_sql(session_id: str, limit: int = 8) -> tuple[str, list[Param]]:
@@ -68,5 +69,5 @@ def print_summary(audit: AuditQueries, session_id: str, console: Console) -> Non
         return
     table = Table(*[str(c) for c in best.columns], title="best ideas (dev PGR; test / held-out for promoted ones)")
     for r in best.rows:
-        table.add_row(*["" if v is None else str(v) for v in r])
+        table.add_row(*[data(v) for v in r])
     console.print(table)

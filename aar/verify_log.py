@@ -28,6 +28,7 @@ from typing import Annotated, Any
 import typer
 
 from core.audit import AuditQueries, AuditResult, code_identifier
+from core.console import esc
 
 HEX = re.compile(r"^[0-9a-f]{8,64}$")
 
@@ -216,21 +217,21 @@ def verify_log(
             audit = file_audit(home.events_db, timeout)
             db, via = "log.", "the file, read-only"
     except (FileNotFoundError, QueryError, OSError) as exc:
-        err.print(f"[red]{exc}[/red]")
+        err.print(f"[red]{esc(exc)}[/red]")
         raise typer.Exit(2) from None
     except Exception as exc:  # noqa: BLE001 - duckdb: the file is held, or not a log
-        err.print(f"[red]cannot open the log: {type(exc).__name__}: {exc}[/red]")
+        err.print(f"[red]cannot open the log: {type(exc).__name__}: {esc(exc)}[/red]")
         raise typer.Exit(2) from None
     try:
         report = check(audit, db, head=head, projections=projections, log=str(home.events_db), via=via)
     except NoChain as exc:
-        err.print(f"[yellow]{exc}[/yellow]")
+        err.print(f"[yellow]{esc(exc)}[/yellow]")
         raise typer.Exit(2) from None
     except (AuditRefused, AuditTimeout, AuditFailed, QueryError) as exc:
-        err.print(f"[red]could not verify: {exc}[/red]")
+        err.print(f"[red]could not verify: {esc(exc)}[/red]")
         raise typer.Exit(2) from None
     except Exception as exc:  # noqa: BLE001 - a log too damaged to query is not intact either
-        err.print(f"[red]could not verify: {type(exc).__name__}: {exc}[/red]")
+        err.print(f"[red]could not verify: {type(exc).__name__}: {esc(exc)}[/red]")
         raise typer.Exit(2) from None
     finally:
         audit.close()

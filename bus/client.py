@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import hashlib
 import itertools
@@ -39,7 +40,7 @@ from pydantic import BaseModel, ValidationError
 from schemas import Event, Rejection, decode
 from schemas.base import MAX_EVENT_BYTES
 
-from .query import Endpoint, Query, QueryReply, Res
+from .query import MAX_IN_FLIGHT, MAX_IN_FLIGHT_PER_ASKER, Busy, Endpoint, Query, QueryReply, Res
 from .roles import DIRECT, INGEST_PREFIX, QUERY_PREFIX, STREAM, Role, inbox_prefix
 from .settings import BusSettings
 
@@ -476,6 +477,7 @@ class Bus:
                 raise ValueError(f"{endpoint.query.service}.{endpoint.query.name} is not a {service} query")
             handlers[endpoint.query.name] = endpoint
         answering: set[asyncio.Task[None]] = set()
+        per_asker: collections.Counter[str] = collections.Counter()
 
         async def answer(msg: Msg) -> None:
             tokens = msg.subject.split(".")
@@ -488,11 +490,22 @@ class Bus:
             if handler is None:
                 reply = QueryReply(ok=False, error_type="UnknownQuery",
                                    error=f"unknown query {name!r}; known: {sorted(handlers)}")
+            elif len(answering) > MAX_IN_FLIGHT or (
+                    asker != Role.ADMIN.value and per_asker[asker] >= MAX_IN_FLIGHT_PER_ASKER):
+                # (admin, the operators' own identity, is held to the service's total only)
+                reply = QueryReply(ok=False, error_type=Busy.__name__,
+                                   error=f"Busy: {service} is busy with {per_asker[asker]} request(s) of {asker} "
+                                         f"and {len(answering) - 1} in all; ask again later")
             else:
+                per_asker[asker] += 1
                 try:
                     reply = QueryReply(ok=True, result=await handler(msg.data, asker))
                 except Exception as exc:  # noqa: BLE001 - reported to the caller, never fatal
                     reply = QueryReply(ok=False, error=f"{type(exc).__name__}: {exc}", error_type=type(exc).__name__)
+                finally:
+                    per_asker[asker] -= 1
+                    if per_asker[asker] <= 0:
+                        del per_asker[asker]
             try:
                 await msg.respond(reply.model_dump_json().encode())
             except Exception as exc:  # noqa: BLE001 - e.g. over max_payload: say so instead

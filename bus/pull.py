@@ -56,6 +56,10 @@ UNAVAILABLE = (
     nats.errors.OutboundBufferLimitError,
 )
 UNAVAILABLE_SLEEP_S = 0.25
+# The pending limits of nats-py's own JetStream subscriptions (its defaults for plain ones are
+# half): a batch of large messages must not overflow the inbox and be dropped as a slow consumer.
+PENDING_MSGS = 512 * 1024
+PENDING_BYTES = 256 * 1024 * 1024
 
 log = structlog.get_logger("bus.pull")
 
@@ -145,7 +149,9 @@ class NoWaitPuller:
         # re-subscribes it by itself after a reconnect.
         if self._sub is None:
             self._inbox = self.nc.new_inbox()
-            self._sub = await self.nc.subscribe(f"{self._inbox}.*")
+            # as large as nats-py's pull subscriptions allow: a batch of big events must fit
+            self._sub = await self.nc.subscribe(f"{self._inbox}.*", pending_msgs_limit=PENDING_MSGS,
+                                                pending_bytes_limit=PENDING_BYTES)
         return self._sub
 
     @staticmethod

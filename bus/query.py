@@ -28,12 +28,22 @@ from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+DEFAULT_MAX_REQUEST_BYTES = 64 * 1024
+# Requests a service handles at once, and of those, from one asker (admin aside): more
+# are answered "Busy" at once, so that no identity can queue up a service's loop or memory.
+MAX_IN_FLIGHT = 64
+MAX_IN_FLIGHT_PER_ASKER = 8
+
 Req = TypeVar("Req", bound=BaseModel)
 Res = TypeVar("Res", bound=BaseModel)
 
 
 class BadRequest(ValueError):
     """A query that cannot be answered as asked; the message says why."""
+
+
+class Busy(RuntimeError):
+    """The service is answering as many requests (of this asker) as it takes at once."""
 
 
 class QueryReply(BaseModel):
@@ -60,6 +70,8 @@ class Query(Generic[Req, Res]):
     # How a request is read, when not by the model alone: its exceptions are the reply
     # (the recorder's audits answer AuditRefused, as the file path raises).
     parser: Callable[[bytes], Req] | None = None
+    # A larger request is refused unread (parsing 8 MB of JSON holds a service's loop).
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
 
     def parse(self, data: bytes) -> Req:
         """The request model of ``data``, else BadRequest naming what is wrong."""
@@ -86,6 +98,9 @@ class Endpoint(Generic[Req, Res]):
 
     async def __call__(self, data: bytes, asker: str) -> Any:
         """The reply's result: the handler's response model as JSON-ready data."""
+        if len(data) > self.query.max_request_bytes:
+            raise BadRequest(f"a {self.query.name!r} request of {len(data):,} bytes is over its "
+                             f"{self.query.max_request_bytes:,}-byte limit")
         result = await self.handler(self.query.parse(data), asker)
         if not isinstance(result, self.query.response):
             raise TypeError(f"{self.query.name} answered a {type(result).__name__}, "

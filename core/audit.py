@@ -14,8 +14,9 @@ Both pass one shared contract test (``tests/test_audit_queries.py``).
 
 Why parameters: ids, titles and session names in the log are written by agents, so
 they are untrusted text. No such value is ever spliced into SQL: it travels as a
-bound parameter (``?`` or ``$1``), which DuckDB never parses as SQL, whatever quotes,
-``--``, ``;`` or NUL it holds. Where DuckDB cannot bind (``CREATE VIEW`` text,
+bound parameter (``?`` or ``$1``), which DuckDB does not parse as SQL, whatever quotes,
+``--``, ``;`` or NUL it holds (the guard refuses ``query()`` and ``query_table()``, the two
+table functions that would run a string as SQL). Where DuckDB cannot bind (``CREATE VIEW`` text,
 identifiers, catalog names), the value comes from AAR's own code, never from data,
 and :func:`code_identifier` / :func:`code_literal` check that it does look like it.
 
@@ -192,8 +193,9 @@ class AuditRequest(BaseModel):
 
     sql: str = Field(max_length=MAX_SQL_CHARS)
     params: list[Any] = Field(default_factory=list)
-    timeout_s: float | None = Field(default=None, gt=0, allow_inf_nan=False)
-    max_rows: int | None = Field(default=None, ge=1)
+    # strict: a bool, a string or a float is not a row count (the file path refuses them too)
+    timeout_s: float | None = Field(default=None, gt=0, allow_inf_nan=False, strict=True)
+    max_rows: int | None = Field(default=None, ge=1, strict=True)
 
     @field_validator("params", mode="before")
     @classmethod
@@ -219,12 +221,14 @@ class AuditRequest(BaseModel):
         if isinstance(data, (bytes, bytearray, str)):
             try:
                 data = json.loads(data)
-            except ValueError:
+            except (ValueError, RecursionError):
                 raise AuditRefused('the audit request must be JSON: {"sql": "SELECT ...", "params": [...]}') from None
         if not isinstance(data, dict):
             raise AuditRefused('the audit request must be a JSON object: {"sql": "SELECT ...", "params": [...]}')
         try:
             return cls.model_validate(data)
+        except RecursionError:
+            raise AuditRefused("bad audit request: nested too deeply") from None
         except ValidationError as exc:
             problems = []
             for e in exc.errors(include_url=False, include_input=False):

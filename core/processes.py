@@ -51,10 +51,10 @@ class Process:
     module: str | None  # what ``python -m`` runs
     publishes: tuple[str, ...] = ()  # event subjects it may put into the stream
     watches: tuple[str, ...] = ()  # event subjects it may watch with a core subscription
-    consumers: tuple[str, ...] = ()  # durable JetStream consumers it may create and read
+    consumers: tuple[str, ...] = ()  # durable JetStream consumers it may create and read (any filter)
     serves: bool = False  # answers queries as ``aarq.<role>.<name>.<asker>``
     asks: tuple[str, ...] = ()  # the query services it may ask (its health check asks them all)
-    reads_back: bool = False  # may read single stream messages back (dead letters, rebuilds)
+    reads_back: bool = False  # may read any single stream message back (dead letters, rebuilds)
     direct: bool = False  # publishes into the stream itself, not through the gateway
     publish_budget: int | None = None  # the gateway's budget, bytes per minute per identity
     scaling: Scaling = Scaling.ONE
@@ -154,6 +154,12 @@ def _check(table: tuple[Process, ...]) -> None:
             raise ValueError(f"{p.role} asks {p.asks}: only other roles' services ({sorted(served)})")
         if (p.publish_budget is None) != p.direct:
             raise ValueError(f"{p.role}: a publish budget is for exactly the roles behind the gateway")
+        # consumers and reads_back each open the whole stream to the role (a consumer's filter
+        # and a direct get's subject are the role's choice), direct lets it name any publisher,
+        # serves lets it answer into others' inboxes: none of it for a role bound to a session.
+        if p.session_bound and (p.consumers or p.reads_back or p.direct or p.serves):
+            raise ValueError(f"{p.role} acts for itself in one session: no consumers, read-back, direct "
+                             "publishing or serving")
 
 
 _check(PROCESSES)

@@ -72,8 +72,15 @@ async def test_put_get_over_nats_records_one_event(nats_server: NatsServer, home
         client = ArtifactClient(agent, session_id="s-art")
         code = b"def run(ctx):\n    return ctx.weak_soft_labels[:0]\n"
         # The owner is the asker's verified identity: a header claiming another is ignored.
+        # A put whose answer would go elsewhere is not handled at all: nothing stored, no event.
+        elsewhere = b"def run(ctx):\n    return None  # misdirected\n"
+        for reply in ("_INBOX_agent-2.x", "aar.s-art.artifact.stored", ""):
+            await agent.nc.publish("aarq.artifacts.put.agent-1", elsewhere, reply=reply,
+                                   headers={"Aar-Kind": "code", "Aar-Session": "s-art"})
+        await agent.nc.flush()
         forged = await agent.nc.request("aarq.artifacts.put.agent-1", code,
                                         headers={"Aar-Kind": "code", "Aar-Owner": "agent-2", "Aar-Session": "s-art"})
+        assert not (home.artifacts / sha256(elsewhere)[:2] / sha256(elsewhere)).exists()
         assert forged.headers and forged.headers.get("Aar-Sha256") == sha256(code)
         first = await client.put(code, "code", name="method.py", media_type="text/x-python")
         again = await client.put(code, "code", name="method.py")

@@ -29,6 +29,7 @@ from core.audit import (
     AuditParamError,
     AuditQueries,
     AuditRefused,
+    AuditRequest,
     AuditTimeout,
     Param,
 )
@@ -230,11 +231,20 @@ class AuditQueriesContract:
         ("SELECT ?, ?", ["a"], "takes 2 parameter"),
         ("SELECT 1", ["a"], "takes 0 parameter"),
         ("SELECT $name", ["a"], "named placeholders"),
+        ("SELECT $\u00b2", ["a"], "named placeholders"),  # a superscript two is not a digit of a placeholder
+        ("SELECT $1, $3", ["a", "b", "c"], "skip \\$2"),
     ])
     def test_params_must_match_the_placeholders(self, audit: AuditQueries, sql: str, params: list[Any],
                                                 message: str) -> None:
         with pytest.raises(AuditParamError, match=message):
             audit.query(sql, params)
+
+    @pytest.mark.parametrize("sql", ["SELECT * FROM query(?)", "SELECT * FROM Query_Table(?)",
+                                     "SELECT count(*) FROM (SELECT * FROM main.query(?))"])
+    def test_no_bound_value_is_run_as_sql(self, audit: AuditQueries, sql: str) -> None:
+        """query() and query_table() would run a string as SQL, a bound one too."""
+        with pytest.raises(AuditRefused, match="runs a string as SQL"):
+            audit.query(sql, ["SELECT * FROM events"])
 
     def test_max_rows_truncates_and_says_why(self, audit: AuditQueries) -> None:
         result = audit.query("SELECT range AS i FROM range(10)", max_rows=3)
@@ -335,3 +345,13 @@ class TestRecorderAudit(AuditQueriesContract):
         assert asyncio.run(ask({"sql": "SELECT ?", "params": "x"})).startswith("AuditParamError")
         assert "extra" in asyncio.run(ask({"sql": "SELECT 1", "param": [1]})).lower()
         assert asyncio.run(ask({"sql": "SELECT ?", "params": [1]})) == "answered"
+        # as strict as the file path: no bool, string or float for a count or a time limit
+        for bad in ({"max_rows": True}, {"max_rows": "10"}, {"max_rows": 10.0}, {"timeout_s": "5"},
+                    {"timeout_s": True}):
+            assert asyncio.run(ask({"sql": "SELECT 1", **bad})).startswith("AuditRefused: bad audit request"), bad
+        assert asyncio.run(ask({"sql": "SELECT 1", "max_rows": 10, "timeout_s": 5})) == "answered"
+
+    def test_a_deeply_nested_request_is_refused_not_crashed(self) -> None:
+        deep = b'{"sql": "SELECT 1", "params": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+        with pytest.raises(AuditRefused):
+            AuditRequest.parse(deep)

@@ -106,6 +106,21 @@ def test_audit_binds_values_given_on_the_command_line(filled_home: AarHome, monk
         assert bad.exit_code == 2 and message in " ".join(bad.output.split()), (args, bad.output)
 
 
+def test_values_from_the_log_are_shown_as_text_not_markup(filled_home: AarHome, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An agent writes ids and titles: ``[/]`` must not crash a table, ``[link=...]`` or
+    ``[conceal]`` must not change what the operator sees."""
+    monkeypatch.setenv("AAR_HOME", str(filled_home.root))
+    values = ["[/]", "[link=https://evil.example]trust me[/link]", "[conceal]hidden[/conceal]"]
+    sql = "SELECT ? AS a, ? AS b, ? AS c"
+    shown = runner.invoke(app, ["audit", sql, "--params", json.dumps(values)])
+    assert shown.exit_code == 0, shown.output
+    flat = "".join(shown.stdout.split())
+    for value in values:
+        assert "".join(value.split()) in flat, value
+    refused = runner.invoke(app, ["audit", "SELECT * FROM no_such_table_[/]"])
+    assert refused.exit_code == 2 and "no_such_table_[/]" in refused.output  # the error text, as is
+
+
 def test_audit_without_a_log_says_what_to_do(home: AarHome, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AAR_HOME", str(home.root))
     result = runner.invoke(app, ["audit", "SELECT 1"])

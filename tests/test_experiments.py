@@ -120,7 +120,8 @@ async def running_stack(
         ServiceProcess("services.recorder", Role.RECORDER, nats_server, home).start(),
         ServiceProcess("services.gateway", Role.GATEWAY, nats_server, home).start(),
         ServiceProcess("services.artifacts", Role.ARTIFACTS, nats_server, home).start(),
-        ServiceProcess("services.scorer", Role.SCORER, nats_server, home).start(),
+        # pages of 2 events when it rebuilds a session from the log: the paging is exercised
+        ServiceProcess("services.scorer", Role.SCORER, nats_server, home, env={"AAR_SCORER_EVENTS_PAGE": "2"}).start(),
     ]
     trainers = [
         ServiceProcess("services.trainer", Role.TRAINER, nats_server, home, args=trainer_args, name=f"trainer-{i}").start()

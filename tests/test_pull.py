@@ -47,6 +47,15 @@ async def ack_all(bus: Bus, msgs: list[Msg]) -> None:
     await bus.nc.flush()  # the acks are plain publishes: make sure the server has them
 
 
+async def settled(bus: Bus, durable: str, timeout: float = 5.0) -> tuple[int, int, int]:
+    """The consumer's (pending, ack pending, waiting) once nothing is left, or what is
+    left after ``timeout`` (the server takes acks in a moment of its own)."""
+    deadline = time.monotonic() + timeout
+    while (now := await counts(bus, durable)) != (0, 0, 0) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    return now
+
+
 async def consumer(bus: Bus, durable: str, **kw: object) -> None:
     """A durable pull consumer on the stream (created as the services create theirs)."""
     await bus.pull(durable, "aar.>", **kw)  # type: ignore[arg-type]  # each test passes the options it needs
@@ -177,7 +186,7 @@ async def test_redelivery_only_after_ack_wait(admin: Bus) -> None:
         await ack_all(admin, again)
         await asyncio.sleep(3.0)
         assert await puller.fetch(50) == []  # acked: never delivered again
-        assert await counts(admin, "pullwait") == (0, 0, 0)
+        assert await settled(admin, "pullwait") == (0, 0, 0)
     finally:
         await puller.close()
 
@@ -203,7 +212,7 @@ async def test_late_answers_returned_once(admin: Bus, puller: NoWaitPuller, monk
     assert sorted(seen) == sorted(published + more)
     assert set(seen.values()) == {1}, f"delivered twice: {[s for s, c in seen.items() if c > 1]}"
     assert puller.leftovers == 0
-    assert await counts(admin, "pulltest") == (0, 0, 0)
+    assert await settled(admin, "pulltest") == (0, 0, 0)
 
 
 async def test_late_status_does_not_end_the_next_request(
@@ -249,7 +258,7 @@ async def test_status_messages_never_returned(admin: Bus, puller: NoWaitPuller, 
     assert [seq(m) for m in msgs] == published
     assert msgs[0].data == b"looks like a status"
     await ack_all(admin, msgs)
-    assert await counts(admin, "pulltest") == (0, 0, 0)
+    assert await settled(admin, "pulltest") == (0, 0, 0)
 
 
 async def test_connection_closed_returns_nothing(nats_server: NatsServer, admin: Bus) -> None:

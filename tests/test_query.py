@@ -116,3 +116,55 @@ async def test_a_query_of_another_service_cannot_be_served(nats_server: NatsServ
             await bus.serve("forum", [ADD.answer(Calls().add)])
     finally:
         await bus.close()
+
+
+class Gate:
+    """A handler that waits until released, so that requests pile up."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.entered = 0
+
+    async def add(self, request: Add, asker: str) -> Sum:
+        self.entered += 1
+        await self.release.wait()
+        return Sum(total=request.a + request.b, asker=asker)
+
+
+async def test_an_oversized_request_is_refused_unread_and_one_asker_cannot_fill_a_service(
+    nats_server: NatsServer,
+) -> None:
+    from bus.query import MAX_IN_FLIGHT_PER_ASKER
+
+    service = await Bus.connect(settings(nats_server, Role.ORCHESTRATOR), name="test-orchestrator")
+    gate = Gate()
+    small = Query("orchestrator", "add", Add, Sum, max_request_bytes=100)
+    await service.serve("orchestrator", [small.answer(gate.add)])
+    await service.nc.flush()
+    agent = await Bus.connect(settings(nats_server, "agent-1"), name="test-agent-1")
+    other = await Bus.connect(settings(nats_server, "agent-2"), name="test-agent-2")
+    try:
+        with pytest.raises(QueryError, match="over its 100-byte limit"):
+            await agent.request("orchestrator", "add", {"a": 1, "b": 2, "pad": "x" * 200})
+        assert gate.entered == 0  # never parsed, never handled
+        waiting = [asyncio.create_task(agent.ask(small, Add(a=i), timeout=10))
+                   for i in range(MAX_IN_FLIGHT_PER_ASKER)]
+        for _ in range(100):
+            if gate.entered == MAX_IN_FLIGHT_PER_ASKER:
+                break
+            await asyncio.sleep(0.05)
+        assert gate.entered == MAX_IN_FLIGHT_PER_ASKER
+        with pytest.raises(QueryError, match="Busy: orchestrator is busy with 8 request"):
+            await agent.ask(small, Add(a=99), timeout=5)
+        theirs = asyncio.create_task(other.ask(small, Add(a=1), timeout=10))  # another asker is still served
+        for _ in range(100):
+            if gate.entered == MAX_IN_FLIGHT_PER_ASKER + 1:
+                break
+            await asyncio.sleep(0.05)
+        gate.release.set()
+        assert (await theirs).asker == "agent-2"
+        assert sorted(r.total for r in await asyncio.gather(*waiting)) == list(range(MAX_IN_FLIGHT_PER_ASKER))
+        assert (await agent.ask(small, Add(a=5))).total == 5  # and the asker again, once its requests are done
+    finally:
+        for bus in (agent, other, service):
+            await bus.close()

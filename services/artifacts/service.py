@@ -89,6 +89,12 @@ class ArtifactService:
         return on_msg
 
     async def _guarded(self, handler: Callable[[Msg], Awaitable[None]], msg: Msg) -> None:
+        if not reply_allowed(msg, _asker(msg.subject) or ""):
+            # Checked first, as Bus.serve does: a put nobody may be answered stores nothing,
+            # announces nothing and spends no budget.
+            if msg.reply:
+                self.log.warning("reply_refused", asker=_asker(msg.subject), reply=msg.reply[:120])
+            return
         try:
             await handler(msg)
         except Exception as exc:

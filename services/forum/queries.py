@@ -21,7 +21,7 @@ class _Request(BaseModel):
 class ListRequest(_Request):
     session_id: SessionId
     limit: Limit = 20
-    tag: str | None = None
+    tag: str | None = Field(default=None, max_length=50)  # a post's tags are at most 50 characters
 
 
 class SearchRequest(_Request):

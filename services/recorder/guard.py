@@ -23,12 +23,14 @@ Audit SQL is untrusted (any role with audit access, and anything pasted into
 from __future__ import annotations
 
 import json
+import re
+import threading
 from collections.abc import Iterator
 from typing import Any
 
 import duckdb
 
-from core.audit import AuditParamError, AuditRefused
+from core.audit import MAX_SQL_CHARS, AuditParamError, AuditRefused
 
 __all__ = ["AuditParamError", "AuditRefused", "check_operator", "check_plan", "check_read_only", "explain_sql",
            "planted_functions", "refuse_planted"]
@@ -66,6 +68,8 @@ def check_read_only(sql: str, n_params: int | None = None) -> str:
     (:class:`AuditParamError` otherwise)."""
     if not isinstance(sql, str):
         raise AuditRefused(f"the query must be a string, not {type(sql).__name__}")
+    if len(sql) > MAX_SQL_CHARS:
+        raise AuditRefused(f"the query is {len(sql):,} characters long (at most {MAX_SQL_CHARS:,})")
     try:
         statements = duckdb.extract_statements(sql)
     except duckdb.Error as exc:
@@ -83,16 +87,58 @@ def check_read_only(sql: str, n_params: int | None = None) -> str:
         )
     if n_params is not None:
         check_placeholders(set(statement.named_parameters), n_params)
-    return str(statement.query)
+    text = str(statement.query)
+    refuse_sql_from_values(text)
+    return text
+
+
+# Table functions that run a string as SQL: with them a bound value would be SQL again.
+SQL_FROM_VALUES = frozenset({"query", "query_table"})
+_SQL_FROM_VALUES_TEXT = re.compile(r"\bquery(_table)?\s*\(", re.IGNORECASE)
+_parser = threading.local()
+
+
+def refuse_sql_from_values(statement: str) -> None:
+    """Refuse a statement that calls ``query()`` or ``query_table()``: they run a string
+    (a bound value too) as SQL or name a table by it, so a value could be code again.
+    Read from the statement's syntax tree (``json_serialize_sql``); a statement DuckDB
+    cannot serialize (DESCRIBE, SHOW, ...) is searched as text instead."""
+    con = getattr(_parser, "con", None)
+    if con is None:
+        con = _parser.con = duckdb.connect(":memory:")
+    row = con.execute("SELECT json_serialize_sql(?)", [statement]).fetchone()
+    tree = json.loads(row[0]) if row else {"error": True}
+    if tree.get("error"):
+        found = {"query"} if _SQL_FROM_VALUES_TEXT.search(statement) else set()
+    else:
+        found = {str(n).lower() for n in _function_names(tree)} & SQL_FROM_VALUES
+    if found:
+        raise AuditRefused(f"refused: {', '.join(sorted(found))}() runs a string as SQL; "
+                           "write the statement itself and bind only values")
+
+
+def _function_names(node: Any) -> Iterator[str]:
+    if isinstance(node, dict):
+        name = node.get("function_name")
+        if isinstance(name, str):
+            yield name
+        for value in node.values():
+            yield from _function_names(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _function_names(value)
 
 
 def check_placeholders(names: set[str], n_params: int) -> None:
     """The placeholders of a statement (DuckDB numbers ``?`` as ``1``, ``2``, ...) against
     the number of values given."""
-    named = sorted(n for n in names if not n.isdigit())
+    named = sorted(n for n in names if not (n.isascii() and n.isdigit()))
     if named:
         raise AuditParamError(f"named placeholders (${', $'.join(named)}) are not supported: use ? or $1, $2, ...")
     wanted = max((int(n) for n in names), default=0)
+    if names != {str(i) for i in range(1, wanted + 1)}:
+        missing = sorted(set(range(1, wanted + 1)) - {int(n) for n in names})
+        raise AuditParamError(f"the placeholders skip ${', $'.join(map(str, missing))}: number them $1 .. ${wanted}")
     if wanted != n_params:
         raise AuditParamError(
             f"the query takes {wanted} parameter(s) and {n_params} value(s) were given"

@@ -30,5 +30,6 @@ class RecorderHealth(BaseModel):
 # A malformed audit request is refused as AuditRefused / AuditParamError (its own parser),
 # the errors the file path raises too: both implementations of core.audit.AuditQueries
 # answer alike.
-AUDIT = Query("recorder", "audit", AuditRequest, AuditResult, parser=AuditRequest.parse)
+AUDIT = Query("recorder", "audit", AuditRequest, AuditResult, parser=AuditRequest.parse,
+              max_request_bytes=2 * 1024 * 1024)  # 200,000 characters of SQL and 512 KiB of values
 HEALTH = Query("recorder", "health", Empty, RecorderHealth)

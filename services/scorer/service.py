@@ -27,6 +27,7 @@ import asyncio
 import hashlib
 import json
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -57,6 +58,8 @@ from .queries import LEADERBOARD, Leaderboard, LeaderboardEntry, LeaderboardRequ
 from .truth import GroundTruth, Setup
 
 DURABLE = "scorer"
+# Events per page when a session is rebuilt from the log (AAR_SCORER_EVENTS_PAGE: tests page through few).
+EVENTS_PAGE = max(1, int(os.environ.get("AAR_SCORER_EVENTS_PAGE", "2000")))
 STARTED_REFRESH_S = 5.0
 
 
@@ -209,12 +212,12 @@ class Scorer:
             self._started_at = time.monotonic()
         if session_id not in self._started:
             return None
-        found = await self._events("session_id = ? AND type = 'session.started' LIMIT 1", [session_id])
+        found = await self._events("session_id = ? AND type = 'session.started'", [session_id], limit=1)
         if not found:
             return None
         state = await self.on_session_started(found[0])
         for ev in await self._events("session_id = ? AND type IN ('idea.proposed', 'experiment.requested', "
-                                     "'score.published', 'score.withheld') ORDER BY time", [session_id]):
+                                     "'score.published', 'score.withheld')", [session_id]):
             if isinstance(ev, Event) and isinstance(ev.payload, IdeaProposed):
                 state.ideas.setdefault(ev.payload.idea_id, ev.payload)
                 state.idea_events.setdefault(ev.payload.idea_id, ev.id)
@@ -227,19 +230,38 @@ class Scorer:
         self.log.info("session_rebuilt", session_id=session_id, requests=len(state.requests), scores=len(state.scores))
         return state
 
-    async def _events(self, where: str, params: list[Param]) -> list[Event[Any]]:
-        """Events from the log (through the recorder), rebuilt into envelopes: ``where``
-        is this module's SQL, every value in it a ``?`` bound from ``params``.
-        (Baselines re-published while rebuilding carry derived ids: stored once.)"""
-        sql = (
-            "SELECT id, type, schema_version, session_id, source, strftime(time, '%Y-%m-%dT%H:%M:%S.%fZ'), "
-            f"correlation_id, causation_id, payload FROM events WHERE {where}"
-        )
-        result = await self.bus.ask(AUDIT, AuditRequest(sql=sql, params=params), timeout=30.0)
+    async def _events(self, where: str, params: list[Param], *, limit: int | None = None) -> list[Event[Any]]:
+        """Events from the log (through the recorder) in (time, id) order, rebuilt into
+        envelopes: ``where`` is this module's SQL, every value in it a ``?`` bound from
+        ``params``. Read in pages (a keyset on time and id), so that an answer cut to
+        fit one reply never loses the rest. (Baselines re-published while rebuilding
+        carry derived ids: stored once.)"""
         keys = ("id", "type", "schema_version", "session_id", "source", "time", "correlation_id", "causation_id",
                 "payload")
-        events = [decode(json.dumps(dict(zip(keys, row, strict=True))).encode()) for row in result.rows]
-        return [e for e in events if isinstance(e, Event)]
+        out: list[Event[Any]] = []
+        after, keyset = "", list[Param]()
+        while True:
+            page = min(limit, EVENTS_PAGE) if limit is not None else EVENTS_PAGE
+            sql = (
+                "SELECT id, type, schema_version, session_id, source, strftime(time, '%Y-%m-%dT%H:%M:%S.%fZ'), "
+                f"correlation_id, causation_id, payload, epoch_us(time) FROM events WHERE ({where}){after} "
+                "ORDER BY time, id LIMIT ?"
+            )
+            result = await self.bus.ask(AUDIT, AuditRequest(sql=sql, params=[*params, *keyset, page]), timeout=30.0)
+            rows = result.rows
+            for row in rows:
+                event = decode(json.dumps(dict(zip(keys, row[:-1], strict=True))).encode())
+                if isinstance(event, Event):
+                    out.append(event)
+            if limit is not None and len(out) >= limit:
+                return out[:limit]
+            if not rows:
+                if result.truncated:
+                    raise BusError(f"one event is too large for a reply of the recorder ({result.truncated_reason})")
+                return out
+            if len(rows) < page and not result.truncated:
+                return out
+            after, keyset = " AND (epoch_us(time), id) > (?, ?)", [int(rows[-1][-1]), str(rows[-1][0])]
 
     # -- ideas -> experiments ------------------------------------------------------
 
