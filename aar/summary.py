@@ -1,8 +1,13 @@
 """The summary printed when a session ends (and by ``aar sessions --detail``):
-best ideas with dev, test and held-out PGR, integrity flags, cost. Plain SQL over the views
+best ideas with dev, test and held-out PGR, integrity flags, cost, and the honest
+winner: by test PGR, with the ideas it is tied with, and the selection optimism (how much
+the dev scores that promoted ideas overstate their test scores). Plain SQL over the views
 (any ``core.audit.AuditQueries``), the session id bound as ``$1``."""
 
 from __future__ import annotations
+
+import math
+from dataclasses import dataclass
 
 from rich.console import Console
 from rich.table import Table
@@ -39,6 +44,94 @@ def best_ideas_sql(session_id: str, limit: int = 8) -> tuple[str, list[Param]]:
     """, [session_id, int(limit)]
 
 
+def promoted_sql(session_id: str) -> tuple[str, list[Param]]:
+    """Every promoted idea (one with a test score): dev and test PGR, the test SE."""
+    return """
+        SELECT d.idea_id, d.agent_id, coalesce(i.builtin_method, 'code:' || left(i.method_artifact, 10)) AS method,
+               d.pgr AS dev_pgr, t.pgr AS test_pgr, t.pgr_stderr AS test_se
+        FROM scores d
+        JOIN scores t ON t.session_id = $1 AND t.idea_id = d.idea_id AND t.purpose = 'score' AND t.split = 'test'
+        LEFT JOIN ideas i ON i.session_id = $1 AND i.idea_id = d.idea_id
+        WHERE d.session_id = $1 AND d.purpose = 'score' AND d.split = 'dev' AND d.idea_id IS NOT NULL
+        ORDER BY t.pgr DESC NULLS LAST, d.idea_id
+    """, [session_id]
+
+
+@dataclass(frozen=True, slots=True)
+class Promoted:
+    idea_id: str
+    agent_id: str | None
+    method: str | None
+    dev_pgr: float | None
+    test_pgr: float | None
+    test_se: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Honest:
+    """The winner by test PGR, the ideas tied with it, and the selection optimism."""
+
+    winner: Promoted | None
+    tied: list[Promoted]
+    optimism: float | None  # mean(dev PGR - test PGR) over the promoted ideas with both
+    optimism_se: float | None  # its standard error (the spread of the differences; None under 2 ideas)
+    n: int  # promoted ideas with both a dev and a test PGR
+    rivals: int  # other promoted ideas with a test PGR
+
+
+Z95 = 1.96
+
+
+def honest(promoted: list[Promoted]) -> Honest:
+    """Who won on the test split, and how much the dev scores overstated.
+
+    Promoted ideas were picked for a high dev PGR, so their dev PGR is biased upwards
+    (selection on noise); the test split was never used to pick them. The optimism is
+    ``mean(dev - test)`` with ``sd / sqrt(n)`` as its standard error. Another idea is
+    *tied* with the winner when the two test PGRs differ by less than 1.96 standard
+    errors of their difference, ``sqrt(se_w^2 + se_i^2)`` (unpaired: conservative, as the
+    two are scored on the same rows; trainer/paired.py gives the paired one)."""
+    both = [p for p in promoted if p.dev_pgr is not None and p.test_pgr is not None]
+    diffs = [p.dev_pgr - p.test_pgr for p in both]  # type: ignore[operator]  # both set: filtered above
+    optimism = sum(diffs) / len(diffs) if diffs else None
+    optimism_se = None
+    if len(diffs) >= 2 and optimism is not None:
+        var = sum((d - optimism) ** 2 for d in diffs) / (len(diffs) - 1)
+        optimism_se = math.sqrt(var / len(diffs))
+    scored = sorted((p for p in promoted if p.test_pgr is not None), key=lambda p: (-(p.test_pgr or 0.0), p.idea_id))
+    winner = scored[0] if scored else None
+    tied: list[Promoted] = []
+    if winner is not None and winner.test_se is not None:
+        for other in scored[1:]:
+            if other.test_se is None:
+                continue
+            gap = (winner.test_pgr or 0.0) - (other.test_pgr or 0.0)
+            if gap < Z95 * math.sqrt(winner.test_se ** 2 + other.test_se ** 2):
+                tied.append(other)
+    return Honest(winner, tied, optimism, optimism_se, len(diffs), max(0, len(scored) - 1))
+
+
+def honest_lines(result: Honest) -> list[str]:
+    """The summary's lines about the winner and the optimism (plain text: ids are data)."""
+    if result.winner is None:
+        return ["no promoted idea has a test score yet: no winner"]
+    w = result.winner
+    se = f" ± {w.test_se:.3f}" if w.test_se is not None else ""
+    dev = "none" if w.dev_pgr is None else f"{w.dev_pgr:.3f}"
+    lines = [f"winner by test PGR: {w.idea_id} ({w.agent_id}, {w.method}) {w.test_pgr:.3f}{se} (dev {dev})"]
+    if result.tied:
+        names = ", ".join(f"{p.idea_id} ({p.test_pgr:.3f})" for p in result.tied)
+        lines.append(f"  tied with (test PGR within 1.96 SE of the difference): {names}")
+    elif result.rivals:
+        lines.append(f"  ahead of the {result.rivals} other promoted idea(s) by more than 1.96 SE")
+    else:
+        lines.append("  the only promoted idea with a test score")
+    if result.optimism is not None:
+        se = f" ± {result.optimism_se:.3f}" if result.optimism_se is not None else " (one idea: no SE)"
+        lines.append(f"selection optimism (dev - test PGR over {result.n} promoted idea(s)): {result.optimism:+.3f}{se}")
+    return lines
+
+
 def totals_sql(session_id: str) -> tuple[str, list[Param]]:
     """Counts and cost of ``session_id``: SQL and its parameters."""
     return """
@@ -71,3 +164,6 @@ def print_summary(audit: AuditQueries, session_id: str, console: Console) -> Non
     for r in best.rows:
         table.add_row(*[data(v) for v in r])
     console.print(table)
+    promoted = [Promoted(*row) for row in audit.query(*promoted_sql(session_id)).rows]
+    for line in honest_lines(honest(promoted)):
+        console.print(line, markup=False, highlight=False)

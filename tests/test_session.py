@@ -37,6 +37,13 @@ def test_a_session_of_three_offline_agents(home: AarHome) -> None:
     assert "best dev PGR" in out  # the live progress line
     assert "best ideas" in out  # the final summary
 
+    tests = _sql(home, "SELECT idea_id FROM scores WHERE purpose = 'score' AND split = 'test' AND pgr IS NOT NULL "
+                       "ORDER BY pgr DESC, idea_id LIMIT 1")
+    if tests:  # the honest winner: by test PGR
+        assert f"winner by test PGR: {tests[0]['idea_id']} " in out
+    else:
+        assert "no promoted idea has a test score yet" in out
+
     ended = _sql(home, "SELECT payload->>'reason' AS reason FROM events WHERE type = 'session.ended'")
     assert ended == [{"reason": "max_experiments"}]
     agents = _sql(home, "SELECT agent_id, direction, ideas FROM agents ORDER BY agent_id")
