@@ -197,6 +197,33 @@ QUERIES: dict[str, NamedQuery] = {q.name: q for q in (
         chain.first_break_sql(),
     ),
     NamedQuery(
+        "generalization",
+        "One row per promoted idea (one with a test score): dev, test and each held-out PGR with its SE "
+        "(held-out: 'dataset PGR ± SE', null where the dataset's gap is within noise), and dev minus test.",
+        """
+        WITH s AS (
+            SELECT session_id, idea_id, agent_id, split, dataset, pgr, pgr_stderr, builtin_method, method_artifact
+            FROM scores WHERE {where} AND purpose = 'score' AND idea_id IS NOT NULL
+        ), promoted AS (
+            SELECT DISTINCT session_id, idea_id FROM s WHERE split = 'test'
+        )
+        SELECT p.session_id, p.idea_id, any_value(s.agent_id) AS agent_id,
+               any_value(coalesce(s.builtin_method, 'code:' || left(s.method_artifact, 10))) AS method,
+               round(max(s.pgr) FILTER (WHERE s.split = 'dev'), 3) AS dev_pgr,
+               round(max(s.pgr_stderr) FILTER (WHERE s.split = 'dev'), 3) AS dev_se,
+               round(max(s.pgr) FILTER (WHERE s.split = 'test'), 3) AS test_pgr,
+               round(max(s.pgr_stderr) FILTER (WHERE s.split = 'test'), 3) AS test_se,
+               round(max(s.pgr) FILTER (WHERE s.split = 'dev') - max(s.pgr) FILTER (WHERE s.split = 'test'), 3)
+                   AS dev_minus_test,
+               coalesce(string_agg(s.dataset || ' ' || coalesce(CAST(round(s.pgr, 3) AS VARCHAR), 'null') || ' ± '
+                                   || coalesce(CAST(round(s.pgr_stderr, 3) AS VARCHAR), '?'), '; '
+                                   ORDER BY s.dataset) FILTER (WHERE s.split = 'heldout'), '') AS heldout
+        FROM promoted p JOIN s ON s.session_id = p.session_id AND s.idea_id = p.idea_id
+        GROUP BY p.session_id, p.idea_id
+        ORDER BY p.session_id, test_pgr DESC NULLS LAST, p.idea_id
+        """,
+    ),
+    NamedQuery(
         "tool_usage",
         "Agents' tool calls (agent.tool_called) per agent and tool: calls, failures, mean and max latency.",
         """

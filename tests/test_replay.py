@@ -84,6 +84,11 @@ def test_named_audits_list_and_run(synthetic: tuple[AarHome, str], monkeypatch: 
     cost = runner.invoke(app, ["audit", "--named", "cost_per_agent", "--session", sid, "-f", "json"])
     rows = [json.loads(line) for line in cost.stdout.splitlines()]
     assert rows[0]["agent_id"] == "agent-1" and rows[0]["llm_calls"] == 4
+    general = runner.invoke(app, ["audit", "--named", "generalization", "--session", sid, "-f", "json"])
+    promoted = [json.loads(line) for line in general.stdout.splitlines()]
+    assert sorted(r["idea_id"] for r in promoted) == [f"idea-{n}" for n in range(4)]  # each has a test score
+    assert all(r["dev_pgr"] == r["test_pgr"] == 0.55 and r["test_se"] == 0.1 and r["dev_minus_test"] == 0
+               and r["heldout"] == "" for r in promoted), promoted
     assert runner.invoke(app, ["audit", "--named", "nope"]).exit_code == 2
     # The session is a bound value: an injection attempt is just a session no row has.
     evil = runner.invoke(app, ["audit", "--named", "tool_usage", "--session", "x' OR 1=1 --", "-f", "json"])
