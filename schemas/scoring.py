@@ -6,7 +6,7 @@ from enum import StrEnum
 
 from pydantic import Field
 
-from .base import MAX_SEEDS, Count, EventType, Ident, IdStr, Payload, Probability, Sha256
+from .base import MAX_REFS, MAX_SEEDS, Count, EventType, Ident, IdStr, Model, Payload, Probability, Sha256
 from .experiment import Purpose, Split
 from .registry import event
 
@@ -29,6 +29,29 @@ class BaselineComputed(Payload):
     stderr: float = Field(ge=0)
 
 
+class Against(StrEnum):
+    NAIVE_SOFT = "naive_soft"  # the built-in the scorer runs once per session as its baseline
+    PARENT = "parent"  # an idea this one builds on (parent_ideas)
+    LEADER = "leader"  # the session's best dev PGR when this score came in
+
+
+class Comparison(Model):
+    """This score minus another's, paired on the same dev rows and seeds
+    (trainer/paired.py): aggregates only, never a row."""
+
+    against: Against
+    idea_id: Ident | None = None  # the other idea (None: the naive_soft baseline)
+    accuracy_diff: float
+    accuracy_diff_se: float = Field(ge=0)
+    accuracy_ci: list[float] = Field(min_length=2, max_length=2)  # 95%, paired bootstrap
+    pgr_diff: float | None = None  # None: no PGR (the gap is within noise)
+    pgr_diff_se: float | None = Field(default=None, ge=0)
+    pgr_ci: list[float] | None = Field(default=None, min_length=2, max_length=2)
+    tied: bool  # the interval holds 0: no evidence that the two differ
+    n_bootstrap: int = Field(ge=2)
+    bootstrap_seed: int
+
+
 @event(EventType.SCORE_PUBLISHED)
 class ScorePublished(Payload):
     """Aggregate scores only: agents never see per-example correctness.
@@ -49,6 +72,8 @@ class ScorePublished(Payload):
     pgr_stderr: float | None = Field(default=None, ge=0)
     method_artifact: Sha256 | None = None
     builtin_method: IdStr | None = None
+    # dev scores: paired differences against naive_soft, each parent and the leader
+    comparisons: list[Comparison] = Field(default_factory=list, max_length=MAX_REFS + 2)
 
 
 @event(EventType.SCORE_WITHHELD)

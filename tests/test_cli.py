@@ -143,8 +143,14 @@ def test_up_runs_a_session_and_records_it(home: AarHome) -> None:
     assert row["name"] == "smoke" and row["end_reason"] == "wall_clock"
     types = aar("audit", "SELECT type FROM events ORDER BY time, id", "-f", "csv", home=home).stdout.splitlines()
     assert types[:2] == ["type", "session.started"] and types.count("session.ended") == 1
-    # The scorer may publish baselines (even while the session winds down); nothing else happens without agents.
-    assert set(types[1:]) <= {"session.started", "session.draining", "session.ended", "baseline.computed"}
+    # The scorer may publish baselines (even while the session winds down), naive_soft's run among
+    # them (the paired comparisons' baseline); nothing else happens without agents.
+    baseline_run = {"artifact.stored", "experiment.requested", "experiment.started", "experiment.progress",
+                    "experiment.finished", "score.withheld"}
+    assert set(types[1:]) <= {"session.started", "session.draining", "session.ended", "baseline.computed",
+                              *baseline_run}
+    purposes = aar("audit", "SELECT DISTINCT purpose FROM experiments", "-f", "csv", home=home).stdout.split()
+    assert set(purposes[1:]) <= {"baseline"}
 
 
 @pytest.mark.slow

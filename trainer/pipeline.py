@@ -74,6 +74,10 @@ class Baselines:
     weak_acc: tuple[float, ...]  # weak floor per seed
     ceiling_acc: tuple[float, ...]  # strong ceiling per seed
     n_eval: int
+    # Per seed and row, 0/1: what paired comparisons resample (trainer/paired.py). Never
+    # leaves the scorer (per-row correctness would reveal the gold labels).
+    weak_correct: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)), compare=False, repr=False)
+    ceiling_correct: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)), compare=False, repr=False)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -87,19 +91,20 @@ class Baselines:
 
 def baselines(prep: Prepared, seeds: tuple[int, ...] = (0, 1, 2, 3, 4), eval_split: str = "dev") -> Baselines:
     gold = prep.dataset.split(eval_split).labels
-    weak = tuple(
-        w2s.accuracy(
+    weak = np.stack([
+        w2s.correct(
             w2s.weak_floor(prep.weak_features["A"], prep.dataset.A.labels, prep.weak_features[eval_split], s), gold
         )
         for s in seeds
-    )
-    ceil = tuple(
-        w2s.accuracy(
+    ])
+    ceil = np.stack([
+        w2s.correct(
             w2s.ceiling(prep.strong_features["B"], prep.dataset.B.labels, prep.strong_features[eval_split], s), gold
         )
         for s in seeds
-    )
-    return Baselines(eval_split, tuple(seeds), weak, ceil, len(gold))
+    ])
+    return Baselines(eval_split, tuple(seeds), tuple(float(r.mean()) for r in weak),
+                     tuple(float(r.mean()) for r in ceil), len(gold), weak, ceil)
 
 
 def method_inputs(

@@ -80,11 +80,17 @@ def ceiling(
     return head.predict_proba(strong_feats_eval)
 
 
-def accuracy(probs: np.ndarray, gold: np.ndarray) -> float:
-    """Fraction of rows where ``P(class 1) >= 0.5`` matches the gold label. ``probs``: (n,) or (n, 2)."""
+def correct(probs: np.ndarray, gold: np.ndarray) -> np.ndarray:
+    """Per row, 1.0 where ``P(class 1) >= 0.5`` matches the gold label, else 0.0 (what
+    :func:`accuracy` averages, and what paired comparisons resample). ``probs``: (n,) or (n, 2)."""
     gold = np.asarray(gold).reshape(-1)
     p = validate_predictions(probs, gold.shape[0])
-    return float(((p >= 0.5).astype(np.int64) == gold.astype(np.int64)).mean())
+    return ((p >= 0.5).astype(np.int64) == gold.astype(np.int64)).astype(np.float64)
+
+
+def accuracy(probs: np.ndarray, gold: np.ndarray) -> float:
+    """Fraction of rows where ``P(class 1) >= 0.5`` matches the gold label. ``probs``: (n,) or (n, 2)."""
+    return float(correct(probs, gold).mean())
 
 
 def shuffle_labels(weak_soft_labels: np.ndarray, seed: int) -> np.ndarray:

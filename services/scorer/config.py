@@ -24,6 +24,10 @@ class ScoringConfig(BaseModel):
                              "held-out datasets, and re-run with shuffled weak labels (teacher ablation)")
     ablation_retained: float = Field(default=0.5, gt=0, description="flag when the shuffled-label run keeps at "
                                      "least this fraction of the idea's gain over the weak floor")
+    paired_baseline: bool = Field(default=True, description="run naive_soft once per session, so that every dev "
+                                  "score carries its paired difference against it")
+    comparison_bootstrap: int = Field(default=1000, ge=100, le=20_000, description="replicates of each paired "
+                                      "bootstrap (trainer/paired.py)")
     dev_test_gap: float = Field(default=0.3, gt=0, description="flag when dev PGR exceeds test PGR by more than this "
                                 "(and by 3 standard errors)")
 

@@ -27,6 +27,10 @@ class LeaderboardEntry(BaseModel):
     pgr_stderr: float | None
     accuracy: float
     flags: list[str]
+    # paired on the same rows and seeds (trainer/paired.py); None where not computed
+    vs_naive_pgr: float | None = None  # this PGR minus naive_soft's
+    vs_naive_pgr_se: float | None = None
+    tied_with_leader: bool | None = None  # the leader itself: True
 
 
 class Leaderboard(BaseModel):

@@ -32,6 +32,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import structlog
 from nats.aio.msg import Msg
 
@@ -45,17 +46,18 @@ from schemas.base import derived_id as base_derived_id
 from schemas.experiment import ExperimentFailed, ExperimentFinished, ExperimentRequested, Purpose, Split
 from schemas.idea import IdeaProposed
 from schemas.integrity import IntegrityCheck, IntegrityFlagged, Severity
-from schemas.scoring import BaselineComputed, BaselineKind, ScorePublished, ScoreWithheld
+from schemas.scoring import Against, BaselineComputed, BaselineKind, Comparison, ScorePublished, ScoreWithheld
 from schemas.session import SessionDraining, SessionEnded, SessionStarted
 from services.artifacts.arrays import MEDIA_TYPE, pack_seeds, unpack_seeds
 from services.artifacts.client import ArtifactClient
 from services.recorder.queries import AUDIT
 from trainer import w2s
+from trainer.paired import paired_difference
 
 from .config import ScoringConfig
 from .policy import RateLimiter
 from .queries import LEADERBOARD, Leaderboard, LeaderboardEntry, LeaderboardRequest
-from .truth import GroundTruth, Setup
+from .truth import GroundTruth, Scored, Setup
 
 DURABLE = "scorer"
 # Events per page when a session is rebuilt from the log (AAR_SCORER_EVENTS_PAGE: tests page through few).
@@ -82,6 +84,13 @@ class SessionState:
     ideas: dict[str, IdeaProposed] = field(default_factory=dict)
     idea_events: dict[str, str] = field(default_factory=dict)  # idea id -> the event that proposed it
     flags: dict[str, list[str]] = field(default_factory=dict)  # idea id -> integrity checks that fired
+    # Per-row dev correctness [seeds, rows] of each idea's main dev score, and of the naive_soft
+    # session baseline: what paired comparisons resample. In memory only (a restarted scorer
+    # compares the ideas scored after it started).
+    correct: dict[str, np.ndarray] = field(default_factory=dict)
+    naive: np.ndarray | None = None
+    naive_experiment: str | None = None
+    ties: dict[tuple[str, str], bool] = field(default_factory=dict)  # (idea, leader) -> tied
     draining: bool = False
 
 
@@ -178,6 +187,10 @@ class Scorer:
             dev_weak=round(sum(truth.baselines["dev"].weak_acc) / len(seeds), 4),
             dev_ceiling=round(sum(truth.baselines["dev"].ceiling_acc) / len(seeds), 4),
         )
+        if cfg.paired_baseline:  # naive_soft on dev, once: what every dev score is compared with
+            req = await self._request(state, event, None, None, Purpose.BASELINE, Split.DEV, main,
+                                      method_artifact=None, builtin_method="naive_soft", params={})
+            state.naive_experiment = req.experiment_id
         return state
 
     async def _truth(self, state: SessionState, setup: Setup) -> GroundTruth:
@@ -346,16 +359,23 @@ class Scorer:
                 parent_ideas=list(idea.parent_ideas) if idea else [],
                 pgr=score.pgr, pgr_stderr=score.pgr_stderr, accuracy=round(score.accuracy, 4),
                 flags=sorted(set(state.flags.get(score.idea_id, []))),
+                vs_naive_pgr=next((c.pgr_diff for c in score.comparisons if c.against is Against.NAIVE_SOFT), None),
+                vs_naive_pgr_se=next((c.pgr_diff_se for c in score.comparisons
+                                      if c.against is Against.NAIVE_SOFT), None),
             ))
         rows.sort(key=lambda r: (r.pgr is None, -(r.pgr or 0.0)))
         main = state.truths.get(state.main.dataset)
         base = main.baselines["dev"] if main else None
+        shown = rows[:limit]
+        if main is not None and shown:
+            ties = await asyncio.to_thread(self._ties, state, main, [r.idea_id for r in shown])
+            shown = [r.model_copy(update={"tied_with_leader": ties.get(r.idea_id)}) for r in shown]
         return Leaderboard(
             session_id=session_id,
             weak_accuracy=round(sum(base.weak_acc) / len(base.weak_acc), 4) if base else None,
             ceiling_accuracy=round(sum(base.ceiling_acc) / len(base.ceiling_acc), 4) if base else None,
             scored=len(rows),
-            entries=rows[:limit],
+            entries=shown,
         )
 
     # -- results -> scores -------------------------------------------------------
@@ -380,11 +400,18 @@ class Scorer:
         p = scored.pgr
         k = len(scored.accuracies)
         _, acc_se = w2s.mean_se(scored.accuracies)
+        main_dev = req.split is Split.DEV and setup is state.main
+        comparisons: list[Comparison] = []
+        if main_dev and req.purpose is Purpose.BASELINE and req.experiment_id == state.naive_experiment:
+            state.naive = scored.correct
+        elif main_dev and req.purpose is Purpose.SCORE and req.idea_id is not None:
+            comparisons = await asyncio.to_thread(self._comparisons, state, truth, req, scored)
+            state.correct[req.idea_id] = scored.correct
         score = ScorePublished(
             experiment_id=req.experiment_id, idea_id=req.idea_id, agent_id=req.agent_id, purpose=req.purpose,
             dataset=req.dataset, split=req.split, n_seeds=k, accuracy=p.student, accuracy_stderr=acc_se,
             weak_accuracy=p.weak, ceiling_accuracy=p.ceiling, pgr=p.value, pgr_stderr=p.se,
-            method_artifact=req.method_artifact, builtin_method=req.builtin_method,
+            method_artifact=req.method_artifact, builtin_method=req.builtin_method, comparisons=comparisons,
         )
         if req.purpose is not Purpose.SCORE or req.split is not Split.DEV:
             score = ScoreWithheld(**score.model_dump())  # test / held-out / ablation: never shown to agents
@@ -400,6 +427,72 @@ class Scorer:
             await self._check_ablation(state, event, req, score)
         elif req.split is Split.TEST:
             await self._check_dev_test_gap(state, event, req, score)
+
+    def _comparisons(self, state: SessionState, truth: GroundTruth, req: ExperimentRequested,
+                     scored: Scored) -> list[Comparison]:
+        """This dev score minus naive_soft's, each parent's and the leader's, paired on the
+        same rows and seeds (trainer/paired.py), seeded by the experiment id: the same
+        log gives the same figures. Others not scored in this process are left out."""
+        base = truth.baselines["dev"]
+        seed = int(hashlib.sha256(req.experiment_id.encode()).hexdigest()[:8], 16)
+        reps = state.config.comparison_bootstrap
+        idea = state.ideas.get(req.idea_id or "")
+        others: list[tuple[Against, str | None, np.ndarray]] = []
+        if state.naive is not None:
+            others.append((Against.NAIVE_SOFT, None, state.naive))
+        for parent in dict.fromkeys(idea.parent_ideas if idea else []):
+            if parent in state.correct and parent != req.idea_id:
+                others.append((Against.PARENT, parent, state.correct[parent]))
+        leader = self._leader(state, exclude=req.idea_id)
+        if leader is not None and leader in state.correct:
+            others.append((Against.LEADER, leader, state.correct[leader]))
+        out = []
+        for against, other_id, other in others:
+            if other.shape[1] != scored.correct.shape[1]:
+                continue
+            d = paired_difference(scored.correct, other, base.weak_correct, base.ceiling_correct,
+                                  n_bootstrap=reps, seed=seed)
+            out.append(Comparison(
+                against=against, idea_id=other_id, accuracy_diff=round(d.accuracy, 6),
+                accuracy_diff_se=round(d.accuracy_se, 6), accuracy_ci=[round(x, 6) for x in d.accuracy_ci],
+                pgr_diff=None if d.pgr is None else round(d.pgr, 6),
+                pgr_diff_se=None if d.pgr_se is None else round(d.pgr_se, 6),
+                pgr_ci=None if d.pgr_ci is None else [round(x, 6) for x in d.pgr_ci],
+                tied=d.tied, n_bootstrap=reps, bootstrap_seed=seed,
+            ))
+        return out
+
+    def _ties(self, state: SessionState, truth: GroundTruth, ideas: list[str]) -> dict[str, bool]:
+        """Whether each idea is statistically tied with the current leader (paired, as
+        :meth:`_comparisons`); remembered per (idea, leader), so a leaderboard costs a
+        bootstrap only for what changed. Ideas without per-row results here: left out."""
+        leader = self._leader(state)
+        if leader is None or leader not in state.correct:
+            return {}
+        base = truth.baselines["dev"]
+        out = {leader: True}
+        for idea in ideas:
+            if idea == leader or idea not in state.correct:
+                continue
+            key = (idea, leader)
+            if key not in state.ties:
+                seed = int(hashlib.sha256(f"{idea}/{leader}".encode()).hexdigest()[:8], 16)
+                state.ties[key] = paired_difference(
+                    state.correct[idea], state.correct[leader], base.weak_correct, base.ceiling_correct,
+                    n_bootstrap=state.config.comparison_bootstrap, seed=seed).tied
+            out[idea] = state.ties[key]
+        return out
+
+    @staticmethod
+    def _leader(state: SessionState, exclude: str | None = None) -> str | None:
+        """The idea with the best main dev PGR so far (ties: the earlier score)."""
+        best: tuple[float, str] | None = None
+        for s in state.scores.values():
+            if (s.purpose is Purpose.SCORE and s.split is Split.DEV and s.dataset == state.main.dataset
+                    and s.idea_id is not None and s.idea_id != exclude and s.pgr is not None
+                    and (best is None or s.pgr > best[0])):
+                best = (s.pgr, s.idea_id)
+        return best[1] if best else None
 
     async def on_failed(self, event: Event[Any], failed: ExperimentFailed) -> None:
         if not failed.retryable:

@@ -36,6 +36,7 @@ class Setup:
 class Scored:
     accuracies: list[float]
     pgr: w2s.PGR
+    correct: np.ndarray  # [seeds, rows] 0/1: for paired comparisons, never published
 
 
 class GroundTruth:
@@ -69,6 +70,7 @@ class GroundTruth:
         missing = [s for s in seeds if s not in predictions]
         if missing:
             raise ValueError(f"predictions are missing seeds {missing}")
-        accs = [w2s.accuracy(predictions[s], gold) for s in seeds]
+        correct = np.stack([w2s.correct(predictions[s], gold) for s in seeds])
+        accs = [float(row.mean()) for row in correct]
         base = self.baselines[name]
-        return Scored(accs, w2s.pgr(accs, base.weak_acc, base.ceiling_acc, n_eval=base.n_eval))
+        return Scored(accs, w2s.pgr(accs, base.weak_acc, base.ceiling_acc, n_eval=base.n_eval), correct)
