@@ -74,9 +74,11 @@ from trainer._util import usable_cpus
 from trainer.data import SplitSizes, load_pool
 from trainer.features import embed_texts
 from trainer.methods import run_method
-from trainer.pipeline import DEFAULT_WEAK, method_inputs, prepare
+from trainer.paired import paired_difference
+from trainer.pipeline import DEFAULT_WEAK, baselines, method_inputs, prepare
 
 METHOD = "naive_soft"
+PAIRED_WITH = "aux_conf"  # compared with METHOD, paired, for paired_se_vs_naive
 
 
 def log(message: str) -> None:
@@ -205,6 +207,7 @@ def bench_experiment(args: argparse.Namespace) -> dict[str, Any]:
     gold = prep.dataset.split("dev").labels
     inputs_s = method_s = 0.0
     accs = []
+    correct = []
     for seed in seeds:
         t0 = time.perf_counter()
         ctx = method_inputs(prep, seed, "dev")  # trains this seed's weak teacher
@@ -214,7 +217,15 @@ def bench_experiment(args: argparse.Namespace) -> dict[str, Any]:
         inputs_s += t1 - t0
         method_s += t2 - t1
         accs.append(w2s.accuracy(preds, gold))
+        correct.append(w2s.correct(preds, gold))
     total = inputs_s + method_s
+    # Precision (untimed): the dev PGR's standard error, and that of a paired difference
+    # (trainer/paired.py) between a second built-in and naive_soft on the same rows and seeds.
+    base = baselines(prep, tuple(seeds), "dev")
+    score = w2s.pgr(accs, base.weak_acc, base.ceiling_acc, n_eval=base.n_eval)
+    other = np.stack([w2s.correct(run_method(PAIRED_WITH, method_inputs(prep, seed, "dev")), gold) for seed in seeds])
+    paired = paired_difference(other, np.stack(correct), base.weak_correct, base.ceiling_correct)
+    log(f"    dev PGR {score.value} ± {score.se}; {PAIRED_WITH} - {METHOD}: PGR {paired.pgr} ± {paired.pgr_se}")
     return {
         "method": METHOD,
         "weak": args.weak,
@@ -228,6 +239,13 @@ def bench_experiment(args: argparse.Namespace) -> dict[str, Any]:
         "features_fill_s": fill_s,
         "features_cached_load_s": load_s,
         "acc_mean": float(np.mean(accs)),
+        "dev_pgr": score.value,
+        "dev_pgr_se": score.se,  # None: the weak/ceiling gap is within noise (PGR is null)
+        "gap": float(np.mean(base.ceiling_acc) - np.mean(base.weak_acc)),
+        "paired_with": PAIRED_WITH,
+        "paired_pgr_diff": paired.pgr,
+        "paired_se_vs_naive": paired.pgr_se,
+        "paired_acc_se_vs_naive": paired.accuracy_se,
     }
 
 
@@ -426,6 +444,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"    experiment_5seeds_s            {exp['experiment_5seeds_s']:8.2f} s   "
           f"(teacher + inputs {exp['teacher_and_inputs_s']:.2f} s, method {exp['method_s']:.2f} s; "
           f"dev acc {exp['acc_mean']:.4f})")
+    print(f"    dev PGR {exp['dev_pgr']} ± {exp['dev_pgr_se']} (gap {exp['gap']:.3f}); "
+          f"{exp['paired_with']} - {exp['method']}: PGR {exp['paired_pgr_diff']} ± {exp['paired_se_vs_naive']} paired")
     print(f"    cached features load           {exp['features_cached_load_s']:8.2f} s   "
           f"(first prepare, filling the cache where cold: {exp['features_fill_s']:.1f} s)")
     if scorer["score_latency_ms"] is None:
@@ -445,6 +465,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "bare_sentences_per_s": round(feats["bare_sentences_per_s"], 1),
         "bare_sorted_sentences_per_s": round(feats["bare_sorted_sentences_per_s"], 1),
         "experiment_5seeds_s": round(exp["experiment_5seeds_s"], 3),
+        "dev_pgr_se": exp["dev_pgr_se"],
+        "paired_se_vs_naive": exp["paired_se_vs_naive"],
         "score_latency_ms": scorer["score_latency_ms"],
         "score_latency_p95_ms": scorer["score_latency_p95_ms"],
         "score_latency_n": scorer["score_latency_n"],
