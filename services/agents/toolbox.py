@@ -32,7 +32,7 @@ from schemas.integrity import IntegrityFlagged
 from schemas.scoring import ScorePublished
 from services.artifacts.client import ArtifactClient
 from services.forum import queries as forum_q
-from services.scorer.queries import LEADERBOARD, LeaderboardRequest
+from services.scorer.queries import LEADERBOARD
 
 MAX_CODE_BYTES = 200_000
 
@@ -210,8 +210,9 @@ class Toolbox:
 
     # -- forum -------------------------------------------------------------------
 
-    async def _forum(self, query: Query[Any, Any], /, **fields: Any) -> dict[str, Any]:
-        """A forum query in this agent's session; a bad argument is the forum's BadRequest."""
+    async def _ask(self, query: Query[Any, Any], /, **fields: Any) -> dict[str, Any]:
+        """A query (forum, scorer) in this agent's session; a bad argument is a ToolError
+        naming the query, before anything is sent."""
         try:
             request = query.request(session_id=self.session_id, **fields)
         except ValidationError as exc:
@@ -219,16 +220,16 @@ class Toolbox:
         return dict((await self.bus.ask(query, request, timeout=10.0)).model_dump(mode="json"))
 
     async def tool_read_forum(self, limit: int = 10) -> dict[str, Any]:
-        return await self._forum(forum_q.LIST, limit=int(limit))
+        return await self._ask(forum_q.LIST, limit=int(limit))
 
     async def tool_search_forum(self, query: str, limit: int = 10) -> dict[str, Any]:
-        return await self._forum(forum_q.SEARCH, query=str(query), limit=int(limit))
+        return await self._ask(forum_q.SEARCH, query=str(query), limit=int(limit))
 
     async def tool_top_findings(self, limit: int = 5) -> dict[str, Any]:
-        return await self._forum(forum_q.TOP, limit=int(limit))
+        return await self._ask(forum_q.TOP, limit=int(limit))
 
     async def tool_read_post(self, post_id: str) -> dict[str, Any]:
-        return await self._forum(forum_q.THREAD, post_id=str(post_id))
+        return await self._ask(forum_q.THREAD, post_id=str(post_id))
 
     async def tool_post_finding(
         self, title: str, body: str, idea_ids: list[str] | None = None, tags: list[str] | None = None,
@@ -257,11 +258,7 @@ class Toolbox:
     # -- scores and methods ---------------------------------------------------------
 
     async def tool_leaderboard(self, limit: int = 10) -> dict[str, Any]:
-        try:
-            request = LeaderboardRequest(session_id=self.session_id, limit=int(limit))
-        except ValidationError as exc:
-            raise ToolError(f"bad leaderboard arguments: {exc.errors()[0]['msg']}") from None
-        return (await self.bus.ask(LEADERBOARD, request, timeout=10.0)).model_dump(mode="json")
+        return await self._ask(LEADERBOARD, limit=int(limit))
 
     async def tool_list_methods(self) -> dict[str, Any]:
         from trainer.methods import METHODS

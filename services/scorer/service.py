@@ -52,7 +52,7 @@ from services.artifacts.arrays import MEDIA_TYPE, pack_seeds, unpack_seeds
 from services.artifacts.client import ArtifactClient
 from services.recorder.queries import AUDIT
 from trainer import w2s
-from trainer.paired import paired_difference
+from trainer.paired import PairedDifference, paired_difference
 
 from .config import ScoringConfig
 from .policy import RateLimiter
@@ -433,9 +433,6 @@ class Scorer:
         """This dev score minus naive_soft's, each parent's and the leader's, paired on the
         same rows and seeds (trainer/paired.py), seeded by the experiment id: the same
         log gives the same figures. Others not scored in this process are left out."""
-        base = truth.baselines["dev"]
-        seed = int(hashlib.sha256(req.experiment_id.encode()).hexdigest()[:8], 16)
-        reps = state.config.comparison_bootstrap
         idea = state.ideas.get(req.idea_id or "")
         others: list[tuple[Against, str | None, np.ndarray]] = []
         if state.naive is not None:
@@ -450,17 +447,25 @@ class Scorer:
         for against, other_id, other in others:
             if other.shape[1] != scored.correct.shape[1]:
                 continue
-            d = paired_difference(scored.correct, other, base.weak_correct, base.ceiling_correct,
-                                  n_bootstrap=reps, seed=seed)
+            d = self._paired(state, truth, scored.correct, other, req.experiment_id)
             out.append(Comparison(
                 against=against, idea_id=other_id, accuracy_diff=round(d.accuracy, 6),
                 accuracy_diff_se=round(d.accuracy_se, 6), accuracy_ci=[round(x, 6) for x in d.accuracy_ci],
                 pgr_diff=None if d.pgr is None else round(d.pgr, 6),
                 pgr_diff_se=None if d.pgr_se is None else round(d.pgr_se, 6),
                 pgr_ci=None if d.pgr_ci is None else [round(x, 6) for x in d.pgr_ci],
-                tied=d.tied, n_bootstrap=reps, bootstrap_seed=seed,
+                tied=d.tied, n_bootstrap=d.n_bootstrap, bootstrap_seed=d.seed,
             ))
         return out
+
+    @staticmethod
+    def _paired(state: SessionState, truth: GroundTruth, a: np.ndarray, b: np.ndarray, key: str) -> PairedDifference:
+        """``a - b`` on the main dev split, against its weak and ceiling rows, bootstrapped
+        with a seed derived from ``key`` (so the log alone reproduces the figures)."""
+        base = truth.baselines["dev"]
+        seed = int(hashlib.sha256(key.encode()).hexdigest()[:8], 16)
+        return paired_difference(a, b, base.weak_correct, base.ceiling_correct,
+                                 n_bootstrap=state.config.comparison_bootstrap, seed=seed)
 
     def _ties(self, state: SessionState, truth: GroundTruth, ideas: list[str]) -> dict[str, bool]:
         """Whether each idea is statistically tied with the current leader (paired, as
@@ -469,17 +474,14 @@ class Scorer:
         leader = self._leader(state)
         if leader is None or leader not in state.correct:
             return {}
-        base = truth.baselines["dev"]
         out = {leader: True}
         for idea in ideas:
             if idea == leader or idea not in state.correct:
                 continue
             key = (idea, leader)
             if key not in state.ties:
-                seed = int(hashlib.sha256(f"{idea}/{leader}".encode()).hexdigest()[:8], 16)
-                state.ties[key] = paired_difference(
-                    state.correct[idea], state.correct[leader], base.weak_correct, base.ceiling_correct,
-                    n_bootstrap=state.config.comparison_bootstrap, seed=seed).tied
+                state.ties[key] = self._paired(state, truth, state.correct[idea], state.correct[leader],
+                                               f"{idea}/{leader}").tied
             out[idea] = state.ties[key]
         return out
 
