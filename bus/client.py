@@ -124,7 +124,12 @@ def ingest_subject(subject: str, identity: str) -> str:
 
 
 class QueryError(BusError):
-    """A query service answered with an error."""
+    """A query service answered with an error (``error_type``: the reply's, e.g.
+    ``BadRequest`` or the handler's exception class; None when nothing answered)."""
+
+    def __init__(self, message: str, error_type: str | None = None) -> None:
+        super().__init__(message)
+        self.error_type = error_type
 
 
 def reply_allowed(msg: Msg, asker: str) -> bool:
@@ -446,7 +451,7 @@ class Bus:
             raise QueryError(f"{service} did not answer {name!r} within {timeout}s") from None
         reply = QueryReply.model_validate_json(msg.data)
         if not reply.ok:
-            raise QueryError(reply.error or "query failed")
+            raise QueryError(reply.error or "query failed", reply.error_type)
         return reply.result
 
     async def ask(self, query: Query[Any, Res], request: BaseModel, *, timeout: float = 10.0) -> Res:

@@ -15,7 +15,6 @@ the same from plain code and from a thread next to a running loop.
 from __future__ import annotations
 
 import asyncio
-import re
 import threading
 from collections.abc import Coroutine, Sequence
 from typing import Any, TypeVar
@@ -33,7 +32,7 @@ from core.audit import (
 
 T = TypeVar("T")
 
-# Error replies are "<exception class>: <message>" (``Bus.serve``): these classes come
+# An error reply names its exception class (``QueryReply.error_type``, from ``Bus.serve``): these come
 # back as themselves, so both implementations raise the same errors.
 _ERRORS: dict[str, type[Exception]] = {
     "AuditRefused": AuditRefused,
@@ -41,7 +40,6 @@ _ERRORS: dict[str, type[Exception]] = {
     "AuditTimeout": AuditTimeout,
     "AuditFailed": AuditFailed,
 }
-_ERROR = re.compile(r"^(\w+): (.*)$", re.DOTALL)
 # How long past its own time limit an answer is waited for (queueing, transfer).
 ANSWER_MARGIN_S = 30.0
 
@@ -110,7 +108,7 @@ class RecorderAudit:
 def _as_audit_error(exc: Exception) -> Exception:
     """The recorder's error reply as the exception the file path raises (the others,
     such as no recorder answering, stay ``QueryError``)."""
-    found = _ERROR.match(str(exc))
-    if found and found.group(1) in _ERRORS:
-        return _ERRORS[found.group(1)](found.group(2))
+    kind = getattr(exc, "error_type", None)
+    if kind in _ERRORS:
+        return _ERRORS[kind](str(exc).removeprefix(f"{kind}: "))
     return exc
