@@ -15,11 +15,19 @@ time per 5-seed experiment on cached features, scorer latency.
                outputs are compared (``max_abs_diff``): they must be the same features.
 (b) experiment ``trainer.pipeline.prepare`` (weak ``--weak``, strong ``--backbone``,
                ``--sizes``) fills the feature cache untimed; then, on a fresh
-               ``Prepared`` loaded from the cache, the built-in ``naive_soft`` method
-               runs over ``--seeds`` seeds through ``method_inputs`` + ``run_method``.
-               ``experiment_5seeds_s`` is that wall time (the weak teacher trained
-               inside ``method_inputs`` included; feature extraction excluded), scaled
-               to 5 seeds when ``--seeds`` differs.
+               ``Prepared`` loaded from the cache, the seeds' weak teachers are trained
+               (``teachers_5seeds_s``, batched: in a session the scorer does this once
+               and ships the labels) and the built-in ``naive_soft`` runs over
+               ``--seeds`` seeds as the trainer runs it, every seed at once with the
+               heads trained as one batched model (``trainer.methods.seeds``):
+               ``experiment_5seeds_s``. The baseline, in the same run, on the same
+               inputs: the seeds one after the other (``sequential_5seeds_s``); the
+               two must give the same predictions (``batched_max_abs_diff``). Then
+               the same method as agent code in bubblewrap: one sandbox for the whole
+               job (``sandboxed_experiment_s``, the trainer's path) against one sandbox
+               per seed (``sandboxed_per_seed_s``), with the sandbox's own cost
+               (start, imports, inputs, result: wall time minus ``run(ctx)``).
+               Figures are scaled to 5 seeds when ``--seeds`` differs.
 (c) scorer     ``experiment.finished`` -> ``score.published`` latency in a real session:
                ``aar up --agents 2 --max-experiments 8 --strong-model <--session-strong>
                --sizes 20,400,400,200 --seeds 5 --session bench`` (plus ``--max-wall``
@@ -73,7 +81,8 @@ from trainer import models, w2s
 from trainer._util import usable_cpus
 from trainer.data import SplitSizes, load_pool
 from trainer.features import embed_texts
-from trainer.methods import run_method
+from trainer.methods import MethodContext, run_method
+from trainer.methods.seeds import run_seeds
 from trainer.paired import paired_difference
 from trainer.pipeline import DEFAULT_WEAK, baselines, method_inputs, prepare
 
@@ -205,25 +214,27 @@ def bench_experiment(args: argparse.Namespace) -> dict[str, Any]:
     load_s = time.perf_counter() - started  # a fresh Prepared: no teacher cached yet
 
     gold = prep.dataset.split("dev").labels
-    inputs_s = method_s = 0.0
-    accs = []
-    correct = []
-    for seed in seeds:
-        t0 = time.perf_counter()
-        ctx = method_inputs(prep, seed, "dev")  # trains this seed's weak teacher
-        t1 = time.perf_counter()
-        preds = run_method(METHOD, ctx)
-        t2 = time.perf_counter()
-        inputs_s += t1 - t0
-        method_s += t2 - t1
-        accs.append(w2s.accuracy(preds, gold))
-        correct.append(w2s.correct(preds, gold))
-    total = inputs_s + method_s
+    started = time.perf_counter()
+    prep.teach(seeds)  # every seed's weak teacher, batched (in a session: once, by the scorer)
+    teachers_s = time.perf_counter() - started
+    ctxs = [method_inputs(prep, seed, "dev") for seed in seeds]
+    # Baseline, same run: the seeds one after the other (the trainer before batching).
+    started = time.perf_counter()
+    one_by_one = [run_method(METHOD, ctx) for ctx in ctxs]
+    sequential_s = time.perf_counter() - started
+    # The trainer's path (services/trainer/jobs.py): every seed at once, heads batched.
+    started = time.perf_counter()
+    batched = run_seeds(lambda ctx: run_method(METHOD, ctx), ctxs)
+    total = time.perf_counter() - started
+    same = max(float(np.abs(a - b).max()) for a, b in zip(one_by_one, batched, strict=True))
+    accs = [w2s.accuracy(p, gold) for p in batched]
+    correct = [w2s.correct(p, gold) for p in batched]
+    sandbox = bench_sandboxed(ctxs, args.skip_sandbox)
     # Precision (untimed): the dev PGR's standard error, and that of a paired difference
     # (trainer/paired.py) between a second built-in and naive_soft on the same rows and seeds.
     base = baselines(prep, tuple(seeds), "dev")
     score = w2s.pgr(accs, base.weak_acc, base.ceiling_acc, n_eval=base.n_eval)
-    other = np.stack([w2s.correct(run_method(PAIRED_WITH, method_inputs(prep, seed, "dev")), gold) for seed in seeds])
+    other = np.stack([w2s.correct(p, gold) for p in run_seeds(lambda c: run_method(PAIRED_WITH, c), ctxs)])
     paired = paired_difference(other, np.stack(correct), base.weak_correct, base.ceiling_correct)
     log(f"    dev PGR {score.value} ± {score.se}; {PAIRED_WITH} - {METHOD}: PGR {paired.pgr} ± {paired.pgr_se}")
     return {
@@ -234,8 +245,11 @@ def bench_experiment(args: argparse.Namespace) -> dict[str, Any]:
         "seeds": len(seeds),
         "experiment_s": total,
         "experiment_5seeds_s": total * 5 / len(seeds),
-        "teacher_and_inputs_s": inputs_s,
-        "method_s": method_s,
+        "sequential_5seeds_s": sequential_s * 5 / len(seeds),
+        "batched_over_sequential": sequential_s / total,
+        "batched_max_abs_diff": same,
+        "teachers_5seeds_s": teachers_s * 5 / len(seeds),
+        **sandbox,
         "features_fill_s": fill_s,
         "features_cached_load_s": load_s,
         "acc_mean": float(np.mean(accs)),
@@ -246,6 +260,45 @@ def bench_experiment(args: argparse.Namespace) -> dict[str, Any]:
         "paired_pgr_diff": paired.pgr,
         "paired_se_vs_naive": paired.pgr_se,
         "paired_acc_se_vs_naive": paired.accuracy_se,
+    }
+
+
+# Agent code as an agent writes it: the built-in, called from a module run in the sandbox.
+AGENT_METHOD = f"""
+from trainer.methods import MethodContext, run_method
+from trainer.methods.seeds import run_seeds
+
+def run(ctx):
+    return run_method({METHOD!r}, ctx)
+"""
+
+
+def bench_sandboxed(ctxs: list[MethodContext], skip: bool) -> dict[str, Any]:
+    """The same experiment as agent code in bubblewrap: one sandbox for every seed (the
+    trainer's path), against one sandbox per seed (before), in the same run."""
+    from trainer.sandbox import run_untrusted, sandbox_problem
+
+    problem = "--skip-sandbox" if skip else sandbox_problem()
+    if problem is not None:
+        return {"sandboxed_experiment_s": None, "sandbox_note": f"not measured: {problem}"}
+    log(f"    sandboxed: {len(ctxs)} seeds in one sandbox, then one sandbox per seed")
+    started = time.perf_counter()
+    job = run_untrusted(AGENT_METHOD, ctxs)
+    one_s = time.perf_counter() - started
+    if not job.ok:
+        return {"sandboxed_experiment_s": None, "sandbox_note": f"not measured: the job failed: {job.error}"}
+    started = time.perf_counter()
+    per_seed = [run_untrusted(AGENT_METHOD, ctx) for ctx in ctxs]
+    per_seed_s = time.perf_counter() - started
+    k = 5 / len(ctxs)
+    return {
+        "sandboxed_experiment_s": one_s * k,
+        "sandboxed_per_seed_s": per_seed_s * k,
+        "sandboxed_one_over_per_seed": per_seed_s / one_s,
+        "sandbox_overhead_s": one_s - (job.method_s or 0.0),  # start, imports, inputs, result
+        "sandbox_method_s": job.method_s,
+        "sandbox_overhead_per_seed_s": sum(r.runtime_s - (r.method_s or 0.0) for r in per_seed) / len(per_seed),
+        "sandbox_note": "naive_soft called from agent code in bubblewrap; overhead = wall time minus run(ctx)",
     }
 
 
@@ -409,6 +462,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=32, help="both encoders in (a) (the trainer's default)")
     p.add_argument("--repeats", type=int, default=3, help="timed runs of each encoder in (a); the median is kept")
     p.add_argument("--skip-session", action="store_true", help="skip (c), the aar up session")
+    p.add_argument("--skip-sandbox", action="store_true", help="skip the sandboxed experiment of (b)")
     p.add_argument("--session-strong", default="minilm", choices=["minilm", "mpnet"],
                    help="strong model of the (c) session (default minilm: no MPNet fetch or extraction)")
     p.add_argument("--session-timeout", type=int, default=900,
@@ -442,8 +496,17 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"(max |difference| of the features {feats['max_abs_diff']:.1e})")
     print(f"(b) {exp['method']}, {exp['weak']} -> {exp['strong']}, {exp['seeds']} seeds on cached features")
     print(f"    experiment_5seeds_s            {exp['experiment_5seeds_s']:8.2f} s   "
-          f"(teacher + inputs {exp['teacher_and_inputs_s']:.2f} s, method {exp['method_s']:.2f} s; "
-          f"dev acc {exp['acc_mean']:.4f})")
+          f"(seeds batched; one by one {exp['sequential_5seeds_s']:.2f} s: x{exp['batched_over_sequential']:.2f}, "
+          f"max |diff| {exp['batched_max_abs_diff']:.1e}; dev acc {exp['acc_mean']:.4f})")
+    print(f"    teachers_5seeds_s              {exp['teachers_5seeds_s']:8.2f} s   "
+          "(weak teachers, batched; once per session, by the scorer)")
+    if exp["sandboxed_experiment_s"] is None:
+        print(f"    sandboxed_experiment_s: null   {exp['sandbox_note']}")
+    else:
+        print(f"    sandboxed_experiment_s         {exp['sandboxed_experiment_s']:8.2f} s   "
+              f"(one sandbox per job; one per seed {exp['sandboxed_per_seed_s']:.2f} s: "
+              f"x{exp['sandboxed_one_over_per_seed']:.2f}; sandbox start + imports {exp['sandbox_overhead_s']:.2f} s "
+              f"per job, {exp['sandbox_overhead_per_seed_s']:.2f} s per seed before)")
     print(f"    dev PGR {exp['dev_pgr']} ± {exp['dev_pgr_se']} (gap {exp['gap']:.3f}); "
           f"{exp['paired_with']} - {exp['method']}: PGR {exp['paired_pgr_diff']} ± {exp['paired_se_vs_naive']} paired")
     print(f"    cached features load           {exp['features_cached_load_s']:8.2f} s   "
@@ -465,6 +528,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "bare_sentences_per_s": round(feats["bare_sentences_per_s"], 1),
         "bare_sorted_sentences_per_s": round(feats["bare_sorted_sentences_per_s"], 1),
         "experiment_5seeds_s": round(exp["experiment_5seeds_s"], 3),
+        "sequential_5seeds_s": round(exp["sequential_5seeds_s"], 3),
+        "sandboxed_experiment_s": None if exp["sandboxed_experiment_s"] is None
+        else round(exp["sandboxed_experiment_s"], 3),
         "dev_pgr_se": exp["dev_pgr_se"],
         "paired_se_vs_naive": exp["paired_se_vs_naive"],
         "score_latency_ms": scorer["score_latency_ms"],

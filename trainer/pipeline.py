@@ -17,6 +17,7 @@ from trainer import w2s
 from trainer.data import DEFAULT_SPLIT_SEED, Dataset, SplitSizes, get_dataset
 from trainer.features import DEFAULT_POOLING, split_features
 from trainer.methods import MethodContext
+from trainer.methods.seeds import run_seeds
 
 DEFAULT_WEAK = "minilm"
 DEFAULT_STRONG = "mpnet"
@@ -36,10 +37,15 @@ class Prepared:
     def weak_labels(self, seed: int) -> np.ndarray:
         """The weak teacher's P(class 1) on B for this seed (computed once)."""
         if seed not in self._teacher_cache:
-            self._teacher_cache[seed] = w2s.train_weak_teacher(
-                self.weak_features["A"], self.dataset.A.labels, self.weak_features["B"], seed
-            )
+            self.teach((seed,))
         return self._teacher_cache[seed]
+
+    def teach(self, seeds: tuple[int, ...]) -> None:
+        """Train the weak teachers of ``seeds`` not trained yet, as one batched model."""
+        todo = [s for s in dict.fromkeys(seeds) if s not in self._teacher_cache]
+        labels = run_seeds(lambda s: w2s.train_weak_teacher(
+            self.weak_features["A"], self.dataset.A.labels, self.weak_features["B"], s), todo)
+        self._teacher_cache.update(zip(todo, labels, strict=True))
 
 
 def prepare(
@@ -91,18 +97,13 @@ class Baselines:
 
 def baselines(prep: Prepared, seeds: tuple[int, ...] = (0, 1, 2, 3, 4), eval_split: str = "dev") -> Baselines:
     gold = prep.dataset.split(eval_split).labels
-    weak = np.stack([
-        w2s.correct(
-            w2s.weak_floor(prep.weak_features["A"], prep.dataset.A.labels, prep.weak_features[eval_split], s), gold
-        )
-        for s in seeds
-    ])
-    ceil = np.stack([
-        w2s.correct(
-            w2s.ceiling(prep.strong_features["B"], prep.dataset.B.labels, prep.strong_features[eval_split], s), gold
-        )
-        for s in seeds
-    ])
+    # Each arm's seeds train as one batched model (trainer.methods.seeds).
+    weak = np.stack(run_seeds(lambda s: w2s.correct(
+        w2s.weak_floor(prep.weak_features["A"], prep.dataset.A.labels, prep.weak_features[eval_split], s), gold
+    ), list(seeds)))
+    ceil = np.stack(run_seeds(lambda s: w2s.correct(
+        w2s.ceiling(prep.strong_features["B"], prep.dataset.B.labels, prep.strong_features[eval_split], s), gold
+    ), list(seeds)))
     return Baselines(eval_split, tuple(seeds), tuple(float(r.mean()) for r in weak),
                      tuple(float(r.mean()) for r in ceil), len(gold), weak, ceil)
 

@@ -86,6 +86,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -188,7 +189,8 @@ class SandboxResult:
     peak_memory_bytes: int = 0  # cgroup memory.max_usage_in_bytes, or the monitor's anonymous + tmpfs
     peak_tasks: int = 0
     peak_disk_bytes: int = 0  # the job's tmpfs mounts together
-    method_s: float | None = None  # run(ctx) alone, as the runner measured it
+    method_s: float | None = None  # run(ctx) alone (all seeds), as the runner measured it
+    seed_predictions: list[np.ndarray] = field(default_factory=list)  # one per context, in order
     kernel_counters: dict[str, int | float] = field(default_factory=dict)  # the job cgroup's, at the end
     seccomp_records: list[dict[str, Any]] = field(default_factory=list)  # the job's audit records
     notes: list[str] = field(default_factory=list)  # why some evidence was not available
@@ -324,18 +326,32 @@ def _audit_session(pid: int) -> int | None:
 # ------------------------------------------------------------------ job folder
 
 
-def write_job(job: Path, method_source: str, ctx: MethodContext) -> None:
-    """Write the method and its inputs (never gold labels: the context has none)."""
+def write_job(job: Path, method_source: str, ctx: MethodContext | Sequence[MethodContext]) -> None:
+    """Write the method and its inputs (never gold labels: the context has none).
+
+    Several contexts (one per seed of a job) share their features, texts and params and
+    differ in ``seed`` and ``weak_soft_labels``: the runner calls ``run`` once per seed in
+    one sandbox (one interpreter start and one import for the whole job)."""
+    ctxs = [ctx] if isinstance(ctx, MethodContext) else list(ctx)
+    if not ctxs:
+        raise ValueError("a job needs at least one method context")
+    first = ctxs[0]
+    for other in ctxs[1:]:
+        if (other.train_features.shape != first.train_features.shape
+                or other.eval_features.shape != first.eval_features.shape or other.params != first.params):
+            raise ValueError("the seeds of one job must share their features and params")
     inp = job / "input"
     inp.mkdir(parents=True, exist_ok=True)
     (inp / "method.py").write_text(method_source, encoding="utf-8")
-    np.save(inp / "train_features.npy", np.asarray(ctx.train_features, dtype=np.float32), allow_pickle=False)
-    np.save(inp / "weak_soft_labels.npy", np.asarray(ctx.weak_soft_labels, dtype=np.float64), allow_pickle=False)
-    np.save(inp / "eval_features.npy", np.asarray(ctx.eval_features, dtype=np.float32), allow_pickle=False)
-    (inp / "train_texts.json").write_text(json.dumps(list(ctx.train_texts)), encoding="utf-8")
-    (inp / "eval_texts.json").write_text(json.dumps(list(ctx.eval_texts)), encoding="utf-8")
+    np.save(inp / "train_features.npy", np.asarray(first.train_features, dtype=np.float32), allow_pickle=False)
+    labels = np.stack([np.asarray(c.weak_soft_labels, dtype=np.float64) for c in ctxs])
+    np.save(inp / "weak_soft_labels.npy", labels if len(ctxs) > 1 else labels[0], allow_pickle=False)
+    np.save(inp / "eval_features.npy", np.asarray(first.eval_features, dtype=np.float32), allow_pickle=False)
+    (inp / "train_texts.json").write_text(json.dumps(list(first.train_texts)), encoding="utf-8")
+    (inp / "eval_texts.json").write_text(json.dumps(list(first.eval_texts)), encoding="utf-8")
     try:
-        meta = json.dumps({"seed": int(ctx.seed), "params": ctx.params, "n_train": ctx.n_train, "n_eval": ctx.n_eval})
+        meta = json.dumps({"seed": int(first.seed), "seeds": [int(c.seed) for c in ctxs], "params": first.params,
+                           "n_train": first.n_train, "n_eval": first.n_eval})
     except TypeError as exc:
         raise ValueError(f"method params must be JSON-serializable: {exc}") from None
     (inp / "ctx.json").write_text(meta, encoding="utf-8")
@@ -346,7 +362,7 @@ def write_job(job: Path, method_source: str, ctx: MethodContext) -> None:
 
 def run_untrusted(
     method_source: str | Path,
-    ctx: MethodContext,
+    ctx: MethodContext | Sequence[MethodContext],
     *,
     limits: SandboxLimits | None = None,
     job_dir: Path | None = None,
@@ -354,6 +370,11 @@ def run_untrusted(
     keep_job: bool = False,
 ) -> SandboxResult:
     """Run ``run(ctx)`` from untrusted ``method_source`` (code, or a path to a .py file) in the sandbox.
+
+    ``ctx`` may be a list of contexts, one per seed (see :func:`write_job`): one sandbox
+    runs them all in order, under one set of limits for the whole job, and
+    ``result.seed_predictions`` holds each seed's predictions (``result.predictions`` the
+    first's). State the method keeps between its calls is its own (same job, same code).
 
     ``job_dir``: an empty folder for the job's inputs (default: a fresh temp folder, deleted
     afterwards unless ``keep_job``). Raises :class:`SandboxUnavailableError` when the
@@ -394,7 +415,8 @@ class _Run:
 def _execute(job: Path, limits: SandboxLimits, sandboxed: bool, use_cgroups: bool) -> SandboxResult:
     threads = limits.threads or usable_cpus()
     watched = watched_paths()
-    result_cap = 64 * (_n_eval(job) + 1024) + 4096
+    k, n_eval = _shape(job)
+    result_cap = 64 * (k * n_eval + 1024) + 4096
     cgroups = (
         JobCgroups.create(memory_bytes=limits.memory_bytes, tasks=limits.processes, cores=threads)
         if use_cgroups
@@ -619,7 +641,8 @@ def _result(
         result.error = _exit_reason(code, stderr)
     else:
         try:
-            result.predictions, result.method_s = _read_result(drains["result"], n_eval=_n_eval(job))
+            result.seed_predictions, result.method_s = _read_result(drains["result"], *_shape(job))
+            result.predictions = result.seed_predictions[0]
             result.ok = True
         except MethodError as exc:
             result.error = str(exc)
@@ -668,11 +691,18 @@ def _exit_reason(code: int, stderr: str) -> str:
 
 
 def _n_eval(job: Path) -> int:
-    return int(json.loads((job / "input" / "ctx.json").read_text())["n_eval"])
+    return _shape(job)[1]
 
 
-def _read_result(drain: Drain, n_eval: int) -> tuple[np.ndarray, float | None]:
-    """The runner's result from its pipe: a JSON header line, then the predictions as .npy."""
+def _shape(job: Path) -> tuple[int, int]:
+    """(seeds, eval rows) of a job, from the ctx.json the trainer wrote."""
+    meta = json.loads((job / "input" / "ctx.json").read_text())
+    return len(meta.get("seeds") or [meta["seed"]]), int(meta["n_eval"])
+
+
+def _read_result(drain: Drain, k: int, n_eval: int) -> tuple[list[np.ndarray], float | None]:
+    """The runner's result from its pipe: a JSON header line, then the predictions as .npy
+    (``[n_eval]`` for one seed, ``[k, n_eval]`` for ``k``)."""
     if drain.overflow:
         raise MethodError("the result is larger than predictions can be")
     raw = drain.data()
@@ -691,4 +721,11 @@ def _read_result(drain: Drain, n_eval: int) -> tuple[np.ndarray, float | None]:
         predictions = np.load(io.BytesIO(body), allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
         raise MethodError(f"unreadable predictions: {exc}") from None
-    return validate_predictions(predictions, n_eval), float(seconds) if isinstance(seconds, (int, float)) else None
+    if k == 1:
+        rows = [predictions]
+    elif predictions.ndim >= 2 and predictions.shape[0] == k:
+        rows = list(predictions)
+    else:
+        raise MethodError(f"expected predictions for {k} seeds, got shape {predictions.shape}")
+    return ([validate_predictions(p, n_eval) for p in rows],
+            float(seconds) if isinstance(seconds, (int, float)) else None)

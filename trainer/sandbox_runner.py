@@ -1,10 +1,12 @@
 """Child side of :mod:`trainer.sandbox`: ``python -m trainer.sandbox_runner JOB_ROOT``.
 
 Runs inside the sandbox. Reads ``JOB_ROOT/input`` (method.py, ctx.json, .npy features
-and weak labels, texts), imports the method, calls ``run(ctx)`` and sends the result on
-the file descriptor named by ``AAR_RESULT_FD`` (a pipe the trainer reads, size-capped):
-one JSON header line (``{"method_seconds": ..., "predictions_bytes": N}``) and then N
-bytes of ``.npy`` (float64 probabilities). Nothing the trainer needs is left in the job
+and weak labels, texts), imports the method once, calls ``run(ctx)`` for each seed of
+the job (``ctx.json``'s ``seeds``, weak labels ``[seeds, n_train]``; torch and numpy
+reseeded before each call) and sends the result on the file descriptor named by
+``AAR_RESULT_FD`` (a pipe the trainer reads, size-capped): one JSON header line
+(``{"method_seconds": ..., "predictions_bytes": N}``) and then N bytes of ``.npy``
+(float64 probabilities, ``[n_eval]`` for one seed, ``[seeds, n_eval]`` for several). Nothing the trainer needs is left in the job
 folder, whose writable part is a tmpfs that vanishes with the sandbox. Exit codes: 0
 done, 2 bad job, 3 the method failed, 4 the result could not be sent.
 
@@ -177,23 +179,28 @@ def main(argv: list[str]) -> int:
     inp = job / "input"
     try:
         meta = json.loads((inp / "ctx.json").read_text())
-        ctx = MethodContext(
-            train_features=np.load(inp / "train_features.npy", allow_pickle=False),
-            weak_soft_labels=np.load(inp / "weak_soft_labels.npy", allow_pickle=False),
-            eval_features=np.load(inp / "eval_features.npy", allow_pickle=False),
-            train_texts=json.loads((inp / "train_texts.json").read_text()),
-            eval_texts=json.loads((inp / "eval_texts.json").read_text()),
-            seed=int(meta["seed"]),
-            params=dict(meta.get("params") or {}),
-        )
+        seeds = [int(s) for s in (meta.get("seeds") or [meta["seed"]])]
+        labels = np.load(inp / "weak_soft_labels.npy", allow_pickle=False)
+        per_seed = list(labels) if len(seeds) > 1 else [labels]
+        if len(per_seed) != len(seeds):
+            raise ValueError(f"{len(seeds)} seeds but weak labels for {len(per_seed)}")
+        train_features = np.load(inp / "train_features.npy", allow_pickle=False)
+        eval_features = np.load(inp / "eval_features.npy", allow_pickle=False)
+        train_texts = json.loads((inp / "train_texts.json").read_text())
+        eval_texts = json.loads((inp / "eval_texts.json").read_text())
+        ctxs = [
+            MethodContext(
+                train_features=train_features, weak_soft_labels=weak, eval_features=eval_features,
+                train_texts=train_texts, eval_texts=eval_texts, seed=seed, params=dict(meta.get("params") or {}),
+            )
+            for seed, weak in zip(seeds, per_seed, strict=True)
+        ]
     except Exception as exc:  # noqa: BLE001 - any unreadable job folder is exit status 2
         print(f"aar-sandbox: bad job folder: {exc!r}", file=sys.stderr)
         return 2
 
     import torch
 
-    torch.manual_seed(ctx.seed)
-    np.random.seed(ctx.seed % 2**32)
     started = time.monotonic()
     try:
         spec = importlib.util.spec_from_file_location("method", inp / "method.py")
@@ -201,11 +208,18 @@ def main(argv: list[str]) -> int:
             raise ImportError("cannot load method.py")
         module = importlib.util.module_from_spec(spec)
         sys.modules["method"] = module
+        torch.manual_seed(seeds[0])
+        np.random.seed(seeds[0] % 2**32)
         spec.loader.exec_module(module)
         run = getattr(module, "run", None)
         if not callable(run):
             raise AttributeError("method.py defines no run(ctx) function")
-        predictions = validate_predictions(run(ctx), ctx.n_eval)
+        outputs = []
+        for ctx in ctxs:  # one interpreter and one import for every seed of the job
+            torch.manual_seed(ctx.seed)
+            np.random.seed(ctx.seed % 2**32)
+            outputs.append(validate_predictions(run(ctx), ctx.n_eval))
+        predictions = np.stack(outputs) if len(ctxs) > 1 else outputs[0]
     except BaseException:  # noqa: BLE001 - whatever the method raised (SystemExit too) is its failure, status 3
         import traceback
 

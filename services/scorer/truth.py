@@ -58,6 +58,7 @@ class GroundTruth:
 
     def weak_labels(self, *, shuffled: bool = False) -> dict[int, np.ndarray]:
         out = {}
+        self.prep.teach(self.setup.seeds)  # every seed's teacher at once (batched)
         for seed in self.setup.seeds:
             labels = self.prep.weak_labels(seed)
             out[seed] = w2s.shuffle_labels(labels, seed) if shuffled else labels

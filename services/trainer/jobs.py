@@ -11,7 +11,7 @@ from __future__ import annotations
 import resource
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -21,6 +21,7 @@ from schemas.experiment import ExperimentRequested, dataset_split
 from trainer.data import DEFAULT_SPLIT_SEED, SplitSizes, get_dataset
 from trainer.features import split_features
 from trainer.methods import MethodContext, run_method
+from trainer.methods.seeds import run_seeds
 from trainer.sandbox import SandboxLimits, SandboxUnavailableError, run_untrusted
 
 
@@ -100,8 +101,8 @@ def run_job(
     logs: list[str] = []
     observations: list[dict[str, Any]] = []
     sandboxed = method_source is not None and not unsafe_no_sandbox
-    for i, seed in enumerate(req.seeds):
-        ctx = MethodContext(
+    ctxs = [
+        MethodContext(
             train_features=inputs.train_features,
             weak_soft_labels=weak_labels[seed],
             eval_features=inputs.eval_features,
@@ -110,45 +111,60 @@ def run_job(
             seed=seed,
             params=dict(req.params),
         )
-        if method_source is None:
-            assert req.builtin_method is not None
+        for seed in req.seeds
+    ]
+    if method_source is None:
+        assert req.builtin_method is not None
+        name = req.builtin_method
+
+        def one(ctx: MethodContext) -> np.ndarray:
             try:
-                predictions[seed] = run_method(req.builtin_method, ctx)
+                return run_method(name, ctx)
             except Exception as exc:
-                raise JobFailed(type(exc).__name__, f"seed {seed}: {exc}") from exc
-            peak_mb = max(peak_mb, _own_peak_mb())
-        else:
-            try:
-                result = run_untrusted(method_source, ctx, limits=limits, unsafe_no_sandbox=unsafe_no_sandbox)
-            except SandboxUnavailableError as exc:
-                raise JobFailed("SandboxUnavailable", str(exc)) from exc
-            log = f"--- seed {seed} ---\n{result.stdout}\n{result.stderr}".strip()
-            logs.append(log)
-            observations += [v.as_dict() for v in result.observations]
-            peak_mb = max(peak_mb, result.peak_rss_bytes / 2**20)
-            found = [v.as_dict() for v in result.violations]
-            if blocking := result.blocking_violations:
-                raise JobFailed(
-                    "SandboxViolation",
-                    f"seed {seed}: the method tried something the sandbox forbids: "
-                    + "; ".join(f"{v.kind.value} ({v.source}): {v.detail}" for v in blocking[:5]),
-                    log="\n".join(logs),
-                    violations=found,
-                )
-            if result.limit_violations:
-                kind = "Timeout" if result.timed_out else "ResourceLimit"
-                raise JobFailed(
-                    kind,
-                    f"seed {seed}: the sandbox's limits stopped the method ({result.limits_mode} limits): "
-                    + "; ".join(f"{v.kind.value}: {v.detail}" for v in result.limit_violations[:5]),
-                    log="\n".join(logs),
-                    violations=found,
-                )
-            if not result.ok or result.predictions is None:
-                raise JobFailed("MethodError", f"seed {seed}: {result.error}", log="\n".join(logs))
-            predictions[seed] = result.predictions
+                raise JobFailed(type(exc).__name__, f"seed {ctx.seed}: {exc}") from exc
+
+        # Every seed at once: their heads train as one batched model (trainer.methods.seeds).
+        predictions = dict(zip(req.seeds, run_seeds(one, ctxs), strict=True))
+        peak_mb = max(peak_mb, _own_peak_mb())
         if on_seed is not None:
-            on_seed(i + 1, len(req.seeds))
+            on_seed(len(ctxs), len(ctxs))
+    else:
+        # One sandbox for every seed: one interpreter start and one import of torch and
+        # the method per job, not per seed. The limits are given per seed: the job gets
+        # as many seeds' worth of wall clock and CPU time.
+        per_seed = limits or SandboxLimits()
+        job_limits = replace(per_seed, wall_s=per_seed.wall_s * len(ctxs), cpu_s=per_seed.cpu_s * len(ctxs))
+        try:
+            result = run_untrusted(method_source, ctxs, limits=job_limits, unsafe_no_sandbox=unsafe_no_sandbox)
+        except SandboxUnavailableError as exc:
+            raise JobFailed("SandboxUnavailable", str(exc)) from exc
+        seeds_text = f"seeds {', '.join(str(s) for s in req.seeds)}"
+        logs.append(f"--- {seeds_text} ---\n{result.stdout}\n{result.stderr}".strip())
+        observations += [v.as_dict() for v in result.observations]
+        peak_mb = max(peak_mb, result.peak_rss_bytes / 2**20)
+        found = [v.as_dict() for v in result.violations]
+        if blocking := result.blocking_violations:
+            raise JobFailed(
+                "SandboxViolation",
+                f"{seeds_text}: the method tried something the sandbox forbids: "
+                + "; ".join(f"{v.kind.value} ({v.source}): {v.detail}" for v in blocking[:5]),
+                log="\n".join(logs),
+                violations=found,
+            )
+        if result.limit_violations:
+            kind = "Timeout" if result.timed_out else "ResourceLimit"
+            raise JobFailed(
+                kind,
+                f"{seeds_text}: the sandbox's limits stopped the method ({result.limits_mode} limits): "
+                + "; ".join(f"{v.kind.value}: {v.detail}" for v in result.limit_violations[:5]),
+                log="\n".join(logs),
+                violations=found,
+            )
+        if not result.ok or len(result.seed_predictions) != len(ctxs):
+            raise JobFailed("MethodError", f"{seeds_text}: {result.error}", log="\n".join(logs))
+        predictions = {ctx.seed: p for ctx, p in zip(ctxs, result.seed_predictions, strict=True)}
+        if on_seed is not None:
+            on_seed(len(ctxs), len(ctxs))
     return JobOutcome(
         predictions=predictions,
         runtime_s=time.monotonic() - started,

@@ -301,7 +301,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="run agent code without bubblewrap (only for trusted code; every such job is flagged)",
     )
     parser.add_argument("--ack-wait", type=float, default=30.0, help="seconds before an unacknowledged job is redelivered")
-    parser.add_argument("--wall-s", type=float, default=600.0, help="wall-clock limit per sandboxed seed")
+    parser.add_argument("--wall-s", type=float, default=600.0, help="wall-clock limit per seed of a sandboxed job (a job of k seeds gets k times this)")
     parser.add_argument("--memory-gb", type=float, default=8.0,
                         help="memory of the whole sandbox per seed, RAM disks included (without cgroups: per process)")
     return parser.parse_args(argv)

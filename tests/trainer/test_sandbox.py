@@ -168,3 +168,49 @@ def test_tmp_is_mounted_before_the_interpreter_so_a_venv_under_tmp_stays_visible
         assert tmp_at < at, f"/tmp is mounted over the interpreter prefix {prefix}"
     hidden = [i for i, a in enumerate(args) if a == "--tmpfs" and args[i + 1] in sandbox.hidden_data_paths()]
     assert all(i > tmp_at for i in hidden)
+
+
+@needs_bwrap
+def test_one_sandbox_runs_every_seed_of_a_job(ctx: MethodContext) -> None:
+    """A job's seeds share one sandbox (one interpreter start and import): each seed gets
+    its own weak labels and seed, and the results come back in order."""
+    from dataclasses import replace
+
+    from trainer.methods import run_method
+
+    ctxs = [replace(ctx, seed=s, weak_soft_labels=np.roll(ctx.weak_soft_labels, s)) for s in (0, 3, 7)]
+    src = GOOD + "\nCALLS = []\n_run = run\ndef run(ctx):\n    CALLS.append(ctx.seed)\n    print('seed', ctx.seed, 'call', len(CALLS))\n    return _run(ctx)\n"
+    result = run_untrusted(src, ctxs)
+    assert result.ok, result.stderr
+    assert len(result.seed_predictions) == 3
+    for c, got in zip(ctxs, result.seed_predictions, strict=True):
+        assert np.allclose(got, run_method("naive_soft", c))
+    assert not np.allclose(result.seed_predictions[0], result.seed_predictions[1])
+    assert "seed 7 call 3" in result.stdout  # one interpreter: the module's state carried over
+
+
+@needs_bwrap
+def test_a_job_whose_result_has_the_wrong_number_of_seeds_fails(ctx: MethodContext, tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from trainer.sandbox import _read_result
+    from trainer.sandbox_pipes import Drain
+
+    ctxs = [replace(ctx, seed=s) for s in (0, 1)]
+    assert run_untrusted(GOOD, ctxs).ok
+    # a forged result of one seed for a two-seed job is refused by the reader
+    import io
+    import os
+
+    buf = io.BytesIO()
+    np.save(buf, np.full(ctx.n_eval, 0.5), allow_pickle=False)
+    body = buf.getvalue()
+    r, w = os.pipe()
+    os.write(w, (f'{{"predictions_bytes": {len(body)}}}\n').encode() + body)
+    os.close(w)
+    drain = Drain(r, 1 << 20).start()
+    drain.join(5)
+    from trainer.errors import MethodError
+
+    with pytest.raises(MethodError, match="for 2 seeds"):
+        _read_result(drain, 2, ctx.n_eval)

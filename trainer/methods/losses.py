@@ -38,12 +38,50 @@ import torch
 import torch.nn.functional as F
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
+# The same loss over a stack of seeds: ``logits[S, n, 2], targets[S, n, 2] -> losses[S]``
+# (trainer.methods.seeds trains several seeds' heads as one model with it).
+BatchedLossFn = Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
 Warmup = Literal["faithful", "fixed"]
+
+
+def batched_form(loss: LossFn) -> tuple[tuple[object, ...], BatchedLossFn] | None:
+    """``(spec, batched)`` of a loss of this module: ``spec`` names it with its parameters
+    (equal specs: the same loss), ``batched`` computes it for every seed at once."""
+    found = getattr(loss, "batched", None)
+    return found if isinstance(found, tuple) else None
+
+
+def _attach(loss: LossFn, spec: tuple[object, ...], batched: BatchedLossFn) -> LossFn:
+    loss.batched = (spec, batched)  # type: ignore[attr-defined]  # a function attribute, read by batched_form
+    return loss
+
+
+def _soft_ce_rows(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Soft cross-entropy per seed, ``[S, n, 2] -> [S]`` (mean over the rows)."""
+    return -(targets * torch.log_softmax(logits, dim=-1)).sum(dim=-1).mean(dim=-1)
+
+
+def _quantile_rows(values: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """``torch.quantile(values[s], q[s])`` for every row ``s`` (linear interpolation)."""
+    ordered = values.sort(dim=-1).values
+    pos = q.clamp(0, 1) * (values.shape[-1] - 1)
+    lo = pos.floor().long()
+    hi = pos.ceil().long()
+    v_lo = ordered.gather(-1, lo.unsqueeze(-1)).squeeze(-1)
+    v_hi = ordered.gather(-1, hi.unsqueeze(-1)).squeeze(-1)
+    return torch.lerp(v_lo, v_hi, pos - lo.to(pos.dtype))
 
 
 def soft_ce(logits: torch.Tensor, targets: torch.Tensor, step_frac: float = 0.0) -> torch.Tensor:
     """Cross-entropy against soft (or one-hot) targets."""
     return F.cross_entropy(logits.float(), targets.float())
+
+
+def _soft_ce_batched(logits: torch.Tensor, targets: torch.Tensor, step_frac: float = 0.0) -> torch.Tensor:
+    return _soft_ce_rows(logits.float(), targets.float())
+
+
+_attach(soft_ce, ("soft_ce",), _soft_ce_batched)
 
 
 def aux_coefficient(step_frac: float, aux_coef: float, warmup_frac: float, warmup: Warmup) -> float:
@@ -70,7 +108,16 @@ def logconf(aux_coef: float = 0.5, warmup_frac: float = 0.1, warmup: Warmup = "f
         strong = harden(torch.softmax(logits, dim=-1), targets).detach()
         return F.cross_entropy(logits, targets * (1 - coef) + strong * coef)
 
-    return loss
+    def batched(logits: torch.Tensor, targets: torch.Tensor, step_frac: float = 0.0) -> torch.Tensor:
+        logits, targets = logits.float(), targets.float()
+        coef = aux_coefficient(step_frac, aux_coef, warmup_frac, warmup)
+        preds = torch.softmax(logits, dim=-1).detach()
+        threshold = _quantile_rows(preds[..., 0], targets[..., 1].mean(dim=-1))
+        class0 = preds[..., 0] >= threshold.unsqueeze(-1)
+        strong = torch.stack([class0, ~class0], dim=-1).to(preds.dtype)
+        return _soft_ce_rows(logits, targets * (1 - coef) + strong * coef)
+
+    return _attach(loss, ("logconf", float(aux_coef), float(warmup_frac), warmup), batched)
 
 
 PRODUCT_FLOOR = 1e-12
@@ -101,4 +148,9 @@ def product(alpha: float = 1.0, beta: float = 1.0) -> LossFn:
         target = product_target(torch.softmax(logits, dim=-1), targets, alpha, beta).detach()
         return F.cross_entropy(logits, target)
 
-    return loss
+    def batched(logits: torch.Tensor, targets: torch.Tensor, step_frac: float = 0.0) -> torch.Tensor:
+        logits, targets = logits.float(), targets.float()
+        target = product_target(torch.softmax(logits, dim=-1), targets, alpha, beta).detach()
+        return _soft_ce_rows(logits, target)
+
+    return _attach(loss, ("product", float(alpha), float(beta)), batched)
