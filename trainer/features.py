@@ -6,6 +6,8 @@ each text's tokens. It is stored as ``AAR_HOME/cache/features/<key>.npy`` with a
 
     key = sha256(FEATURES_VERSION, weights_id(backbone), split.fingerprint, pooling, max_length)
 
+(``max_length``: the backbone's token limit, or the dataset's ``max_tokens`` when lower.)
+
 so a new split, other weights (pinned by sha256) or another pooling never reuse a stale
 file. Files are written atomically (temp file + rename): concurrent writers of the same key
 both produce the same bytes and the last rename wins.
@@ -28,7 +30,7 @@ import numpy as np
 from core.paths import AarHome
 from trainer import models
 from trainer._util import load_npy, save_npy_atomic, sha256_text, usable_cpus, write_text_atomic
-from trainer.data import Split
+from trainer.data import DATASETS, Split
 from trainer.errors import UnknownNameError
 
 FEATURES_VERSION = "aar-features-v1"
@@ -48,11 +50,20 @@ def cache_key(weights_id: str, content_fingerprint: str, pooling: str, max_lengt
     return sha256_text(FEATURES_VERSION, weights_id, content_fingerprint, pooling, str(max_length))
 
 
+def token_limit(backbone: str, dataset: str | None, path: Path | None) -> int:
+    """Tokens per text: the backbone's limit, capped by the dataset's ``max_tokens`` (if any)."""
+    length = models.max_length(backbone, path)
+    cap = None
+    if dataset is not None and dataset in DATASETS:
+        cap = DATASETS[dataset].max_tokens
+    return min(length, cap) if cap else length
+
+
 def features_path(backbone: str, split: Split, pooling: str = DEFAULT_POOLING, home: AarHome | None = None) -> Path:
     """Where the features of ``split`` under ``backbone`` live (or will live)."""
     _check_pooling(pooling)
     home = home or AarHome.from_env()
-    length = models.max_length(backbone, models.model_path(backbone, home, fetch_missing=False))
+    length = token_limit(backbone, split.dataset, models.model_path(backbone, home, fetch_missing=False))
     key = cache_key(models.weights_id(backbone, home), split.fingerprint, pooling, length)
     return home.features / f"{key}.npy"
 
@@ -72,7 +83,7 @@ def split_features(
     _check_pooling(pooling)
     home = home or AarHome.from_env()
     path = models.model_path(backbone, home, fetch_missing=fetch_missing, progress=progress)
-    length = models.max_length(backbone, path)
+    length = token_limit(backbone, split.dataset, path)
     key = cache_key(models.weights_id(backbone, home), split.fingerprint, pooling, length)
     dest = home.features / f"{key}.npy"
     if dest.is_file():
@@ -89,6 +100,7 @@ def split_features(
         progress=progress,
         home=home,
         desc=f"{backbone} {split.dataset}/{split.name}",
+        max_length=length,
     )
     save_npy_atomic(dest, feats)
     meta = {
@@ -126,8 +138,10 @@ def embed_texts(
     home: AarHome | None = None,
     threads: int | None = None,
     desc: str = "embed",
+    max_length: int | None = None,
 ) -> np.ndarray:
-    """Pooled last hidden states of ``texts`` (no cache), float32[n, hidden]."""
+    """Pooled last hidden states of ``texts`` (no cache), float32[n, hidden]; each text
+    truncated to ``max_length`` tokens (default: the backbone's limit)."""
     import torch
     from tqdm.auto import tqdm
 
@@ -137,7 +151,7 @@ def embed_texts(
     if device == "cpu":
         torch.set_num_threads(threads or usable_cpus())
     tokenizer, model = _model(backbone, device, home)
-    length = models.max_length(backbone, models.model_path(backbone, home, fetch_missing=False))
+    length = max_length or models.max_length(backbone, models.model_path(backbone, home, fetch_missing=False))
     if tokenizer.pad_token is None:  # decoder tokenizers (Qwen) may lack one
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "right"

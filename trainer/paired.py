@@ -151,3 +151,65 @@ def paired_se_closed_form(correct_a: np.ndarray, correct_b: np.ndarray) -> float
     b = _matrix("correct_b", correct_b).mean(axis=0)
     d = a - b
     return float(d.std(ddof=1) / math.sqrt(d.size)) if d.size > 1 else 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class PairedPGR:
+    """One method's PGR with the standard error of a bootstrap that resamples the rows
+    and seeds of all three arms (student, weak, ceiling) together."""
+
+    value: float | None  # None: the gap is not positive
+    se: float | None
+    ci: tuple[float, float] | None
+    n_rows: int
+    n_seeds: int
+    n_bootstrap: int
+    seed: int
+
+
+def paired_pgr(
+    student_correct: np.ndarray,
+    weak_correct: np.ndarray,
+    ceiling_correct: np.ndarray,
+    *,
+    n_bootstrap: int = DEFAULT_BOOTSTRAP,
+    seed: int = DEFAULT_SEED,
+) -> PairedPGR:
+    """PGR = (acc_student - acc_weak) / (acc_ceiling - acc_weak) and its SE, the three
+    arms resampled *jointly* (same row draw and seed draw for every arm, as in
+    :func:`paired_difference`).
+
+    The three arms are scored on the same rows, so their accuracies are positively
+    correlated (a hard row is missed by all of them); :func:`trainer.w2s.pgr`'s closed
+    form treats them as independent and overstates the SE. This is the SE of the same
+    number that keeps the correlation. Replicates where the gap is not positive are dropped.
+    """
+    arms = [_matrix("student_correct", student_correct), _matrix("weak_correct", weak_correct),
+            _matrix("ceiling_correct", ceiling_correct)]
+    n = arms[0].shape[1]
+    if any(arm.shape[1] != n for arm in arms):
+        raise ValueError(f"every arm must be scored on the same {n} rows, got {[arm.shape[1] for arm in arms]}")
+    if n_bootstrap < 2:
+        raise ValueError("n_bootstrap must be at least 2")
+    k = max(arm.shape[0] for arm in arms)
+    s, w, c = (float(arm.mean()) for arm in arms)
+    if c - w <= 0:
+        return PairedPGR(None, None, None, n, k, n_bootstrap, seed)
+    rng = np.random.default_rng(seed)
+    chunk = max(1, MAX_CELLS // max(1, k * n))
+    reps: list[np.ndarray] = []
+    done = 0
+    while done < n_bootstrap:
+        size = min(chunk, n_bootstrap - done)
+        rs, rw, rc = _replicate_means(arms, rng.integers(0, n, size=(size, n)), rng.integers(0, k, size=(size, k)))
+        g = rc - rw
+        with np.errstate(divide="ignore", invalid="ignore"):
+            reps.append(np.where(g > 0, (rs - rw) / g, np.nan))
+        done += size
+    r = np.concatenate(reps)
+    r = r[np.isfinite(r)]
+    if r.size < 2:
+        return PairedPGR((s - w) / (c - w), None, None, n, k, n_bootstrap, seed)
+    tail = (1 - LEVEL) / 2 * 100
+    return PairedPGR((s - w) / (c - w), float(r.std(ddof=1)),
+                     (float(np.percentile(r, tail)), float(np.percentile(r, 100 - tail))), n, k, n_bootstrap, seed)

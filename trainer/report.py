@@ -4,7 +4,7 @@
     python -m trainer.report --dataset imdb --seeds 3 --eval-split test --json out.json
 
 Features are computed once and cached in ``AAR_HOME/cache/features`` (mpnet: ~5 minutes
-for 4,000 short texts on 2 CPU cores the first time; seconds afterwards). Seeds vary the
+for 6,500 short texts on 2 CPU cores the first time; seconds afterwards). Seeds vary the
 weak teacher's and the student's head (initialization and mini-batch order); the splits
 are fixed. PGR uses :func:`trainer.w2s.pgr` with ``n_eval`` = the eval split's size.
 The ablation column is the accuracy drop when the weak labels are shuffled (the scorer's
@@ -23,7 +23,9 @@ import numpy as np
 
 from trainer import w2s
 from trainer.data import SplitSizes
-from trainer.methods import METHODS, run_method
+from trainer.methods import METHODS, MethodContext, run_method
+from trainer.methods.seeds import run_seeds
+from trainer.paired import paired_difference
 from trainer.pipeline import DEFAULT_STRONG, DEFAULT_WEAK, baselines, method_inputs, prepare
 
 
@@ -44,17 +46,33 @@ def measure(
     features_s = time.monotonic() - started
     base = baselines(prep, seeds, eval_split)
     gold = prep.dataset.split(eval_split).labels
+    prep.teach(seeds)
     teacher_on_B = [w2s.accuracy(prep.weak_labels(s), prep.dataset.B.labels) for s in seeds]
     rows = []
-    for name in methods or list(METHODS):
+    naive: np.ndarray | None = None
+    names = methods or list(METHODS)
+    if "naive_soft" in names:  # first: every other method is compared with it, paired
+        names = ["naive_soft", *(n for n in names if n != "naive_soft")]
+    for name in names:
         t = time.monotonic()
-        accs = [w2s.accuracy(run_method(name, method_inputs(prep, s, eval_split)), gold) for s in seeds]
+
+        def run(ctx: MethodContext, method: str = name) -> np.ndarray:
+            return run_method(method, ctx)
+
+        correct = np.stack([w2s.correct(p, gold) for p in
+                            run_seeds(run, [method_inputs(prep, s, eval_split) for s in seeds])])
+        accs = [float(r.mean()) for r in correct]
         shuffled = (
-            [w2s.accuracy(run_method(name, method_inputs(prep, s, eval_split, shuffled=True)), gold) for s in seeds]
+            [w2s.accuracy(p, gold) for p in
+             run_seeds(run, [method_inputs(prep, s, eval_split, shuffled=True) for s in seeds])]
             if ablation
             else None
         )
         result = w2s.pgr(accs, base.weak_acc, base.ceiling_acc, n_eval=base.n_eval)
+        if name == "naive_soft":
+            naive = correct
+        vs = (paired_difference(correct, naive, base.weak_correct, base.ceiling_correct, n_bootstrap=1000)
+              if naive is not None and name != "naive_soft" else None)
         rows.append(
             {
                 "method": name,
@@ -63,6 +81,9 @@ def measure(
                 "acc_sd": float(np.std(accs, ddof=1)) if len(accs) > 1 else 0.0,
                 "pgr": result.as_dict(),
                 "shuffled_acc_mean": float(np.mean(shuffled)) if shuffled else None,
+                "vs_naive_pgr": None if vs is None else vs.pgr,
+                "vs_naive_pgr_se": None if vs is None else vs.pgr_se,
+                "vs_naive_tied": None if vs is None else vs.tied,
                 "seconds_per_seed": (time.monotonic() - t) / len(seeds) / (2 if ablation else 1),
             }
         )
@@ -99,14 +120,17 @@ def render(report: dict[str, Any]) -> str:
         f"teacher accuracy on B {np.mean(report['teacher_acc_on_B']):.4f}",
         f"ceiling      {c.mean():.4f} (sd {c.std(ddof=1) if len(c) > 1 else 0:.4f})",
         "",
-        "| method | acc (mean ± sd) | PGR ± se | acc, shuffled weak labels | s/seed |",
-        "|---|---|---|---|---|",
+        "| method | acc (mean ± sd) | PGR ± se | − naive_soft, paired (PGR ± se) | acc, shuffled weak labels | s/seed |",
+        "|---|---|---|---|---|---|",
     ]
     for row in report["methods"]:
         p = row["pgr"]
         pgr_text = "null" if p["value"] is None else f"{p['value']:.3f} ± {p['se']:.3f}"
+        vs = row.get("vs_naive_pgr")
+        vs_text = "—" if vs is None else (f"{vs:+.3f} ± {row['vs_naive_pgr_se']:.3f}"
+                                          + (" (tied)" if row["vs_naive_tied"] else ""))
         lines.append(
-            f"| {row['method']} | {row['acc_mean']:.4f} ± {row['acc_sd']:.4f} | {pgr_text} | "
+            f"| {row['method']} | {row['acc_mean']:.4f} ± {row['acc_sd']:.4f} | {pgr_text} | {vs_text} | "
             f"{_fmt(row['shuffled_acc_mean'], 4)} | {row['seconds_per_seed']:.1f} |"
         )
     lines.append("")
@@ -119,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dataset", default="rotten_tomatoes")
     parser.add_argument("--weak", default=DEFAULT_WEAK)
     parser.add_argument("--strong", default=DEFAULT_STRONG)
-    parser.add_argument("--sizes", default="1000,1000,1000,1000", help="A,B,dev,test")
+    d = SplitSizes()
+    parser.add_argument("--sizes", default=f"{d.A},{d.B},{d.dev},{d.test}", help="A,B,dev,test (default: the task's)")
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--eval-split", default="dev", choices=["dev", "test"])
     parser.add_argument("--methods", nargs="*", default=None, help=f"default: all ({', '.join(METHODS)})")

@@ -6,18 +6,21 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from trainer.data import DEFAULT_HELDOUT, HELDOUT_SIZES, SplitSizes
+
 
 class ScoringConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     seeds: int = Field(default=5, ge=1, le=50, description="seeds per experiment and per baseline")
     split_sizes: dict[str, int] = Field(
-        default_factory=lambda: {"A": 1000, "B": 1000, "dev": 1000, "test": 1000},
+        default_factory=lambda: SplitSizes().as_dict(),
         description="rows in A (weak teacher's gold), B (student's weak-labelled data), dev, test",
     )
     split_seed: int = 0
-    heldout: list[str] = Field(default_factory=list, description="held-out datasets: top ideas are scored there too")
-    heldout_sizes: dict[str, int] = Field(default_factory=lambda: {"A": 500, "B": 500, "dev": 50, "test": 500})
+    heldout: list[str] = Field(default_factory=lambda: list(DEFAULT_HELDOUT),
+                               description="held-out datasets: top ideas are scored there too")
+    heldout_sizes: dict[str, int] = Field(default_factory=lambda: HELDOUT_SIZES.as_dict())
     rate_limit: int = Field(default=12, ge=1, description="experiments an agent may request per window")
     rate_window_s: float = Field(default=600.0, gt=0)
     promote_top: int = Field(default=3, ge=0, description="an idea among the best N on dev is scored on test, "
@@ -28,6 +31,8 @@ class ScoringConfig(BaseModel):
                                   "score carries its paired difference against it")
     comparison_bootstrap: int = Field(default=1000, ge=100, le=20_000, description="replicates of each paired "
                                       "bootstrap (trainer/paired.py)")
+    release_rows: float = Field(default=20.0, ge=0, le=10_000, description="noise of every dev figure released "
+                                "to agents, in rows of the dev split (services/scorer/release.py); 0: exact")
     dev_test_gap: float = Field(default=0.3, gt=0, description="flag when dev PGR exceeds test PGR by more than this "
                                 "(and by 3 standard errors)")
 

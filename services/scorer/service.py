@@ -42,8 +42,16 @@ from core.audit import AuditRequest, Param
 from core.paths import AarHome
 from schemas import Event, decode
 from schemas.artifact import ArtifactKind
+from schemas.base import EventType
 from schemas.base import derived_id as base_derived_id
-from schemas.experiment import ExperimentFailed, ExperimentFinished, ExperimentRequested, Purpose, Split
+from schemas.experiment import (
+    ExperimentFailed,
+    ExperimentFinished,
+    ExperimentRequested,
+    Purpose,
+    Split,
+    dataset_split,
+)
 from schemas.idea import IdeaProposed
 from schemas.integrity import IntegrityCheck, IntegrityFlagged, Severity
 from schemas.scoring import Against, BaselineComputed, BaselineKind, Comparison, ScorePublished, ScoreWithheld
@@ -57,6 +65,7 @@ from trainer.paired import PairedDifference, paired_difference
 from .config import ScoringConfig
 from .policy import RateLimiter
 from .queries import LEADERBOARD, Leaderboard, LeaderboardEntry, LeaderboardRequest
+from .release import Release
 from .truth import GroundTruth, Scored, Setup
 
 DURABLE = "scorer"
@@ -92,6 +101,19 @@ class SessionState:
     naive_experiment: str | None = None
     ties: dict[tuple[str, str], bool] = field(default_factory=dict)  # (idea, leader) -> tied
     draining: bool = False
+    # What agents see of a dev score is released with secret noise (release.py); the
+    # full-precision scores stay here, in memory, for promotion, the leader and the checks.
+    release: Release = field(default_factory=Release)
+    full: dict[str, ScorePublished] = field(default_factory=dict)  # experiment_id -> full precision
+    released_acc: dict[str, float] = field(default_factory=dict)  # idea id -> its released dev accuracy
+    naive_released: float | None = None  # naive_soft's released dev accuracy (never shown alone)
+
+    def best(self, experiment_id: str) -> ScorePublished | None:
+        """A score at full precision when this process scored it, else as the log has it."""
+        return self.full.get(experiment_id) or self.scores.get(experiment_id)
+
+    def all_scores(self) -> list[ScorePublished]:
+        return [self.full.get(k, v) for k, v in self.scores.items()]
 
 
 class Scorer:
@@ -165,7 +187,8 @@ class Scorer:
                   tuple(sorted(cfg.heldout_sizes.items())), cfg.split_seed, seeds)
             for name in cfg.heldout
         ]
-        state = SessionState(event, cfg, main, heldout, RateLimiter(cfg.rate_limit, cfg.rate_window_s))
+        state = SessionState(event, cfg, main, heldout, RateLimiter(cfg.rate_limit, cfg.rate_window_s),
+                             release=Release(rows=cfg.release_rows))
         self.sessions[event.session_id] = state
         t0 = time.monotonic()
         truth = await self._truth(state, main)
@@ -240,6 +263,9 @@ class Scorer:
                     state.promoted.add(ev.payload.idea_id)
             elif isinstance(ev, Event) and isinstance(ev.payload, ScorePublished):
                 state.scores[ev.payload.experiment_id] = ev.payload
+                if (ev.type == EventType.SCORE_PUBLISHED and ev.payload.idea_id
+                        and ev.payload.dataset == state.main.dataset):
+                    state.released_acc.setdefault(ev.payload.idea_id, ev.payload.accuracy)
         self.log.info("session_rebuilt", session_id=session_id, requests=len(state.requests), scores=len(state.scores))
         return state
 
@@ -401,9 +427,11 @@ class Scorer:
         k = len(scored.accuracies)
         _, acc_se = w2s.mean_se(scored.accuracies)
         main_dev = req.split is Split.DEV and setup is state.main
-        comparisons: list[Comparison] = []
+        comparisons: list[tuple[Comparison, float]] = []
+        n_eval = truth.baselines[dataset_split(req.split)].n_eval
         if main_dev and req.purpose is Purpose.BASELINE and req.experiment_id == state.naive_experiment:
             state.naive = scored.correct
+            state.naive_released = state.release.noisy(p.student, n_eval, req.experiment_id)
         elif main_dev and req.purpose is Purpose.SCORE and req.idea_id is not None:
             comparisons = await asyncio.to_thread(self._comparisons, state, truth, req, scored)
             state.correct[req.idea_id] = scored.correct
@@ -411,8 +439,16 @@ class Scorer:
             experiment_id=req.experiment_id, idea_id=req.idea_id, agent_id=req.agent_id, purpose=req.purpose,
             dataset=req.dataset, split=req.split, n_seeds=k, accuracy=p.student, accuracy_stderr=acc_se,
             weak_accuracy=p.weak, ceiling_accuracy=p.ceiling, pgr=p.value, pgr_stderr=p.se,
-            method_artifact=req.method_artifact, builtin_method=req.builtin_method, comparisons=comparisons,
+            method_artifact=req.method_artifact, builtin_method=req.builtin_method,
+            comparisons=[c for c, _ in comparisons],
         )
+        state.full[req.experiment_id] = score
+        if main_dev and req.purpose is Purpose.SCORE and req.idea_id is not None:
+            sigma = state.release.sigma(n_eval)
+            score, released = state.release.score(
+                score, n_eval=n_eval, seed_se=acc_se, key=req.experiment_id,
+                comparisons=[(c, other, sigma) for c, other in comparisons])
+            state.released_acc.setdefault(req.idea_id, released)
         if req.purpose is not Purpose.SCORE or req.split is not Split.DEV:
             score = ScoreWithheld(**score.model_dump())  # test / held-out / ablation: never shown to agents
         state.scores[req.experiment_id] = score
@@ -421,41 +457,44 @@ class Scorer:
         self.log.info("score_published", experiment_id=req.experiment_id, purpose=req.purpose.value,
                       split=req.split.value, dataset=req.dataset, accuracy=round(p.student, 4),
                       pgr=None if p.value is None else round(p.value, 4))
+        full = state.full[req.experiment_id]
         if req.purpose is Purpose.SCORE and req.split is Split.DEV:
-            await self._maybe_promote(state, event, req, score)
+            await self._maybe_promote(state, event, req, full)
         elif req.purpose is Purpose.ABLATION:
-            await self._check_ablation(state, event, req, score)
+            await self._check_ablation(state, event, req, full)
         elif req.split is Split.TEST:
-            await self._check_dev_test_gap(state, event, req, score)
+            await self._check_dev_test_gap(state, event, req, full)
 
     def _comparisons(self, state: SessionState, truth: GroundTruth, req: ExperimentRequested,
-                     scored: Scored) -> list[Comparison]:
+                     scored: Scored) -> list[tuple[Comparison, float]]:
         """This dev score minus naive_soft's, each parent's and the leader's, paired on the
         same rows and seeds (trainer/paired.py), seeded by the experiment id: the same
-        log gives the same figures. Others not scored in this process are left out."""
+        log gives the same figures. Each comes with the other's released accuracy (what
+        the released difference is taken from, release.py). Others not scored in this
+        process are left out."""
         idea = state.ideas.get(req.idea_id or "")
-        others: list[tuple[Against, str | None, np.ndarray]] = []
+        others: list[tuple[Against, str | None, np.ndarray, float | None]] = []
         if state.naive is not None:
-            others.append((Against.NAIVE_SOFT, None, state.naive))
+            others.append((Against.NAIVE_SOFT, None, state.naive, state.naive_released))
         for parent in dict.fromkeys(idea.parent_ideas if idea else []):
             if parent in state.correct and parent != req.idea_id:
-                others.append((Against.PARENT, parent, state.correct[parent]))
+                others.append((Against.PARENT, parent, state.correct[parent], state.released_acc.get(parent)))
         leader = self._leader(state, exclude=req.idea_id)
         if leader is not None and leader in state.correct:
-            others.append((Against.LEADER, leader, state.correct[leader]))
+            others.append((Against.LEADER, leader, state.correct[leader], state.released_acc.get(leader)))
         out = []
-        for against, other_id, other in others:
-            if other.shape[1] != scored.correct.shape[1]:
+        for against, other_id, other, released in others:
+            if other.shape[1] != scored.correct.shape[1] or released is None:
                 continue
             d = self._paired(state, truth, scored.correct, other, req.experiment_id)
-            out.append(Comparison(
+            out.append((Comparison(
                 against=against, idea_id=other_id, accuracy_diff=round(d.accuracy, 6),
                 accuracy_diff_se=round(d.accuracy_se, 6), accuracy_ci=[round(x, 6) for x in d.accuracy_ci],
                 pgr_diff=None if d.pgr is None else round(d.pgr, 6),
                 pgr_diff_se=None if d.pgr_se is None else round(d.pgr_se, 6),
                 pgr_ci=None if d.pgr_ci is None else [round(x, 6) for x in d.pgr_ci],
                 tied=d.tied, n_bootstrap=d.n_bootstrap, bootstrap_seed=d.seed,
-            ))
+            ), released))
         return out
 
     @staticmethod
@@ -479,9 +518,15 @@ class Scorer:
             if idea == leader or idea not in state.correct:
                 continue
             key = (idea, leader)
+            mine, theirs = state.released_acc.get(idea), state.released_acc.get(leader)
+            if mine is None or theirs is None:
+                continue
             if key not in state.ties:
-                state.ties[key] = self._paired(state, truth, state.correct[idea], state.correct[leader],
-                                               f"{idea}/{leader}").tied
+                # Decided on the released accuracies (release.py), like a released comparison.
+                d = self._paired(state, truth, state.correct[idea], state.correct[leader], f"{idea}/{leader}")
+                state.ties[key] = state.release.tied(mine, theirs, d.accuracy_se,
+                                                     state.release.sigma(truth.baselines["dev"].n_eval),
+                                                     f"tie/{idea}/{leader}")
             out[idea] = state.ties[key]
         return out
 
@@ -489,7 +534,7 @@ class Scorer:
     def _leader(state: SessionState, exclude: str | None = None) -> str | None:
         """The idea with the best main dev PGR so far (ties: the earlier score)."""
         best: tuple[float, str] | None = None
-        for s in state.scores.values():
+        for s in state.all_scores():
             if (s.purpose is Purpose.SCORE and s.split is Split.DEV and s.dataset == state.main.dataset
                     and s.idea_id is not None and s.idea_id != exclude and s.pgr is not None
                     and (best is None or s.pgr > best[0])):
@@ -502,7 +547,7 @@ class Scorer:
 
     def _dev_score_of(self, state: SessionState, idea_id: str | None) -> ScorePublished | None:
         return next(
-            (s for s in state.scores.values()
+            (s for s in state.all_scores()
              if s.idea_id == idea_id and s.purpose is Purpose.SCORE and s.split is Split.DEV
              and s.dataset == state.main.dataset),
             None,
@@ -517,7 +562,7 @@ class Scorer:
         if req.idea_id in state.promoted:
             return
         better = sum(
-            1 for s in state.scores.values()
+            1 for s in state.all_scores()
             if s.purpose is Purpose.SCORE and s.split is Split.DEV and s.pgr is not None and s.pgr > score.pgr
             and s.idea_id != req.idea_id
         )

