@@ -121,15 +121,12 @@ def train_head(
     batcher = getattr(BATCHING, "batcher", None)
     if batcher is not None:  # inside trainer.methods.seeds.run_seeds: one of several seeds
         if sample_weight is None and on_epoch is None:
-            from trainer.methods.seeds import HeadCall
-
             cfg = _config(config, overrides)
             x = torch.as_tensor(np.asarray(features, dtype=np.float32))
             y = as_targets(targets)
             _check_shapes(x, y)
-            return batcher.train(HeadCall(x, y, int(seed), loss, cfg))
-        from trainer.methods.seeds import SOLO_LOCK
-
+            head: Head = batcher.train_one(x, y, int(seed), loss, cfg)
+            return head
         with SOLO_LOCK, torch_threads(HEAD_THREADS):
             return _train_head(features, targets, seed, loss, config, sample_weight, on_epoch, overrides)
     with torch_threads(HEAD_THREADS):
@@ -138,6 +135,7 @@ def train_head(
 
 # Set per thread by trainer.methods.seeds.run_seeds (its batcher), unset elsewhere.
 BATCHING = threading.local()
+SOLO_LOCK = threading.Lock()  # heads trained alone from run_seeds' threads: one at a time
 
 
 def _config(config: HeadConfig | None, overrides: dict[str, Any]) -> HeadConfig:

@@ -29,14 +29,13 @@ from typing import Any, TypeVar
 
 import torch
 
-from trainer.methods.base import BATCHING, Head, HeadConfig, cosine_lrs, step_once
+from trainer.methods.base import BATCHING, SOLO_LOCK, Head, HeadConfig, cosine_lrs, step_once
 from trainer.methods.losses import LossFn, batched_form
 
 T = TypeVar("T")
 X = TypeVar("X")
 
-HEAD_FIELDS = tuple(HeadConfig.__dataclass_fields__)
-SOLO_LOCK = threading.Lock()  # heads trained alone from run_seeds' threads: one at a time
+HEAD_FIELDS = tuple(HeadConfig.__dataclass_fields__)  # heads trained alone from run_seeds' threads: one at a time
 
 
 @dataclass(slots=True)
@@ -62,6 +61,10 @@ class _Batcher:
     live: int
     cond: threading.Condition = field(default_factory=threading.Condition)
     pending: list[HeadCall] = field(default_factory=list)
+
+    def train_one(self, x: torch.Tensor, y: torch.Tensor, seed: int, loss: LossFn, cfg: HeadConfig) -> Head:
+        """What :func:`~trainer.methods.base.train_head` calls in one of the seeds' threads."""
+        return self.train(HeadCall(x, y, seed, loss, cfg))
 
     def train(self, call: HeadCall) -> Head:
         with self.cond:
