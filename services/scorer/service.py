@@ -85,7 +85,7 @@ class SessionState:
     main: Setup
     heldout: list[Setup]
     limiter: RateLimiter
-    truths: dict[str, GroundTruth] = field(default_factory=dict)  # dataset -> truth
+    truths: dict[str, asyncio.Task[GroundTruth]] = field(default_factory=dict)  # dataset -> its (running) build
     weak_artifacts: dict[tuple[str, bool], str] = field(default_factory=dict)  # (dataset, shuffled) -> sha
     requests: dict[str, ExperimentRequested] = field(default_factory=dict)
     scores: dict[str, ScorePublished] = field(default_factory=dict)  # experiment_id -> score
@@ -130,6 +130,20 @@ class Scorer:
         self.scored = 0
         self._started: set[str] = set()  # sessions the log saw start (read on a miss, see _session)
         self._started_at = float("-inf")
+        self._background: set[asyncio.Task[Any]] = set()
+
+    def _spawn(self, coro: Any, what: str) -> asyncio.Task[Any]:
+        """Work that must not hold up the event stream (held-out ground truth and requests)."""
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+
+        def done(t: asyncio.Task[Any]) -> None:
+            self._background.discard(t)
+            if not t.cancelled() and t.exception() is not None:
+                self.log.error("background_failed", what=what, error=repr(t.exception()))
+
+        task.add_done_callback(done)
+        return task
 
     async def run(self, stop: asyncio.Event) -> None:
         sub = await self.bus.pull(DURABLE, "aar.>", ack_wait=self.ack_wait, max_deliver=-1, max_ack_pending=10_000)
@@ -214,12 +228,34 @@ class Scorer:
             req = await self._request(state, event, None, None, Purpose.BASELINE, Split.DEV, main,
                                       method_artifact=None, builtin_method="naive_soft", params={})
             state.naive_experiment = req.experiment_id
+        if cfg.promote_top > 0:
+            for setup in heldout:  # features and baselines of the held-out sets, while ideas are scored
+                self._spawn(self._truth(state, setup), f"held-out ground truth {setup.dataset}")
         return state
 
     async def _truth(self, state: SessionState, setup: Setup) -> GroundTruth:
-        if setup.dataset not in state.truths:
-            state.truths[setup.dataset] = await asyncio.to_thread(GroundTruth, setup, self.home)
-        return state.truths[setup.dataset]
+        """The setup's ground truth, built once (concurrent callers wait for the same build)."""
+        task = state.truths.get(setup.dataset)
+        if task is None or (task.done() and (task.cancelled() or task.exception() is not None)):
+            task = state.truths[setup.dataset] = asyncio.ensure_future(
+                asyncio.to_thread(GroundTruth, setup, self.home))  # a failed build is tried again
+        return await asyncio.shield(task)
+
+    async def _retrying(self, make: Any, attempts: int = 6) -> Any:
+        """``await make()``, again after a bus error (a service did not answer), with backoff."""
+        for attempt in range(attempts):
+            try:
+                return await make()
+            except BusError as exc:
+                if attempt == attempts - 1:
+                    raise
+                self.log.warning("scorer_retry_later", error=str(exc), attempt=attempt + 1)
+                await asyncio.sleep(2.0 * (attempt + 1))
+        return None
+
+    def _built(self, state: SessionState, dataset: str) -> GroundTruth | None:
+        task = state.truths.get(dataset)
+        return task.result() if task is not None and task.done() and task.exception() is None else None
 
     async def _weak_artifact(self, state: SessionState, setup: Setup, shuffled: bool) -> str:
         key = (setup.dataset, shuffled)
@@ -390,7 +426,7 @@ class Scorer:
                                       if c.against is Against.NAIVE_SOFT), None),
             ))
         rows.sort(key=lambda r: (r.pgr is None, -(r.pgr or 0.0)))
-        main = state.truths.get(state.main.dataset)
+        main = self._built(state, state.main.dataset)
         base = main.baselines["dev"] if main else None
         shown = rows[:limit]
         if main is not None and shown:
@@ -574,9 +610,10 @@ class Scorer:
         await self._request(state, event, req.idea_id, req.agent_id, Purpose.ABLATION, Split.DEV, state.main,
                             shuffled=True, **common)
         await self._request(state, event, req.idea_id, req.agent_id, Purpose.SCORE, Split.TEST, state.main, **common)
-        for setup in state.heldout:
-            await self._request(state, event, req.idea_id, req.agent_id, Purpose.SCORE, Split.HELDOUT, setup,
-                                **common)
+        for setup in state.heldout:  # waits for the held-out ground truth without holding up the stream
+            self._spawn(self._retrying(lambda setup=setup: self._request(
+                state, event, req.idea_id, req.agent_id, Purpose.SCORE, Split.HELDOUT, setup, **common)),
+                f"held-out request {setup.dataset} for {req.idea_id}")
 
     async def _check_ablation(
         self, state: SessionState, event: Event[Any], req: ExperimentRequested, ablated: ScorePublished
