@@ -205,7 +205,8 @@ def test_verify_reproduces_scores_and_flags_a_tampered_artifact(session_home: tu
     home = _copy_home(src, tmp_path / "aar", artifacts=True)
     rows = rows_from_connection(_open(home), sid)
     scores = [r for r in rows if r.type in ("score.published", "score.withheld")]
-    dev = next(json.loads(r.payload) for r in scores if json.loads(r.payload)["split"] == "dev")
+    dev = next(json.loads(r.payload) for r in scores  # a dev score agents saw (released with noise)
+               if r.type == "score.published" and json.loads(r.payload)["split"] == "dev")
     test = next(json.loads(r.payload) for r in scores if json.loads(r.payload)["split"] == "test")
     keep = {dev["experiment_id"], test["experiment_id"]}
 
