@@ -308,3 +308,66 @@ async def test_unsafe_runs_are_flagged_and_a_restarted_scorer_rebuilds_from_the_
     assert started == [[False]]
     baselines = await st.sql("SELECT count(*) FROM events WHERE type = 'baseline.computed'")
     assert baselines == [[4]]  # re-published on rebuild with the same ids: stored once
+
+
+EXTENDED = """
+import numpy as np
+from trainer.methods import run_method
+
+def run(ctx):
+    # naive_soft, sharpened: builds on agent-1's idea
+    p = run_method("naive_soft", ctx)
+    return np.clip(0.5 + 1.2 * (p - 0.5), 0.0, 1.0)
+"""
+
+
+async def test_agents_read_each_others_ideas_and_code(stack: Stack) -> None:
+    """read_idea and diff_ideas: another agent's code, parameters, released score with its
+    paired comparison against the parent, ancestors, children and the posts about it."""
+    from services.agents.toolbox import Toolbox
+
+    forum = ServiceProcess("services.forum", Role.FORUM, stack.server, stack.home).start()
+    stack.procs.append(forum)
+    await stack.start_session(ScoringConfig(seeds=2, split_sizes=SIZES, promote_top=0))
+    boxes = {a: Toolbox(await stack.agent(a), stack.session_id, a) for a in ("agent-1", "agent-2")}
+    for box in boxes.values():
+        await box.start()
+    try:
+        base = await boxes["agent-1"].call("propose_idea", {"title": "reference", "hypothesis": "soft CE",
+                                                             "builtin_method": "naive_soft"})
+        first = await boxes["agent-1"].call("wait_for_score", {"idea_id": base["idea_id"], "timeout_s": 300})
+        assert first["status"] == "scored", first
+        stored = await boxes["agent-2"].call("write_method", {"code": EXTENDED, "name": "sharper.py"})
+        child = await boxes["agent-2"].call("propose_idea", {
+            "title": "sharper", "hypothesis": "sharpen naive_soft", "method_artifact": stored["method_artifact"],
+            "params": {"epochs": 10}, "parent_ideas": [base["idea_id"]]})
+        second = await boxes["agent-2"].call("wait_for_score", {"idea_id": child["idea_id"], "timeout_s": 300})
+        assert second["status"] == "scored", second
+        against = {c["against"] for c in second["score"]["comparisons"]}
+        assert {"naive_soft", "parent"} <= against  # what wait_for_score now carries
+        await boxes["agent-2"].call("post_finding", {"title": "sharpening", "body": "it helps a little",
+                                                     "idea_ids": [child["idea_id"]]})
+
+        async def posted() -> bool:
+            return bool((await boxes["agent-1"].call("read_idea", {"idea_id": child["idea_id"]}))
+                        .get("posts_about_it"))
+
+        await wait_until(posted, 30, "the forum post about the idea")
+        seen = await boxes["agent-1"].call("read_idea", {"idea_id": child["idea_id"]})  # agent-2's idea
+        assert "error" not in seen, seen
+        assert seen["agent_id"] == "agent-2" and seen["source"] == EXTENDED and seen["params"] == {"epochs": 10}
+        assert seen["ancestors"] == [{"idea_id": base["idea_id"], "agent_id": "agent-1", "depth": 1,
+                                      "pgr": first["score"]["pgr"]}]
+        parent_vs = next(c for c in seen["dev_score"]["comparisons"] if c["against"] == "parent")
+        assert parent_vs["idea_id"] == base["idea_id"] and parent_vs["accuracy_diff_se"] > 0
+        assert [p["title"] for p in seen["posts_about_it"]] == ["sharpening"]
+        parent = await boxes["agent-2"].call("read_idea", {"idea_id": base["idea_id"]})
+        assert parent["children"] == [child["idea_id"]] and "def naive_soft" in parent["source"]
+        diff = await boxes["agent-1"].call("diff_ideas", {"a": base["idea_id"], "b": child["idea_id"]})
+        assert not diff["same_code"] and "+    p = run_method(\"naive_soft\", ctx)" in diff["diff"]
+        assert diff["params_changed"] == {"epochs": [None, 10]}
+        missing = await boxes["agent-1"].call("read_idea", {"idea_id": "i-nope"})
+        assert "no idea" in missing["error"]
+    finally:
+        for box in boxes.values():
+            await box.close()

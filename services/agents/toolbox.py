@@ -105,6 +105,14 @@ TOOL_SPECS: list[dict[str, Any]] = [
      "input_schema": {"type": "object", "properties": {"idea_id": {"type": "string"},
                                                        "timeout_s": {"type": "number", "minimum": 1, "maximum": 1800}},
                       "required": ["idea_id"]}},
+    {"name": "read_idea", "description": (
+        "Any idea of this session (yours or another agent's): its method's source code (built-in or stored "
+        "code), parameters, hypothesis, dev score as released with its paired comparisons (against naive_soft, "
+        "its parents, the leader), its ancestors, the ideas built on it and the forum posts about it."),
+     "input_schema": {"type": "object", "properties": {"idea_id": {"type": "string"}}, "required": ["idea_id"]}},
+    {"name": "diff_ideas", "description": "A unified diff of two ideas' method code (and of their parameters).",
+     "input_schema": {"type": "object", "properties": {"a": {"type": "string"}, "b": {"type": "string"}},
+                      "required": ["a", "b"]}},
     {"name": "note", "description": "Keep a private note for yourself (kept in the log).",
      "input_schema": {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]}},
 ]
@@ -163,7 +171,9 @@ class Toolbox:
                              "weak_accuracy": round(p.weak_accuracy, 4), "ceiling_accuracy": round(p.ceiling_accuracy, 4),
                              "pgr": None if p.pgr is None else round(p.pgr, 4),
                              "pgr_stderr": None if p.pgr_stderr is None else round(p.pgr_stderr, 4),
-                             "n_seeds": p.n_seeds, "experiment_id": p.experiment_id}
+                             "n_seeds": p.n_seeds, "experiment_id": p.experiment_id,
+                             # paired, as released: against naive_soft, each parent and the leader
+                             "comparisons": [c.model_dump(mode="json") for c in p.comparisons]}
             outcome.done.set()
         elif isinstance(p, ExperimentFailed) and not p.retryable:
             outcome.failed = {"error_class": p.error_class, "message": p.message[:2000],
@@ -329,6 +339,40 @@ class Toolbox:
         if result["status"] == "pending" and self.session_over.is_set():
             result["status"] = "session_over"
         return result
+
+    async def _source(self, view: dict[str, Any]) -> str:
+        """An idea's method code: the built-in's source, or its stored code artifact."""
+        if view.get("builtin_method"):
+            from trainer.methods import get_method
+
+            return inspect.getsource(get_method(str(view["builtin_method"])).fn)
+        data = await self.artifacts.get(str(view["method_artifact"]))
+        return data[:MAX_CODE_BYTES].decode("utf-8", "replace")
+
+    async def tool_read_idea(self, idea_id: str) -> dict[str, Any]:
+        from services.scorer.queries import IDEA
+
+        view = await self._ask(IDEA, idea_id=str(idea_id))
+        view["source"] = await self._source(view)
+        view["posts_about_it"] = (await self._ask(forum_q.LIST, limit=20, idea_id=str(idea_id)))["posts"]
+        return view
+
+    async def tool_diff_ideas(self, a: str, b: str) -> dict[str, Any]:
+        import difflib
+
+        from services.scorer.queries import IDEA
+
+        views = [await self._ask(IDEA, idea_id=str(i)) for i in (a, b)]
+        sources = [await self._source(v) for v in views]
+        names = [f"{v['idea_id']} ({v.get('builtin_method') or 'code ' + str(v['method_artifact'])[:12]})"
+                 for v in views]
+        diff = "".join(difflib.unified_diff(sources[0].splitlines(keepends=True), sources[1].splitlines(keepends=True),
+                                            fromfile=names[0], tofile=names[1]))
+        params = {k: [views[0]["params"].get(k), views[1]["params"].get(k)]
+                  for k in sorted(set(views[0]["params"]) | set(views[1]["params"]))
+                  if views[0]["params"].get(k) != views[1]["params"].get(k)}
+        return {"a": views[0]["idea_id"], "b": views[1]["idea_id"], "same_code": sources[0] == sources[1],
+                "diff": diff[:MAX_CODE_BYTES], "params_changed": params}
 
     async def tool_note(self, text: str) -> dict[str, Any]:
         self.notes.append(str(text)[:5000])

@@ -259,12 +259,16 @@ class ForumModel:
 
     # -- queries --------------------------------------------------------------
 
-    def list_posts(self, session_id: str, limit: int = 20, tag: str | None = None) -> list[dict[str, Any]]:
-        """Visible posts and replies, newest first; with ``tag``, only posts carrying it (case-insensitive)."""
+    def list_posts(self, session_id: str, limit: int = 20, tag: str | None = None,
+                   idea_id: str | None = None) -> list[dict[str, Any]]:
+        """Visible posts and replies, newest first; with ``tag``, only posts carrying it
+        (case-insensitive); with ``idea_id``, only posts about that idea."""
         posts = self._visible(session_id)
         if tag is not None:
             wanted = tag.strip().lower()
             posts = [p for p in posts if wanted in (t.lower() for t in p.tags)]
+        if idea_id is not None:
+            posts = [p for p in posts if idea_id in p.idea_ids]
         posts.sort(key=lambda p: p.order, reverse=True)
         return [self.view(p) for p in posts[:limit]]
 

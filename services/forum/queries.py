@@ -22,6 +22,7 @@ class ListRequest(_Request):
     session_id: SessionId
     limit: Limit = 20
     tag: str | None = Field(default=None, max_length=50)  # a post's tags are at most 50 characters
+    idea_id: str | None = Field(default=None, max_length=128)  # only posts about this idea
 
 
 class SearchRequest(_Request):

@@ -180,7 +180,7 @@ class ForumService:
                 THREAD.answer(self._thread), STATS.answer(self._stats)]
 
     async def _list(self, req: ListRequest, asker: str = "") -> Posts:
-        return Posts(posts=self.model.list_posts(req.session_id, req.limit, req.tag))
+        return Posts(posts=self.model.list_posts(req.session_id, req.limit, req.tag, req.idea_id))
 
     async def _search(self, req: SearchRequest, asker: str = "") -> Posts:
         try:

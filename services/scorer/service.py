@@ -64,7 +64,7 @@ from trainer.paired import PairedDifference, paired_difference
 
 from .config import ScoringConfig
 from .policy import RateLimiter
-from .queries import LEADERBOARD, Leaderboard, LeaderboardEntry, LeaderboardRequest
+from .queries import IDEA, LEADERBOARD, IdeaRequest, IdeaView, Leaderboard, LeaderboardEntry, LeaderboardRequest
 from .release import Release
 from .truth import GroundTruth, Scored, Setup
 
@@ -147,7 +147,7 @@ class Scorer:
 
     async def run(self, stop: asyncio.Event) -> None:
         sub = await self.bus.pull(DURABLE, "aar.>", ack_wait=self.ack_wait, max_deliver=-1, max_ack_pending=10_000)
-        await self.bus.serve("scorer", [LEADERBOARD.answer(self._leaderboard)])
+        await self.bus.serve("scorer", [LEADERBOARD.answer(self._leaderboard), IDEA.answer(self._idea)])
         self.log.info("scorer_ready", durable=DURABLE)
         while not stop.is_set():
             for msg in await self.bus.fetch(sub, 50, timeout=0.5):
@@ -438,6 +438,47 @@ class Scorer:
             ceiling_accuracy=round(sum(base.ceiling_acc) / len(base.ceiling_acc), 4) if base else None,
             scored=len(rows),
             entries=shown,
+        )
+
+    async def _idea(self, request: IdeaRequest, asker: str = "") -> IdeaView:
+        """One idea with its released dev score, ancestors and children (what agents may see)."""
+        state = self.sessions.get(request.session_id) or await self._session(request.session_id)
+        if state is None:
+            raise ValueError(f"unknown session {request.session_id!r}")
+        idea = state.ideas.get(request.idea_id)
+        if idea is None:
+            raise LookupError(f"no idea {request.idea_id!r} in session {request.session_id}")
+
+        def released(idea_id: str) -> ScorePublished | None:
+            return next((s for s in state.scores.values()  # the log's copy: what agents were shown
+                         if s.idea_id == idea_id and s.purpose is Purpose.SCORE and s.split is Split.DEV
+                         and s.dataset == state.main.dataset and not isinstance(s, ScoreWithheld)), None)
+
+        mine = released(idea.idea_id)
+        ancestors: list[dict[str, Any]] = []
+        seen = {idea.idea_id}
+        frontier = [(p, 1) for p in idea.parent_ideas]
+        while frontier and len(ancestors) < 50:
+            parent_id, depth = frontier.pop(0)
+            if parent_id in seen:
+                continue
+            seen.add(parent_id)
+            parent = state.ideas.get(parent_id)
+            score = released(parent_id)
+            ancestors.append({"idea_id": parent_id, "agent_id": parent.agent_id if parent else None, "depth": depth,
+                              "pgr": None if score is None or score.pgr is None else round(score.pgr, 4)})
+            if parent is not None:
+                frontier += [(p, depth + 1) for p in parent.parent_ideas]
+        return IdeaView(
+            idea_id=idea.idea_id, agent_id=idea.agent_id, title=idea.title, hypothesis=idea.hypothesis, why=idea.why,
+            builtin_method=idea.builtin_method, method_artifact=idea.method_artifact, params=dict(idea.params),
+            parent_ideas=list(idea.parent_ideas), cites_posts=list(idea.cites_posts),
+            dev_score=None if mine is None else {
+                "accuracy": mine.accuracy, "accuracy_stderr": mine.accuracy_stderr, "pgr": mine.pgr,
+                "pgr_stderr": mine.pgr_stderr, "n_seeds": mine.n_seeds,
+                "comparisons": [c.model_dump(mode="json") for c in mine.comparisons]},
+            ancestors=ancestors,
+            children=sorted(i for i, other in state.ideas.items() if idea.idea_id in other.parent_ideas),
         )
 
     # -- results -> scores -------------------------------------------------------
