@@ -91,6 +91,16 @@ def lineage(audit: AuditQueries, any_id: str, max_depth: int = 20) -> dict[str, 
     flags = _rows(audit, """
         SELECT "check", severity, detail FROM integrity_flags
         WHERE session_id = $1 AND idea_id = $2 ORDER BY time""", [session_id, idea_id])
+    # Other ideas' code its method imported by hash (trainer.methods.stored), as the trainer
+    # recorded it in experiment.finished.
+    imports = _rows(audit, """
+        WITH imported AS (
+            SELECT DISTINCT unnest(from_json(f.payload->'imports', '["VARCHAR"]')) AS sha256
+            FROM events f JOIN experiments x ON x.experiment_id = f.payload->>'experiment_id'
+            WHERE f.type = 'experiment.finished' AND f.session_id = $1 AND x.session_id = $1 AND x.idea_id = $2)
+        SELECT m.sha256, i.idea_id, i.agent_id, i.title FROM imported m
+        LEFT JOIN ideas i ON i.method_artifact = m.sha256 AND i.session_id = $1
+        ORDER BY m.sha256, i.time""", [session_id, idea_id])
     artifact = None
     if root["method_artifact"]:
         found = _rows(audit, """
@@ -99,7 +109,7 @@ def lineage(audit: AuditQueries, any_id: str, max_depth: int = 20) -> dict[str, 
             FROM events WHERE type = 'artifact.stored' AND payload->>'sha256' = $1 LIMIT 1""", [root["method_artifact"]])
         artifact = found[0] if found else {"sha256": root["method_artifact"], "missing": True}
     return {"session_id": session_id, "resolved_from": kind, "idea": root, "ancestors": ancestors,
-            "cited_posts": posts, "artifact": artifact, "experiments": experiments, "scores": scores, "flags": flags}
+            "cited_posts": posts, "imports": imports, "artifact": artifact, "experiments": experiments, "scores": scores, "flags": flags}
 
 
 def _table(title: str, rows: list[dict[str, Any]], columns: list[str]) -> Table:
@@ -129,6 +139,8 @@ def render(data: dict[str, Any], console: Console) -> None:
         console.print(_table("builds on", data["ancestors"], ["depth", "idea_id", "agent_id", "title", "dev_pgr"]))
     if data["cited_posts"]:
         console.print(_table("cites", data["cited_posts"], ["post_id", "agent_id", "title", "vote_score"]))
+    if data.get("imports"):
+        console.print(_table("imports the code of", data["imports"], ["sha256", "idea_id", "agent_id", "title"]))
     console.print(_table("experiments", data["experiments"],
                          ["experiment_id", "purpose", "split", "dataset", "status", "trainer_id", "runtime_s",
                           "attempts", "error_class"]))

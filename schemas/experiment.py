@@ -107,6 +107,9 @@ class ExperimentFinished(Payload):
     peak_rss_mb: NonNegative = 0.0
     seeds: list[int] = Field(default_factory=list, max_length=MAX_SEEDS)
     log_artifact: Sha256 | None = None
+    # Stored methods (other ideas' code artifacts) the method could import by hash
+    # (trainer.methods.stored): what the trainer put in the job.
+    imports: list[Sha256] = Field(default_factory=list, max_length=20)
 
 
 @event(EventType.EXPERIMENT_FAILED)

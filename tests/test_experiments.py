@@ -368,6 +368,32 @@ async def test_agents_read_each_others_ideas_and_code(stack: Stack) -> None:
         assert diff["params_changed"] == {"epochs": [None, 10]}
         missing = await boxes["agent-1"].call("read_idea", {"idea_id": "i-nope"})
         assert "no idea" in missing["error"]
+
+        # agent-1 extends agent-2's code by importing it by its hash; the lineage shows the import.
+        sha = stored["method_artifact"]
+        importer = (f"from trainer.methods.stored import load\nOTHER = load({sha!r})\n"
+                    "def run(ctx):\n    return OTHER.run(ctx)\n")
+        code = await boxes["agent-1"].call("write_method", {"code": importer})
+        third = await boxes["agent-1"].call("propose_idea", {
+            "title": "import", "hypothesis": "reuse agent-2's code", "method_artifact": code["method_artifact"],
+            "parent_ideas": [child["idea_id"]]})
+        done = await boxes["agent-1"].call("wait_for_score", {"idea_id": third["idea_id"], "timeout_s": 300})
+        assert done["status"] == "scored", done
+        imports = await stack.wait_rows(
+            "SELECT f.payload->'imports' FROM events f JOIN events r ON r.type = 'experiment.requested' AND "
+            "r.payload->>'experiment_id' = f.payload->>'experiment_id' WHERE f.type = 'experiment.finished' "
+            f"AND r.payload->>'idea_id' = '{third['idea_id']}'", 1, 30, "the importer's experiment.finished")
+        assert imports == [[[sha]]]
+        from aar.lineage import lineage
+        from services.recorder.remote import RecorderAudit
+
+        audit = await asyncio.to_thread(RecorderAudit, settings(stack.server, "admin"))
+        try:
+            found = await asyncio.to_thread(lineage, audit, third["idea_id"])
+        finally:
+            await asyncio.to_thread(audit.close)
+        assert [(r["sha256"], r["idea_id"], r["agent_id"]) for r in found["imports"]] == [
+            (sha, child["idea_id"], "agent-2")]
     finally:
         for box in boxes.values():
             await box.close()

@@ -326,7 +326,8 @@ def _audit_session(pid: int) -> int | None:
 # ------------------------------------------------------------------ job folder
 
 
-def write_job(job: Path, method_source: str, ctx: MethodContext | Sequence[MethodContext]) -> None:
+def write_job(job: Path, method_source: str, ctx: MethodContext | Sequence[MethodContext],
+              stored: dict[str, str] | None = None) -> None:
     """Write the method and its inputs (never gold labels: the context has none).
 
     Several contexts (one per seed of a job) share their features, texts and params and
@@ -343,6 +344,10 @@ def write_job(job: Path, method_source: str, ctx: MethodContext | Sequence[Metho
     inp = job / "input"
     inp.mkdir(parents=True, exist_ok=True)
     (inp / "method.py").write_text(method_source, encoding="utf-8")
+    if stored:  # other ideas' code the method imports by hash (trainer.methods.stored)
+        (inp / "stored").mkdir(exist_ok=True)
+        for sha, code in stored.items():
+            (inp / "stored" / f"{sha}.py").write_text(code, encoding="utf-8")
     np.save(inp / "train_features.npy", np.asarray(first.train_features, dtype=np.float32), allow_pickle=False)
     labels = np.stack([np.asarray(c.weak_soft_labels, dtype=np.float64) for c in ctxs])
     np.save(inp / "weak_soft_labels.npy", labels if len(ctxs) > 1 else labels[0], allow_pickle=False)
@@ -368,6 +373,7 @@ def run_untrusted(
     job_dir: Path | None = None,
     unsafe_no_sandbox: bool = False,
     keep_job: bool = False,
+    stored: dict[str, str] | None = None,
 ) -> SandboxResult:
     """Run ``run(ctx)`` from untrusted ``method_source`` (code, or a path to a .py file) in the sandbox.
 
@@ -375,6 +381,8 @@ def run_untrusted(
     runs them all in order, under one set of limits for the whole job, and
     ``result.seed_predictions`` holds each seed's predictions (``result.predictions`` the
     first's). State the method keeps between its calls is its own (same job, same code).
+    ``stored``: sha256 -> code of the stored methods it may import
+    (:mod:`trainer.methods.stored`).
 
     ``job_dir``: an empty folder for the job's inputs (default: a fresh temp folder, deleted
     afterwards unless ``keep_job``). Raises :class:`SandboxUnavailableError` when the
@@ -396,7 +404,7 @@ def run_untrusted(
     job.mkdir(parents=True, exist_ok=True)
     job.chmod(0o755)
     try:
-        write_job(job, source, ctx)
+        write_job(job, source, ctx, stored)
         return _execute(job, limits, sandboxed, use_cgroups)
     finally:
         if own_dir and not keep_job:

@@ -201,6 +201,9 @@ def main(argv: list[str]) -> int:
 
     import torch
 
+    from trainer.methods import stored
+
+    stored.ROOT = inp / "stored"
     started = time.monotonic()
     try:
         spec = importlib.util.spec_from_file_location("method", inp / "method.py")

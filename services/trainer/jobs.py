@@ -89,6 +89,7 @@ def run_job(
     unsafe_no_sandbox: bool = False,
     limits: SandboxLimits | None = None,
     on_seed: Callable[[int, int], None] | None = None,
+    stored: dict[str, str] | None = None,
 ) -> JobOutcome:
     """Run the method for every seed of ``req``. Raises :class:`JobFailed` for method failures
     (exceptions, bad predictions, sandbox violations, limits)."""
@@ -135,7 +136,8 @@ def run_job(
         per_seed = limits or SandboxLimits()
         job_limits = replace(per_seed, wall_s=per_seed.wall_s * len(ctxs), cpu_s=per_seed.cpu_s * len(ctxs))
         try:
-            result = run_untrusted(method_source, ctxs, limits=job_limits, unsafe_no_sandbox=unsafe_no_sandbox)
+            result = run_untrusted(method_source, ctxs, limits=job_limits, unsafe_no_sandbox=unsafe_no_sandbox,
+                                   stored=stored)
         except SandboxUnavailableError as exc:
             raise JobFailed("SandboxUnavailable", str(exc)) from exc
         seeds_text = f"seeds {', '.join(str(s) for s in req.seeds)}"

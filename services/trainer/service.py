@@ -36,6 +36,7 @@ from schemas.experiment import (
 from schemas.integrity import IntegrityCheck, IntegrityFlagged, Severity
 from services.artifacts.arrays import MEDIA_TYPE, pack_seeds, unpack_seeds
 from services.artifacts.client import ArtifactClient
+from trainer.methods.stored import MAX_IMPORTS, references
 from trainer.sandbox import SandboxLimits, sandbox_problem
 
 from .jobs import Inputs, JobFailed, describe, load_inputs, run_job
@@ -131,8 +132,10 @@ class TrainerWorker:
             raise JobFailed("MissingInputs", "the request names no weak-labels artifact")
         weak = unpack_seeds(await self.artifacts.get(req.weak_labels_artifact))
         source = None
+        stored: dict[str, str] = {}
         if req.method_artifact is not None:
             source = (await self.artifacts.get(req.method_artifact)).decode("utf-8", "replace")
+            stored = await self._stored(source, exclude=req.method_artifact)
             if self.unsafe:
                 await self._flag(
                     event,
@@ -169,6 +172,7 @@ class TrainerWorker:
                 unsafe_no_sandbox=self.unsafe,
                 limits=self.limits,
                 on_seed=on_seed,
+                stored=stored,
             )
         except JobFailed as exc:
             log_sha = await self._store_log(event, req, exc.log)
@@ -207,10 +211,34 @@ class TrainerWorker:
                 peak_rss_mb=round(outcome.peak_rss_mb, 1),
                 seeds=list(req.seeds),
                 log_artifact=log_sha,
+                imports=list(stored),
             ),
             derived_id(event.id, "finished"),
         )
         log.info("job_finished", runtime_s=round(outcome.runtime_s, 2), predictions=predictions[:12])
+
+    async def _stored(self, source: str, exclude: str) -> dict[str, str]:
+        """The stored methods ``source`` names by hash, and those they name (at most
+        ``MAX_IMPORTS``): sha256 -> code. Hex strings that are no artifact are ignored."""
+        found: dict[str, str] = {}
+        todo = [sha for sha in references(source) if sha != exclude]
+        while todo and len(found) < MAX_IMPORTS:
+            sha = todo.pop(0)
+            if sha in found or sha == exclude:
+                continue
+            try:
+                code = (await self.artifacts.get(sha)).decode("utf-8", "replace")
+            except QueryError as exc:
+                if "no artifact" in str(exc):
+                    continue  # a hex string that names nothing stored
+                raise  # the artifacts service failed: the job is retried (PlatformError)
+            try:
+                compile(code, f"{sha}.py", "exec")
+            except (SyntaxError, ValueError):
+                continue  # not a Python module (predictions, weak labels, a log)
+            found[sha] = code
+            todo += [s for s in references(code) if s not in found]
+        return found
 
     def _load_inputs(self, req: ExperimentRequested) -> Inputs:
         key = (req.dataset, req.strong_model, tuple(sorted(req.split_sizes.items())), req.split_seed, req.split)

@@ -214,3 +214,17 @@ def test_a_job_whose_result_has_the_wrong_number_of_seeds_fails(ctx: MethodConte
 
     with pytest.raises(MethodError, match="for 2 seeds"):
         _read_result(drain, 2, ctx.n_eval)
+
+
+@needs_bwrap
+def test_a_method_imports_a_stored_method_by_its_hash(ctx: MethodContext) -> None:
+    from trainer.methods import run_method
+
+    sha = "ab" * 32
+    parent = GOOD
+    child = f"from trainer.methods.stored import load\nBASE = load({sha!r})\ndef run(ctx):\n    return BASE.run(ctx)\n"
+    result = run_untrusted(child, ctx, stored={sha: parent})
+    assert result.ok, result.stderr
+    assert result.predictions is not None and np.allclose(result.predictions, run_method("naive_soft", ctx))
+    missing = run_untrusted(child, ctx)  # the trainer provided nothing: a clear error, not a crash
+    assert not missing.ok and "is not available in this job" in missing.stderr
