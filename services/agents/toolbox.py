@@ -88,7 +88,9 @@ TOOL_SPECS: list[dict[str, Any]] = [
     {"name": "write_method", "description": (
         "Store Python code for a method: a module defining run(ctx) -> P(class 1) per eval row. ctx has "
         "train_features, weak_soft_labels, eval_features, train_texts, eval_texts, seed, params, train_head(); "
-        "`from trainer.methods import METHODS` gives the built-ins. Returns its artifact hash."),
+        "`from trainer.methods import METHODS` gives the built-ins; `from trainer.methods.stored import load; "
+        "load('<sha256>')` imports another idea's stored code by its artifact hash (write the hash out in full). "
+        "Returns its artifact hash."),
      "input_schema": {"type": "object", "properties": {"code": {"type": "string"}, "name": {"type": "string"}},
                       "required": ["code"]}},
     {"name": "propose_idea", "description": (
