@@ -108,11 +108,8 @@ class SessionState:
     released_acc: dict[str, float] = field(default_factory=dict)  # idea id -> its released dev accuracy
     naive_released: float | None = None  # naive_soft's released dev accuracy (never shown alone)
 
-    def best(self, experiment_id: str) -> ScorePublished | None:
-        """A score at full precision when this process scored it, else as the log has it."""
-        return self.full.get(experiment_id) or self.scores.get(experiment_id)
-
     def all_scores(self) -> list[ScorePublished]:
+        """Every score, at full precision where this process scored it (else as the log has it)."""
         return [self.full.get(k, v) for k, v in self.scores.items()]
 
 
@@ -255,7 +252,9 @@ class Scorer:
 
     def _built(self, state: SessionState, dataset: str) -> GroundTruth | None:
         task = state.truths.get(dataset)
-        return task.result() if task is not None and task.done() and task.exception() is None else None
+        if task is None or not task.done() or task.cancelled() or task.exception() is not None:
+            return None
+        return task.result()
 
     async def _weak_artifact(self, state: SessionState, setup: Setup, shuffled: bool) -> str:
         key = (setup.dataset, shuffled)
