@@ -238,18 +238,6 @@ class Scorer:
                 asyncio.to_thread(GroundTruth, setup, self.home))  # a failed build is tried again
         return await asyncio.shield(task)
 
-    async def _retrying(self, make: Any, attempts: int = 6) -> Any:
-        """``await make()``, again after a bus error (a service did not answer), with backoff."""
-        for attempt in range(attempts):
-            try:
-                return await make()
-            except BusError as exc:
-                if attempt == attempts - 1:
-                    raise
-                self.log.warning("scorer_retry_later", error=str(exc), attempt=attempt + 1)
-                await asyncio.sleep(2.0 * (attempt + 1))
-        return None
-
     def _built(self, state: SessionState, dataset: str) -> GroundTruth | None:
         task = state.truths.get(dataset)
         if task is None or not task.done() or task.cancelled() or task.exception() is not None:
@@ -650,10 +638,12 @@ class Scorer:
         await self._request(state, event, req.idea_id, req.agent_id, Purpose.ABLATION, Split.DEV, state.main,
                             shuffled=True, **common)
         await self._request(state, event, req.idea_id, req.agent_id, Purpose.SCORE, Split.TEST, state.main, **common)
-        for setup in state.heldout:  # waits for the held-out ground truth without holding up the stream
-            self._spawn(self._retrying(lambda setup=setup: self._request(
-                state, event, req.idea_id, req.agent_id, Purpose.SCORE, Split.HELDOUT, setup, **common)),
-                f"held-out request {setup.dataset} for {req.idea_id}")
+        # The held-out ground truth has been building since the session started; a promotion
+        # waits for what is left of it, so that the request exists before the session can
+        # drain (the orchestrator waits only for requested experiments).
+        for setup in state.heldout:
+            await self._request(state, event, req.idea_id, req.agent_id, Purpose.SCORE, Split.HELDOUT, setup,
+                                **common)
 
     async def _check_ablation(
         self, state: SessionState, event: Event[Any], req: ExperimentRequested, ablated: ScorePublished
