@@ -698,10 +698,6 @@ def _exit_reason(code: int, stderr: str) -> str:
     return f"exit {code}"
 
 
-def _n_eval(job: Path) -> int:
-    return _shape(job)[1]
-
-
 def _shape(job: Path) -> tuple[int, int]:
     """(seeds, eval rows) of a job, from the ctx.json the trainer wrote."""
     meta = json.loads((job / "input" / "ctx.json").read_text())

@@ -106,8 +106,7 @@ class Release:
                    gap: float, key: str) -> Comparison:
         """A paired difference as released: the difference of two released accuracies,
         with the paired SE (jittered, 2 significant digits) and both noises."""
-        jitter = 1.0 + SE_JITTER * float(self.rng(f"se/{key}").standard_normal())
-        paired = _round_sig(full.accuracy_diff_se * max(0.5, jitter))
+        paired = self.paired_se(full.accuracy_diff_se, key)
         d = mine - other
         se = math.sqrt(paired**2 + sigma**2 + other_sigma**2)
         ci = [d - Z95 * se, d + Z95 * se]
@@ -123,6 +122,10 @@ class Release:
 
     def tied(self, mine: float, other: float, paired_se: float, sigma: float, key: str) -> bool:
         """Whether two released accuracies are tied (as :meth:`comparison` decides)."""
-        jitter = 1.0 + SE_JITTER * float(self.rng(f"se/{key}").standard_normal())
-        se = math.sqrt(_round_sig(paired_se * max(0.5, jitter)) ** 2 + 2 * sigma**2)
+        se = math.sqrt(self.paired_se(paired_se, key) ** 2 + 2 * sigma**2)
         return abs(mine - other) <= Z95 * se
+
+    def paired_se(self, full_se: float, key: str) -> float:
+        """A paired bootstrap SE as released: a secret 5% jitter, then 2 significant digits."""
+        jitter = 1.0 + SE_JITTER * float(self.rng(f"se/{key}").standard_normal())
+        return _round_sig(full_se * max(0.5, jitter))
