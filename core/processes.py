@@ -91,7 +91,8 @@ PROCESSES: tuple[Process, ...] = (
     ),
     Process(
         Role.SCORER, "scorer", "services.scorer",
-        publishes=("experiment.requested", "score.>", "baseline.>", "integrity.>"), watches=(">",),
+        publishes=("experiment.requested", "score.>", "baseline.>", "integrity.>", "workspace.scheduled",
+                   "workspace.refused"), watches=(">",),
         consumers=("scorer",), serves=True, asks=("recorder", "artifacts", "forum"), reads_back=True,
         publish_budget=8_000_000, stop_order=60, probe_consumer="scorer",
     ),
@@ -100,8 +101,10 @@ PROCESSES: tuple[Process, ...] = (
         publishes=(
             "experiment.started", "experiment.progress", "experiment.finished", "experiment.failed",
             "integrity.>",  # sandbox violations and --unsafe-no-sandbox runs
+            "workspace.finished",
         ),
-        watches=("session.>",), consumers=("trainers",), asks=("artifacts",), publish_budget=8_000_000,
+        # Two queues: experiments, and agents' workspace runs (quick runs never wait behind them).
+        watches=("session.>",), consumers=("trainers", "workspace"), asks=("artifacts",), publish_budget=8_000_000,
         scaling=Scaling.POOL, stop_order=50, probe_consumer="trainers",
     ),
     Process(
@@ -110,11 +113,13 @@ PROCESSES: tuple[Process, ...] = (
         reads_back=True, publish_budget=1_000_000, stop_order=10, ends_session=True,
     ),
     Process(
-        Role.AGENT, "agents", "services.agents", publishes=("agent.>", "idea.>", "forum.posted", "forum.voted"),
+        Role.AGENT, "agents", "services.agents", publishes=("agent.>", "idea.>", "forum.posted", "forum.voted",
+                                                    "workspace.requested"),
         # experiment.failed: an agent learns why its code failed (its own stderr, never labels).
         # score.published only: test, held-out and ablation scores (score.withheld) stay hidden.
+        # workspace.finished / refused: what its quick runs printed and returned (agent-visible data only).
         watches=("session.>", "forum.>", "idea.>", "score.published", "integrity.>", "baseline.>",
-                 "experiment.failed"),
+                 "experiment.failed", "workspace.finished", "workspace.refused"),
         asks=("orchestrator", "forum", "artifacts", "scorer"), publish_budget=2_000_000,
         scaling=Scaling.EACH_OWN, stop_order=20, done_when_exits_0=True, session_bound=True,
     ),

@@ -3,7 +3,7 @@
 Importing this package registers every payload model.
 """
 
-from . import agent, artifact, experiment, forum, gateway, idea, integrity, recorder, scoring, session
+from . import agent, artifact, experiment, forum, gateway, idea, integrity, recorder, scoring, session, workspace
 from .base import Domain, EventType, Payload, new_id, new_session_id
 from .envelope import Event, Rejection, decode, subject_for
 from .registry import REGISTRY, event, upcaster
@@ -31,4 +31,5 @@ __all__ = [
     "session",
     "subject_for",
     "upcaster",
+    "workspace",
 ]

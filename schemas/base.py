@@ -26,6 +26,7 @@ class Domain(StrEnum):
     SCORE = "score"
     INTEGRITY = "integrity"
     FORUM = "forum"
+    WORKSPACE = "workspace"
     RECORDER = "recorder"
     GATEWAY = "gateway"
 
@@ -54,6 +55,10 @@ class EventType(StrEnum):
     FORUM_POSTED = "forum.posted"
     FORUM_VOTED = "forum.voted"
     FORUM_MODERATED = "forum.moderated"
+    WORKSPACE_REQUESTED = "workspace.requested"
+    WORKSPACE_SCHEDULED = "workspace.scheduled"
+    WORKSPACE_REFUSED = "workspace.refused"
+    WORKSPACE_FINISHED = "workspace.finished"
     RECORDER_REJECTED = "recorder.rejected"
     RECORDER_DEAD_LETTERED = "recorder.dead_lettered"
     RECORDER_HEALTH = "recorder.health"

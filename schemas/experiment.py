@@ -68,6 +68,9 @@ class ExperimentRequested(Payload):
     split_sizes: dict[SplitName, int] = Field(
         default_factory=dict, max_length=8, description="A/B/dev/test sizes; empty: defaults")
     split_seed: int | None = None
+    teacher_artifact: Sha256 | None = Field(
+        default=None, description="npz from the scorer: the weak teacher's weights per seed, for ctx.teacher")
+    teacher_queries: Count = Field(default=0, description="texts ctx.teacher answers per seed's run")
 
     @model_validator(mode="after")
     def _one_method(self) -> ExperimentRequested:
@@ -110,6 +113,7 @@ class ExperimentFinished(Payload):
     # Stored methods (other ideas' code artifacts) the method could import by hash
     # (trainer.methods.stored): what the trainer put in the job.
     imports: list[Sha256] = Field(default_factory=list, max_length=20)
+    teacher_queries: Count = 0  # texts ctx.teacher answered, all seeds together
 
 
 @event(EventType.EXPERIMENT_FAILED)

@@ -20,6 +20,7 @@ from schemas.integrity import IntegrityCheck, IntegrityFlagged
 from schemas.recorder import RecorderDeadLettered, RecorderHealth, RecorderRejected
 from schemas.scoring import BaselineComputed, BaselineKind, ScorePublished, ScoreWithheld
 from schemas.session import AgentAssignment, Backend, EndReason, SessionDraining, SessionEnded, SessionStarted
+from schemas.workspace import WorkspaceFinished, WorkspaceRefused, WorkspaceRequested, WorkspaceScheduled
 
 SHA = "ab" * 32
 
@@ -83,6 +84,19 @@ def sample_payload(event_type: EventType, n: int = 0) -> Payload:
         ),
         EventType.FORUM_VOTED: ForumVoted(post_id="post-" + i, agent_id="agent-2", value=1),
         EventType.FORUM_MODERATED: ForumModerated(post_id="post-" + i, action="hide", reason="duplicate"),
+        EventType.WORKSPACE_REQUESTED: WorkspaceRequested(run_id="w-" + i, agent_id="agent-1", code_artifact=SHA),
+        EventType.WORKSPACE_SCHEDULED: WorkspaceScheduled(
+            run_id="w-" + i, agent_id="agent-1", code_artifact=SHA, wall_s=60.0, cpu_s=60.0,
+            dataset="rotten_tomatoes", weak_model="minilm", strong_model="mpnet", weak_labels_artifact=SHA,
+            teacher_artifact=SHA, teacher_queries=2000, budget_cpu_s=900.0,
+        ),
+        EventType.WORKSPACE_REFUSED: WorkspaceRefused(run_id="w-" + i, agent_id="agent-1",
+                                                      reason="the workspace budget is spent", budget_cpu_s=900.0),
+        EventType.WORKSPACE_FINISHED: WorkspaceFinished(
+            run_id="w-" + i, agent_id="agent-1", trainer_id="trainer-1", code_artifact=SHA, ok=True, exit_status=0,
+            runtime_s=0.4, cpu_s=0.3, stdout="agreement 0.91\n", result_json='{"agreement": 0.91}',
+            rows={"train": 1500, "heldback": 500, "dev": 3000},
+        ),
         EventType.RECORDER_REJECTED: RecorderRejected(reason="not JSON", stream_seq=7, raw_size=3),
         EventType.RECORDER_DEAD_LETTERED: RecorderDeadLettered(consumer="trainers", stream_seq=9, deliveries=5),
         EventType.RECORDER_HEALTH: RecorderHealth(events=10, rejected=0, batches=2),

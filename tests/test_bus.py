@@ -29,11 +29,11 @@ def allowed(role: Role, event_type: EventType) -> bool:
 # Who may publish what, written out so a change to the permission table must change this too.
 EXPECTED = {
     Role.AGENT: {"agent.started", "agent.llm_called", "agent.tool_called", "agent.stopped", "idea.proposed",
-                 "forum.posted", "forum.voted"},
+                 "forum.posted", "forum.voted", "workspace.requested"},
     Role.SCORER: {"experiment.requested", "score.published", "score.withheld", "baseline.computed",
-                  "integrity.flagged"},
+                  "integrity.flagged", "workspace.scheduled", "workspace.refused"},
     Role.TRAINER: {"experiment.started", "experiment.progress", "experiment.finished", "experiment.failed",
-                   "integrity.flagged"},
+                   "integrity.flagged", "workspace.finished"},
     Role.ORCHESTRATOR: {"session.started", "session.draining", "session.ended"},
     Role.FORUM: {"forum.moderated"},
     Role.ARTIFACTS: {"artifact.stored"},

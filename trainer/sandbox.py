@@ -76,18 +76,22 @@ record that as an integrity event).
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import math
 import os
 import resource
+import select
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -111,7 +115,7 @@ from trainer.sandbox_bwrap import (
 from trainer.sandbox_cgroups import CgroupCounters, JobCgroups, cgroup_problem
 from trainer.sandbox_kmsg import UNSET_SESSION, KernelLog, SeccompRecord
 from trainer.sandbox_monitor import TreeMonitor, limit_violations
-from trainer.sandbox_pipes import Drain, pipe
+from trainer.sandbox_pipes import Drain, QueryServer, pipe
 from trainer.sandbox_seccomp import SeccompUnavailableError, filter_fd, syscall_name
 from trainer.sandbox_violations import (
     BLOCKING,
@@ -194,6 +198,10 @@ class SandboxResult:
     kernel_counters: dict[str, int | float] = field(default_factory=dict)  # the job cgroup's, at the end
     seccomp_records: list[dict[str, Any]] = field(default_factory=list)  # the job's audit records
     notes: list[str] = field(default_factory=list)  # why some evidence was not available
+    value_json: str | None = None  # a workspace run's result value, as JSON text
+    stdout_bytes: int = 0  # what the sandbox wrote in all (stdout / stderr keep their tails)
+    stderr_bytes: int = 0
+    query_errors: list[str] = field(default_factory=list)  # teacher queries refused (budget, seed)
 
     @property
     def violation_kinds(self) -> set[ViolationKind]:
@@ -374,6 +382,7 @@ def run_untrusted(
     unsafe_no_sandbox: bool = False,
     keep_job: bool = False,
     stored: dict[str, str] | None = None,
+    teacher: Callable[[int, list[str]], Any] | None = None,
 ) -> SandboxResult:
     """Run ``run(ctx)`` from untrusted ``method_source`` (code, or a path to a .py file) in the sandbox.
 
@@ -382,7 +391,8 @@ def run_untrusted(
     ``result.seed_predictions`` holds each seed's predictions (``result.predictions`` the
     first's). State the method keeps between its calls is its own (same job, same code).
     ``stored``: sha256 -> code of the stored methods it may import
-    (:mod:`trainer.methods.stored`).
+    (:mod:`trainer.methods.stored`). ``teacher(seed, texts)``: answers ``ctx.teacher``
+    (:mod:`trainer.teacher`), served over a pair of pipes; raising refuses the query.
 
     ``job_dir``: an empty folder for the job's inputs (default: a fresh temp folder, deleted
     afterwards unless ``keep_job``). Raises :class:`SandboxUnavailableError` when the
@@ -405,7 +415,7 @@ def run_untrusted(
     job.chmod(0o755)
     try:
         write_job(job, source, ctx, stored)
-        return _execute(job, limits, sandboxed, use_cgroups)
+        return _execute(job, limits, sandboxed, use_cgroups, teacher)
     finally:
         if own_dir and not keep_job:
             shutil.rmtree(job, ignore_errors=True)
@@ -420,55 +430,174 @@ class _Run:
     stopped: list[Violation] = field(default_factory=list)  # why the trainer ended the job early
 
 
-def _execute(job: Path, limits: SandboxLimits, sandboxed: bool, use_cgroups: bool) -> SandboxResult:
-    threads = limits.threads or usable_cpus()
-    watched = watched_paths()
-    k, n_eval = _shape(job)
-    result_cap = 64 * (k * n_eval + 1024) + 4096
-    cgroups = (
-        JobCgroups.create(memory_bytes=limits.memory_bytes, tasks=limits.processes, cores=threads)
-        if use_cgroups
-        else None
-    )
-    klog = KernelLog()  # its position: now, before the sandbox starts
-    try:
-        started = time.monotonic()
-        proc, reads = _spawn(job, limits, sandboxed, cgroups, threads, watched)
-        drains = {
-            "audit": Drain(reads["audit"], _REPORTS_CAP).start(),
-            "result": Drain(reads["result"], result_cap).start(),
-            "stdout": Drain(reads["stdout"], _LOG_TAIL, tail=True).start(),
-            "stderr": Drain(reads["stderr"], _LOG_TAIL, tail=True).start(),
-        }
-        session = _audit_session(proc.pid)
-        mounts = writable_mounts(disk_bytes=limits.disk_bytes, tmp_bytes=limits.tmp_bytes) if sandboxed else []
-        mon = TreeMonitor(proc.pid, mounts)
+def _execute(job: Path, limits: SandboxLimits, sandboxed: bool, use_cgroups: bool,
+             teacher: Any = None) -> SandboxResult:
+    return Launched.start(job, limits, sandboxed, use_cgroups, teacher=teacher).finish()
+
+
+class Launched:
+    """A started sandbox. ``finish(code)`` watches it to its end and reads the result.
+
+    A workspace sandbox (``stdin=True``) starts ahead of its run: the runner imports the
+    libraries and loads the inputs, then waits for the code on its stdin. ``finish(code)``
+    hands it over; the wall clock and the CPU limit count from then (the CPU the start
+    used is subtracted), so a warm sandbox costs its run nothing of its start."""
+
+    def __init__(self) -> None:
+        self.job: Path
+        self.limits: SandboxLimits
+        self.sandboxed = True
+        self.cgroups: JobCgroups | None = None
+        self.klog: KernelLog
+        self.proc: subprocess.Popen[bytes]
+        self.drains: dict[str, Drain] = {}
+        self.session: int | None = None
+        self.mon: TreeMonitor
+        self.watched: list[str] = []
+        self.started = 0.0
+        self.stdin_fd: int | None = None
+        self.ready_fd: int | None = None
+        self.server: QueryServer | None = None
+        self.done = False
+
+    @classmethod
+    def start(cls, job: Path, limits: SandboxLimits, sandboxed: bool, use_cgroups: bool, *,
+              teacher: Any = None, stdin: bool = False, result_cap: int | None = None) -> Launched:
+        self = cls()
+        self.job, self.limits, self.sandboxed = job, limits, sandboxed
+        threads = limits.threads or usable_cpus()
+        self.watched = watched_paths()
+        if result_cap is None:
+            k, n_eval = _shape(job)
+            result_cap = 64 * (k * n_eval + 1024) + 4096
+        self.cgroups = (
+            JobCgroups.create(memory_bytes=limits.memory_bytes, tasks=limits.processes, cores=threads)
+            if use_cgroups
+            else None
+        )
+        self.klog = KernelLog()  # its position: now, before the sandbox starts
         try:
-            run = _watch(proc, limits, mon, cgroups, klog, session, started)
-        except BaseException:  # the trainer is going away: the sandbox goes first
-            _kill_sandbox(proc.pid, cgroups)
-            os.waitpid(proc.pid, 0)
+            self.started = time.monotonic()
+            self.proc, reads, self.stdin_fd, queries = _spawn(
+                job, limits, sandboxed, self.cgroups, threads, self.watched, stdin=stdin, queries=teacher is not None)
+            self.ready_fd = reads.pop("ready", None)
+            self.drains = {
+                "audit": Drain(reads["audit"], _REPORTS_CAP).start(),
+                "result": Drain(reads["result"], result_cap).start(),
+                "stdout": Drain(reads["stdout"], _LOG_TAIL, tail=True).start(),
+                "stderr": Drain(reads["stderr"], _LOG_TAIL, tail=True).start(),
+            }
+            if queries is not None:
+                self.server = QueryServer(*queries, teacher).start()
+            self.session = _audit_session(self.proc.pid)
+            mounts = writable_mounts(disk_bytes=limits.disk_bytes, tmp_bytes=limits.tmp_bytes) if sandboxed else []
+            self.mon = TreeMonitor(self.proc.pid, mounts)
+        except BaseException:
+            self.klog.close()
+            if self.cgroups is not None:
+                self.cgroups.close()
             raise
-        proc.returncode = os.waitstatus_to_exitcode(run.status)
-        runtime = time.monotonic() - started
-        counters = cgroups.counters() if cgroups is not None else None
-        if cgroups is not None:
-            mon.seen.update(cgroups.pids())
-            cgroups.kill_all()  # an unsafe run's leftovers; a sandbox's die with its PID namespace
-        klog.poll()
-        for drain in drains.values():
-            drain.join(5)
-        return _result(job, limits, sandboxed, proc.returncode, runtime, run, mon, counters, klog, session, drains, watched)
+        return self
+
+    def alive(self) -> bool:
+        return not self.done and self.proc.poll() is None
+
+    def wait_ready(self, timeout_s: float) -> bool:
+        """Until the runner waits for its code (True), exits, or ``timeout_s`` passes."""
+        if self.ready_fd is None:
+            return True
+        readable, _, _ = select.select([self.ready_fd], [], [], timeout_s)
+        if not readable:
+            return False
+        with contextlib.suppress(OSError):
+            os.close(self.ready_fd)
+        self.ready_fd = None
+        return True
+
+    def abandon(self) -> None:
+        """Kill it unused (a warm sandbox nobody took)."""
+        if self.done:
+            return
+        self.done = True
+        _kill_sandbox(self.proc.pid, self.cgroups)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(self.proc.pid, 0)
+        for fd in (self.stdin_fd, self.ready_fd):
+            if fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self.klog.close()
+        if self.cgroups is not None:
+            self.cgroups.close()
+
+    def finish(self, code: bytes | None = None) -> SandboxResult:
+        limits, cgroups, mon = self.limits, self.cgroups, self.mon
+        self.done = True
+        try:
+            offset = 0.0
+            if self.stdin_fd is not None:
+                # A sandbox started just now (cold) is let finish its start first: what the
+                # start costs is not the run's, on the clock or in CPU.
+                self.wait_ready(120.0)
+                mon.sample()
+                counters = cgroups.counters() if cgroups is not None else None
+                offset = counters.cpu_s if counters is not None else mon.cpu_s
+                limits = replace(limits, cpu_s=limits.cpu_s + math.ceil(offset))
+                self.started = time.monotonic()
+                threading.Thread(target=_feed, args=(self.stdin_fd, code or b""), daemon=True).start()
+            try:
+                run = _watch(self.proc, limits, mon, cgroups, self.klog, self.session, self.started)
+            except BaseException:  # the trainer is going away: the sandbox goes first
+                _kill_sandbox(self.proc.pid, cgroups)
+                os.waitpid(self.proc.pid, 0)
+                raise
+            self.proc.returncode = os.waitstatus_to_exitcode(run.status)
+            runtime = time.monotonic() - self.started
+            counters = cgroups.counters() if cgroups is not None else None
+            if cgroups is not None:
+                mon.seen.update(cgroups.pids())
+                cgroups.kill_all()  # an unsafe run's leftovers; a sandbox's die with its PID namespace
+            self.klog.poll()
+            for drain in self.drains.values():
+                drain.join(5)
+            result = _result(self.job, limits, self.sandboxed, self.proc.returncode, runtime, run, mon, counters,
+                             self.klog, self.session, self.drains, self.watched)
+            result.cpu_s = max(0.0, result.cpu_s - offset)
+            result.stdout_bytes = self.drains["stdout"].total
+            result.stderr_bytes = self.drains["stderr"].total
+            if self.server is not None:
+                result.query_errors = list(self.server.errors)
+            return result
+        finally:
+            if self.ready_fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(self.ready_fd)
+                self.ready_fd = None
+            self.klog.close()
+            if cgroups is not None:
+                cgroups.close()
+
+
+def _feed(fd: int, data: bytes) -> None:
+    """Hand the code to a waiting runner (a thread: a pipe holds 64 KiB)."""
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    except OSError:
+        pass  # the runner is gone: its exit says why
     finally:
-        klog.close()
-        if cgroups is not None:
-            cgroups.close()
+        with contextlib.suppress(OSError):
+            os.close(fd)
 
 
 def _spawn(
-    job: Path, limits: SandboxLimits, sandboxed: bool, cgroups: JobCgroups | None, threads: int, watched: list[str]
-) -> tuple[subprocess.Popen[bytes], dict[str, int]]:
-    """Start the sandbox (or, unsafe, the plain runner); returns it and the read ends of its pipes."""
+    job: Path, limits: SandboxLimits, sandboxed: bool, cgroups: JobCgroups | None, threads: int, watched: list[str],
+    *, stdin: bool = False, queries: bool = False,
+) -> tuple[subprocess.Popen[bytes], dict[str, int], int | None, tuple[int, int] | None]:
+    """Start the sandbox (or, unsafe, the plain runner). Returns it, the read ends of its
+    pipes, the write end of its stdin (``stdin``: the runner reads its code there) and,
+    with ``queries``, the trainer's ends of the query pipes (requests in, answers out)."""
     python = [sys.executable, "-B", "-s", "-m", "trainer.sandbox_runner"]
     if not sandboxed:
         # Only the trainer package on the path (a link), not the repository around it.
@@ -480,6 +609,18 @@ def _spawn(
     seccomp = filter_fd() if sandboxed else None
     ends = {name: pipe() for name in ("audit", "result", "stdout", "stderr")}
     writes = {name: w for name, (_, w) in ends.items()}
+    stdin_r, stdin_w = os.pipe() if stdin else (None, None)
+    if stdin_w is not None:
+        os.set_inheritable(stdin_w, False)
+        ends["ready"] = pipe()  # the runner writes a byte there once it waits for its code
+        writes["ready"] = ends["ready"][1]
+    child_q: tuple[int, int] | None = None  # the sandbox's ends: it writes queries, reads answers
+    mine_q: tuple[int, int] | None = None
+    if queries:
+        ask_r, ask_w = pipe()  # the sandbox writes its queries; the trainer reads
+        ans_r, ans_w = os.pipe()  # the trainer answers; the sandbox reads
+        os.set_inheritable(ans_w, False)
+        child_q, mine_q = (ask_w, ans_r), (ask_r, ans_w)
     try:
         if sandboxed:
             env = sandbox_env(threads, _SANDBOX_ROOT, _SANDBOX_PKG, writes, watched, limits.processes)
@@ -491,27 +632,45 @@ def _spawn(
             unwatched = [w for w in watched if not str(job).startswith(w)]
             env = sandbox_env(threads, str(job), str(job / "pkg"), writes, unwatched, limits.processes)
             cmd, cwd = [*python, str(job)], str(job / "work")
+        if "ready" in writes:
+            if sandboxed:
+                cmd[cmd.index("--"):cmd.index("--")] = ["--setenv", "AAR_READY_FD", str(writes["ready"])]
+            else:
+                env["AAR_READY_FD"] = str(writes["ready"])
+        if child_q is not None:
+            fds = f"{child_q[0]},{child_q[1]}"
+            if sandboxed:
+                cmd[cmd.index("--"):cmd.index("--")] = ["--setenv", "AAR_TEACHER_FDS", fds]
+            else:
+                env["AAR_TEACHER_FDS"] = fds
         proc = subprocess.Popen(
             cmd,
-            stdin=subprocess.DEVNULL,
+            stdin=stdin_r if stdin_r is not None else subprocess.DEVNULL,
             stdout=writes["stdout"],
             stderr=writes["stderr"],
             env=env,
             cwd=cwd,
-            pass_fds=(writes["audit"], writes["result"], *([seccomp] if seccomp is not None else [])),
+            pass_fds=(writes["audit"], writes["result"], *([seccomp] if seccomp is not None else []),
+                      *(child_q or ()), *([writes["ready"]] if "ready" in writes else [])),
             start_new_session=True,
             preexec_fn=_ChildSetup(limits, cgroups),  # fork-safe: only os.write and setrlimit
         )
     except BaseException:
         for r, _ in ends.values():
             os.close(r)
+        for fd in (stdin_w, *(mine_q or ())):
+            if fd is not None:
+                os.close(fd)
         raise
     finally:
         for w in writes.values():
             os.close(w)
+        for fd in (stdin_r, *(child_q or ())):
+            if fd is not None:
+                os.close(fd)
         if seccomp is not None:
             os.close(seccomp)
-    return proc, {name: r for name, (r, _) in ends.items()}
+    return proc, {name: r for name, (r, _) in ends.items()}, stdin_w, mine_q
 
 
 def _watch(
@@ -649,8 +808,11 @@ def _result(
         result.error = _exit_reason(code, stderr)
     else:
         try:
-            result.seed_predictions, result.method_s = _read_result(drains["result"], *_shape(job))
-            result.predictions = result.seed_predictions[0]
+            if _is_workspace(job):
+                result.value_json, result.method_s = _read_value(drains["result"])
+            else:
+                result.seed_predictions, result.method_s = _read_result(drains["result"], *_shape(job))
+                result.predictions = result.seed_predictions[0]
             result.ok = True
         except MethodError as exc:
             result.error = str(exc)
@@ -696,6 +858,28 @@ def _exit_reason(code: int, stderr: str) -> str:
     if "MemoryError" in stderr or "Cannot allocate memory" in stderr:
         return f"exit {code}: out of memory"
     return f"exit {code}"
+
+
+def _is_workspace(job: Path) -> bool:
+    return bool(json.loads((job / "input" / "ctx.json").read_text()).get("workspace"))
+
+
+def _read_value(drain: Drain) -> tuple[str, float | None]:
+    """A workspace run's result: a JSON header line, then the value's JSON text."""
+    if drain.overflow:
+        raise MethodError(f"the result is larger than {drain.cap} bytes")
+    line, _, body = drain.data().partition(b"\n")
+    try:
+        header = json.loads(line)
+        size = int(header["value_bytes"])
+        seconds = header.get("method_seconds")
+        text = body.decode("utf-8")
+        json.loads(text)
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        raise MethodError("garbled result from the sandbox") from None
+    if size != len(body):
+        raise MethodError(f"the result holds {len(body)} bytes, its header says {size}")
+    return text, float(seconds) if isinstance(seconds, (int, float)) else None
 
 
 def _shape(job: Path) -> tuple[int, int]:

@@ -8,8 +8,11 @@ its read end and closes it at end of file.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import threading
+from typing import Any
 
 
 class Drain:
@@ -71,3 +74,61 @@ def pipe() -> tuple[int, int]:
     r, w = os.pipe()
     os.set_inheritable(r, False)
     return r, w
+
+
+class QueryServer:
+    """Answers the sandbox's queries in a daemon thread: JSON lines in on ``in_fd``
+    (``{"seed": int, "texts": [str]}``), one JSON line out on ``out_fd`` per query
+    (``{"p": [...]}`` or ``{"error": "..."}``). ``answer(seed, texts)`` raises to refuse;
+    a line longer than ``cap`` bytes, or not such an object, is refused and ends the
+    conversation. Both ends are closed when it ends."""
+
+    def __init__(self, in_fd: int, out_fd: int, answer: Any, cap: int = 8 << 20) -> None:
+        self._in, self._out, self.answer, self.cap = in_fd, out_fd, answer, cap
+        self.errors: list[str] = []
+        self._thread = threading.Thread(target=self._run, name=f"sandbox-queries-{in_fd}", daemon=True)
+
+    def start(self) -> QueryServer:
+        self._thread.start()
+        return self
+
+    def _reply(self, obj: dict[str, Any]) -> None:
+        view = memoryview((json.dumps(obj) + "\n").encode())
+        while view:
+            view = view[os.write(self._out, view):]
+
+    def _run(self) -> None:
+        buf = b""
+        try:
+            while True:
+                while b"\n" not in buf:
+                    chunk = os.read(self._in, 65536)
+                    if not chunk:
+                        return
+                    buf += chunk
+                    if len(buf) > self.cap:
+                        self._reply({"error": f"a query is larger than {self.cap} bytes"})
+                        return
+                line, _, buf = buf.partition(b"\n")
+                try:
+                    query = json.loads(line)
+                    seed, texts = query["seed"], query["texts"]
+                    if not isinstance(seed, int) or not isinstance(texts, list) or not all(
+                            isinstance(t, str) for t in texts):
+                        raise ValueError("a query is {\"seed\": int, \"texts\": [str, ...]}")
+                except (ValueError, KeyError, TypeError) as exc:
+                    self._reply({"error": f"bad query: {exc}"})
+                    return
+                try:
+                    probs = self.answer(seed, texts)
+                except Exception as exc:  # noqa: BLE001 - refused (budget, unknown seed): said to the method
+                    self.errors.append(str(exc))
+                    self._reply({"error": str(exc)})
+                    continue
+                self._reply({"p": [float(x) for x in probs]})
+        except OSError:
+            pass
+        finally:
+            for fd in (self._in, self._out):
+                with contextlib.suppress(OSError):
+                    os.close(fd)

@@ -175,10 +175,14 @@ def main(argv: list[str]) -> int:
     import numpy as np
 
     from trainer.methods import MethodContext, validate_predictions
+    from trainer.methods.workspace import PipeTeacher
 
+    teacher = PipeTeacher.from_env()
     inp = job / "input"
     try:
         meta = json.loads((inp / "ctx.json").read_text())
+        if meta.get("workspace"):
+            return _workspace(inp, meta, teacher, result_fd)
         seeds = [int(s) for s in (meta.get("seeds") or [meta["seed"]])]
         labels = np.load(inp / "weak_soft_labels.npy", allow_pickle=False)
         per_seed = list(labels) if len(seeds) > 1 else [labels]
@@ -192,6 +196,7 @@ def main(argv: list[str]) -> int:
             MethodContext(
                 train_features=train_features, weak_soft_labels=weak, eval_features=eval_features,
                 train_texts=train_texts, eval_texts=eval_texts, seed=seed, params=dict(meta.get("params") or {}),
+                teacher_fn=teacher,
             )
             for seed, weak in zip(seeds, per_seed, strict=True)
         ]
@@ -238,6 +243,94 @@ def main(argv: list[str]) -> int:
         print(f"aar-sandbox: cannot send the result: {exc!r}", file=sys.stderr)
         return 4
     return 0
+
+
+def _workspace(inp: Path, meta: dict, teacher: object, result_fd: int | None) -> int:
+    """An agent's workspace script: inputs loaded and libraries imported first, then the
+    code is read from stdin (a warm sandbox waits there) and run with ``ctx`` in its globals."""
+    import numpy as np
+    import torch
+
+    import trainer.methods  # noqa: F401 - imported before the code arrives (a warm start)
+    from trainer.methods import stored
+    from trainer.methods.workspace import WorkspaceContext
+
+    try:
+        def arr(name: str) -> np.ndarray:
+            return np.load(inp / f"{name}.npy", allow_pickle=False)
+
+        def texts(name: str) -> list[str]:
+            return json.loads((inp / f"{name}.json").read_text())
+
+        ctx = WorkspaceContext(
+            train_features=arr("train_features"), weak_soft_labels=arr("weak_soft_labels"),
+            train_texts=texts("train_texts"), heldback_features=arr("heldback_features"),
+            heldback_weak_labels=arr("heldback_weak_labels"), heldback_texts=texts("heldback_texts"),
+            dev_features=arr("dev_features"), dev_texts=texts("dev_texts"), seed=int(meta.get("seed", 0)),
+            teacher_fn=teacher,
+        )
+    except Exception as exc:  # noqa: BLE001 - any unreadable job folder is exit status 2
+        print(f"aar-sandbox: bad job folder: {exc!r}", file=sys.stderr)
+        return 2
+    stored.ROOT = inp / "stored"
+    _warm_up(ctx)
+    ready = _fd(os.environ.pop("AAR_READY_FD", ""))
+    if ready is not None:
+        try:
+            os.write(ready, b"1")
+            os.close(ready)
+        except OSError:
+            pass
+    code = sys.stdin.buffer.read().decode("utf-8", "replace")
+    started = time.monotonic()
+    try:
+        torch.manual_seed(ctx.seed)
+        np.random.seed(ctx.seed % 2**32)
+        scope: dict = {"__name__": "__workspace__", "ctx": ctx}
+        exec(compile(code, "workspace.py", "exec"), scope)
+        value = scope.get("result")
+        if value is None and callable(scope.get("main")):
+            value = scope["main"](ctx)
+        body = json.dumps(value, default=_jsonable, allow_nan=False).encode()
+    except BaseException:  # noqa: BLE001 - whatever the code raised is its failure, status 3
+        import traceback
+
+        traceback.print_exc()
+        return 3
+    header = {"method_seconds": round(time.monotonic() - started, 3), "value_bytes": len(body)}
+    try:
+        _send(result_fd, (json.dumps(header) + "\n").encode() + body)
+    except OSError as exc:
+        print(f"aar-sandbox: cannot send the result: {exc!r}", file=sys.stderr)
+        return 4
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)  # the result is sent: skip the interpreter's teardown (torch's takes a while)
+
+
+def _warm_up(ctx: object) -> None:
+    """Train a tiny head once, before the code arrives: torch's first optimizer step costs
+    about a second of lazy set-up that would otherwise fall on the run."""
+    import numpy as np
+
+    from trainer.methods import train_head
+
+    x = np.zeros((8, ctx.train_features.shape[1]), dtype=np.float32)  # type: ignore[attr-defined]
+    try:
+        train_head(x, np.full(8, 0.5), epochs=1)
+    except Exception:  # noqa: BLE001 - a warm-up only
+        pass
+
+
+def _jsonable(value: object) -> object:
+    """numpy numbers and arrays as JSON; anything else is an error the code sees."""
+    import numpy as np
+
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"the result must be JSON: {type(value).__name__} is not")
 
 
 def _limit_tasks(text: str) -> None:

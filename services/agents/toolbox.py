@@ -30,6 +30,7 @@ from schemas.forum import ForumPosted, ForumVoted
 from schemas.idea import IdeaProposed
 from schemas.integrity import IntegrityFlagged
 from schemas.scoring import ScorePublished
+from schemas.workspace import WorkspaceFinished, WorkspaceRefused, WorkspaceRequested
 from services.artifacts.client import ArtifactClient
 from services.forum import queries as forum_q
 from services.scorer.queries import LEADERBOARD
@@ -115,10 +116,43 @@ TOOL_SPECS: list[dict[str, Any]] = [
     {"name": "diff_ideas", "description": "A unified diff of two ideas' method code (and of their parameters).",
      "input_schema": {"type": "object", "properties": {"a": {"type": "string"}, "b": {"type": "string"}},
                       "required": ["a", "b"]}},
+    {"name": "run_code", "description": (
+        "Run a quick experiment in your private workspace (a sandbox where the data is; no gold label of any "
+        "split is there). The code runs as a script with `ctx` in its globals: ctx.train_features / "
+        "ctx.train_texts / ctx.weak_soft_labels (B's train part), ctx.heldback_features / ctx.heldback_texts / "
+        "ctx.heldback_weak_labels (B's held-back part, weak labels only), ctx.dev_features / ctx.dev_texts "
+        "(no labels), ctx.teacher(texts) (the weak teacher on any texts, a budget per run), "
+        "ctx.method_context(params, on='heldback'|'dev') (a method's ctx: train part -> held-back rows or dev) "
+        "and ctx.agreement(p) (agreement with the held-back weak labels). The trainer.methods library and "
+        "stored methods (load('<sha256>')) import as in a method. Set a global `result` (or define "
+        "main(ctx)) to return a JSON value. Returns stdout/stderr tails, the result, runtime, CPU-seconds "
+        "and the exit status; each agent has a CPU-second budget."),
+     "input_schema": {"type": "object", "properties": {
+         "code": {"type": "string"},
+         "timeout_s": {"type": "number", "minimum": 1, "maximum": 600}}, "required": ["code"]}},
     {"name": "note", "description": "Keep a private note for yourself (kept in the log).",
      "input_schema": {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]}},
 ]
 TOOL_NAMES = frozenset(t["name"] for t in TOOL_SPECS)
+
+
+def _workspace_outcome(p: WorkspaceFinished | WorkspaceRefused) -> dict[str, Any]:
+    """What an agent reads of its workspace run."""
+    if isinstance(p, WorkspaceRefused):
+        return {"status": "refused", "reason": p.reason, "spent_cpu_s": p.spent_cpu_s,
+                "budget_cpu_s": p.budget_cpu_s}
+    out: dict[str, Any] = {
+        "status": "ok" if p.ok else "failed", "exit_status": p.exit_status, "error": p.error or None,
+        "runtime_s": p.runtime_s, "cpu_s": p.cpu_s, "rows": p.rows, "teacher_queries": p.teacher_queries,
+        "stdout": p.stdout, "stderr": p.stderr,
+        "result": json.loads(p.result_json) if p.result_json else None,
+    }
+    if p.stdout_dropped or p.stderr_dropped:
+        out["truncated"] = (f"output cut: the first {p.stdout_dropped:,} characters of stdout and "
+                            f"{p.stderr_dropped:,} of stderr are not shown")
+    if p.violations:
+        out["sandbox_violations"] = p.violations
+    return out
 
 
 def _summary(result: Any) -> str:
@@ -134,6 +168,7 @@ class Toolbox:
         self.source = source or agent_id
         self.artifacts = ArtifactClient(bus, session_id=session_id, timeout=30.0)
         self.outcomes: dict[str, Outcome] = {}
+        self.runs: dict[str, asyncio.Future[dict[str, Any]]] = {}  # workspace run id -> its outcome
         self.notes: list[str] = []
         self.ideas = 0
         self.cost_usd = 0.0  # LLM spend (the Claude backend keeps it up to date)
@@ -147,7 +182,7 @@ class Toolbox:
     async def start(self) -> None:
         prefix = f"aar.{self.session_id}"
         for subject in ("score.published", "experiment.failed", "integrity.flagged", "session.draining",
-                        "session.ended"):
+                        "session.ended", "workspace.finished", "workspace.refused"):
             self._subs.append(await self.bus.nc.subscribe(f"{prefix}.{subject}", cb=self._on_event))
 
     async def close(self) -> None:
@@ -163,6 +198,11 @@ class Toolbox:
             self.session_over.set()
             for waiting in self.outcomes.values():
                 waiting.done.set()
+            return
+        if isinstance(p, WorkspaceFinished | WorkspaceRefused):
+            run = self.runs.get(p.run_id)
+            if run is not None and not run.done() and p.agent_id == self.agent_id:
+                run.set_result(_workspace_outcome(p))
             return
         idea = getattr(p, "idea_id", None)
         outcome = self.outcomes.get(idea) if idea else None
@@ -375,6 +415,38 @@ class Toolbox:
                   if views[0]["params"].get(k) != views[1]["params"].get(k)}
         return {"a": views[0]["idea_id"], "b": views[1]["idea_id"], "same_code": sources[0] == sources[1],
                 "diff": diff[:MAX_CODE_BYTES], "params_changed": params}
+
+    async def tool_run_code(self, code: str, timeout_s: float = 60.0) -> dict[str, Any]:
+        if self.session_over.is_set():
+            raise ToolError("the session is over: the workspace is closed")
+        data = str(code).encode()
+        if len(data) > MAX_CODE_BYTES:
+            raise ToolError(f"code of {len(data):,} bytes is over the {MAX_CODE_BYTES:,}-byte limit")
+        try:
+            compile(str(code), "workspace.py", "exec")
+        except SyntaxError as exc:
+            raise ToolError(f"the code does not compile: {exc}") from None
+        wall = min(max(float(timeout_s), 1.0), 600.0)
+        sha = await self.artifacts.put(data, "code", name="workspace.py", media_type="text/x-python")
+        run_id = "w-" + new_id()
+        waiting: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self.runs[run_id] = waiting
+        try:
+            await self.bus.publish(Event.create(
+                WorkspaceRequested(run_id=run_id, agent_id=self.agent_id, code_artifact=sha, wall_s=wall),
+                session_id=self.session_id, source=self.source, correlation_id=run_id,
+            ))
+            # The run's own clock starts on a trainer; the wait allows for the queue.
+            over: asyncio.Future[Any] = asyncio.ensure_future(self.session_over.wait())
+            done, _ = await asyncio.wait([waiting, over], timeout=wall + 300.0,
+                                         return_when=asyncio.FIRST_COMPLETED)
+            over.cancel()
+            if waiting in done:
+                return {"run_id": run_id, "code_artifact": sha, **waiting.result()}
+            status = "session_over" if self.session_over.is_set() else "timeout"
+            return {"run_id": run_id, "code_artifact": sha, "status": status}
+        finally:
+            self.runs.pop(run_id, None)
 
     async def tool_note(self, text: str) -> dict[str, Any]:
         self.notes.append(str(text)[:5000])

@@ -33,6 +33,14 @@ class ScoringConfig(BaseModel):
                                       "bootstrap (trainer/paired.py)")
     release_rows: float = Field(default=20.0, ge=0, le=10_000, description="noise of every dev figure released "
                                 "to agents, in rows of the dev split (services/scorer/release.py); 0: exact")
+    workspace_cpu_s: float = Field(default=900.0, ge=0, description="CPU-seconds of workspace runs per agent "
+                                   "(quick experiments on agent-visible data); 0: no workspace")
+    workspace_wall_s: float = Field(default=60.0, gt=0, le=600, description="wall clock of one workspace run, "
+                                    "at most (an agent may ask for less)")
+    workspace_heldback: float = Field(default=0.25, gt=0, lt=1, description="share of B a workspace holds back "
+                                      "(weak labels only) for cheap tests")
+    teacher_queries: int = Field(default=2000, ge=0, le=100_000, description="texts ctx.teacher answers per run "
+                                 "(per seed of an experiment; per workspace run); 0: no teacher on demand")
     dev_test_gap: float = Field(default=0.3, gt=0, description="flag when dev PGR exceeds test PGR by more than this "
                                 "(and by 3 standard errors)")
 

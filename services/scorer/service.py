@@ -56,17 +56,20 @@ from schemas.idea import IdeaProposed
 from schemas.integrity import IntegrityCheck, IntegrityFlagged, Severity
 from schemas.scoring import Against, BaselineComputed, BaselineKind, Comparison, ScorePublished, ScoreWithheld
 from schemas.session import SessionDraining, SessionEnded, SessionStarted
+from schemas.workspace import WorkspaceFinished, WorkspaceRefused, WorkspaceRequested, WorkspaceScheduled
 from services.artifacts.arrays import MEDIA_TYPE, pack_seeds, unpack_seeds
 from services.artifacts.client import ArtifactClient
 from services.recorder.queries import AUDIT
 from trainer import w2s
 from trainer.paired import PairedDifference, paired_difference
+from trainer.teacher import pack_teachers
 
 from .config import ScoringConfig
 from .policy import RateLimiter
 from .queries import IDEA, LEADERBOARD, IdeaRequest, IdeaView, Leaderboard, LeaderboardEntry, LeaderboardRequest
 from .release import Release
 from .truth import GroundTruth, Scored, Setup
+from .workspace import WorkspaceBudget
 
 DURABLE = "scorer"
 # Events per page when a session is rebuilt from the log (AAR_SCORER_EVENTS_PAGE: tests page through few).
@@ -107,6 +110,8 @@ class SessionState:
     full: dict[str, ScorePublished] = field(default_factory=dict)  # experiment_id -> full precision
     released_acc: dict[str, float] = field(default_factory=dict)  # idea id -> its released dev accuracy
     naive_released: float | None = None  # naive_soft's released dev accuracy (never shown alone)
+    teacher_artifacts: dict[tuple[str, bool], str] = field(default_factory=dict)  # (dataset, shuffled) -> sha
+    workspace: WorkspaceBudget = field(default_factory=WorkspaceBudget)
 
     def all_scores(self) -> list[ScorePublished]:
         """Every score, at full precision where this process scored it (else as the log has it)."""
@@ -174,6 +179,11 @@ class Scorer:
             await self.on_finished(event, payload)
         elif isinstance(payload, ExperimentFailed):
             await self.on_failed(event, payload)
+        elif isinstance(payload, WorkspaceRequested):
+            await self.on_workspace(event, payload)
+        elif isinstance(payload, WorkspaceFinished):
+            if (state := self.sessions.get(event.session_id)) is not None:
+                state.workspace.finished(payload.run_id, payload.agent_id, payload.cpu_s)
         elif isinstance(payload, SessionDraining | SessionEnded):
             if (state := self.sessions.get(event.session_id)) is not None:
                 state.draining = True
@@ -257,6 +267,63 @@ class Scorer:
             )
         return state.weak_artifacts[key]
 
+    async def _teacher_artifact(self, state: SessionState, setup: Setup, shuffled: bool) -> str | None:
+        """The weak teachers' weights (per seed) that answer ``ctx.teacher``; in the ablation
+        run (``shuffled``) teachers trained on shuffled labels of A, which carry no signal."""
+        if state.config.teacher_queries <= 0:
+            return None
+        key = (setup.dataset, shuffled)
+        if key not in state.teacher_artifacts:
+            truth = await self._truth(state, setup)
+            heads = await asyncio.to_thread(truth.teachers, shuffled=shuffled)
+            state.teacher_artifacts[key] = await self.artifacts.put(
+                pack_teachers(heads), ArtifactKind.OTHER,
+                name=f"{setup.dataset}.teacher{'.shuffled' if shuffled else ''}.npz", media_type=MEDIA_TYPE,
+                session_id=state.started.session_id,
+            )
+        return state.teacher_artifacts[key]
+
+    # -- workspace runs ----------------------------------------------------------------
+
+    async def on_workspace(self, event: Event[Any], req: WorkspaceRequested) -> None:
+        """Schedule an agent's workspace run within its CPU budget, or refuse it (saying why)."""
+        state = await self._session(event.session_id)
+        if state is None:
+            return
+        cfg, ws = state.config, state.workspace
+        if ws.known(req.run_id):
+            return  # a redelivery, or another event reusing the id: scheduled (or refused) once
+        reason = None
+        if state.draining:
+            reason = "the session is ending: no more workspace runs"
+        elif cfg.workspace_cpu_s <= 0:
+            reason = "this session has no workspace (workspace_cpu_s = 0)"
+        left = ws.left(req.agent_id, cfg.workspace_cpu_s)
+        if reason is None and left < 1.0:
+            reason = (f"the workspace budget of {cfg.workspace_cpu_s:g} CPU-seconds per agent is spent "
+                      f"({ws.spent.get(req.agent_id, 0.0):.1f} used, {ws.reserved_by(req.agent_id):.1f} in "
+                      "running runs): evaluate ideas with propose_idea instead")
+        if reason is not None:
+            ws.refuse(req.run_id)
+            await self._emit(event, WorkspaceRefused(
+                run_id=req.run_id, agent_id=req.agent_id, reason=reason,
+                spent_cpu_s=round(ws.spent.get(req.agent_id, 0.0), 3), budget_cpu_s=cfg.workspace_cpu_s,
+            ), derived_id(event.id, "workspace_refused"))
+            self.log.info("workspace_refused", run_id=req.run_id, agent_id=req.agent_id, reason=reason)
+            return
+        wall = min(req.wall_s, cfg.workspace_wall_s)
+        cpu = min(left, wall)  # one core: a run cannot use more CPU than its wall clock
+        ws.schedule(req.run_id, req.agent_id, cpu)
+        main = state.main
+        await self._emit(event, WorkspaceScheduled(
+            run_id=req.run_id, agent_id=req.agent_id, code_artifact=req.code_artifact, wall_s=wall, cpu_s=cpu,
+            dataset=main.dataset, weak_model=main.weak_model, strong_model=main.strong_model,
+            split_sizes=main.split_sizes, split_seed=main.split_seed, seed=main.seeds[0],
+            heldback=cfg.workspace_heldback, weak_labels_artifact=await self._weak_artifact(state, main, False),
+            teacher_artifact=await self._teacher_artifact(state, main, False), teacher_queries=cfg.teacher_queries,
+            spent_cpu_s=round(ws.spent.get(req.agent_id, 0.0), 3), budget_cpu_s=cfg.workspace_cpu_s,
+        ), derived_id(event.id, "workspace_scheduled"))
+
     async def _session(self, session_id: str) -> SessionState | None:
         """The session's state; rebuilt from the log after a restart. A session the log
         never saw start costs no query (one list of started sessions per process), so
@@ -276,7 +343,12 @@ class Scorer:
             return None
         state = await self.on_session_started(found[0])
         for ev in await self._events("session_id = ? AND type IN ('idea.proposed', 'experiment.requested', "
-                                     "'score.published', 'score.withheld')", [session_id]):
+                                     "'score.published', 'score.withheld', 'workspace.scheduled', "
+                                     "'workspace.refused', 'workspace.finished')", [session_id]):
+            if isinstance(ev, Event) and isinstance(ev.payload, WorkspaceScheduled | WorkspaceRefused
+                                                    | WorkspaceFinished):
+                state.workspace.replay(ev.payload)
+                continue
             if isinstance(ev, Event) and isinstance(ev.payload, IdeaProposed):
                 state.ideas.setdefault(ev.payload.idea_id, ev.payload)
                 state.idea_events.setdefault(ev.payload.idea_id, ev.id)
@@ -383,6 +455,8 @@ class Scorer:
             params=params, shuffle_weak_labels=shuffled,
             weak_labels_artifact=await self._weak_artifact(state, setup, shuffled),
             split_sizes=setup.split_sizes, split_seed=setup.split_seed,
+            teacher_artifact=await self._teacher_artifact(state, setup, shuffled),
+            teacher_queries=state.config.teacher_queries,
         )
         state.requests[experiment_id] = req
         await self._emit(cause, req, derived_id(cause.id, "requested", experiment_id), correlation=idea_id)

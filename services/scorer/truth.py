@@ -16,6 +16,7 @@ from schemas.experiment import Split, dataset_split
 from trainer import w2s
 from trainer.data import SplitSizes
 from trainer.pipeline import Baselines, Prepared, baselines, prepare
+from trainer.teacher import TeacherHead, train_teachers
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +64,12 @@ class GroundTruth:
             labels = self.prep.weak_labels(seed)
             out[seed] = w2s.shuffle_labels(labels, seed) if shuffled else labels
         return out
+
+    def teachers(self, *, shuffled: bool = False) -> dict[int, TeacherHead]:
+        """Each seed's weak teacher as weights (for ``ctx.teacher``); ``shuffled``: trained on
+        a seeded permutation of A's labels, a teacher without signal (the ablation's)."""
+        return train_teachers(self.prep.weak_features["A"], self.prep.dataset.A.labels, self.setup.seeds,
+                              shuffled=shuffled)
 
     def score(self, predictions: dict[int, np.ndarray], split: Split, seeds: list[int]) -> Scored:
         """Accuracy per seed on the eval split and PGR against this setup's baselines."""

@@ -90,6 +90,7 @@ def run_job(
     limits: SandboxLimits | None = None,
     on_seed: Callable[[int, int], None] | None = None,
     stored: dict[str, str] | None = None,
+    teacher: Callable[[int, list[str]], Any] | None = None,
 ) -> JobOutcome:
     """Run the method for every seed of ``req``. Raises :class:`JobFailed` for method failures
     (exceptions, bad predictions, sandbox violations, limits)."""
@@ -111,6 +112,7 @@ def run_job(
             eval_texts=inputs.eval_texts,
             seed=seed,
             params=dict(req.params),
+            teacher_fn=teacher,
         )
         for seed in req.seeds
     ]
@@ -137,7 +139,7 @@ def run_job(
         job_limits = replace(per_seed, wall_s=per_seed.wall_s * len(ctxs), cpu_s=per_seed.cpu_s * len(ctxs))
         try:
             result = run_untrusted(method_source, ctxs, limits=job_limits, unsafe_no_sandbox=unsafe_no_sandbox,
-                                   stored=stored)
+                                   stored=stored, teacher=teacher)
         except SandboxUnavailableError as exc:
             raise JobFailed("SandboxUnavailable", str(exc)) from exc
         seeds_text = f"seeds {', '.join(str(s) for s in req.seeds)}"

@@ -38,6 +38,7 @@ from services.artifacts.arrays import MEDIA_TYPE, pack_seeds, unpack_seeds
 from services.artifacts.client import ArtifactClient
 from trainer.methods.stored import MAX_IMPORTS, references
 from trainer.sandbox import SandboxLimits, sandbox_problem
+from trainer.teacher import Teacher, unpack_teachers
 
 from .jobs import Inputs, JobFailed, describe, load_inputs, run_job
 
@@ -73,8 +74,29 @@ class TrainerWorker:
         self.jobs_done = 0
         self.log = structlog.get_logger("trainer").bind(service=source)
         self._inputs: dict[tuple[Any, ...], Inputs] = {}
+        self._teachers: dict[tuple[str, str, str], Teacher] = {}
 
     async def run(self, stop: asyncio.Event) -> None:
+        """Both queues at once: experiments, and agents' workspace runs."""
+        from .workspace import WorkspaceWorker
+
+        self.workspace = WorkspaceWorker(self)
+        await asyncio.gather(self.run_experiments(stop), self.workspace.run(stop))
+
+    async def teacher(self, sha: str, weak_model: str, dataset: str, budget: int) -> Teacher:
+        """The weak teachers stored as ``sha`` (one per seed), answering at most ``budget``
+        texts per run; loaded once per process (their embedding cache is shared)."""
+        key = (sha, weak_model, dataset)
+        if key not in self._teachers:
+            heads = unpack_teachers(await self.artifacts.get(sha))
+            if len(self._teachers) >= 8:
+                self._teachers.pop(next(iter(self._teachers)))
+            self._teachers[key] = Teacher(heads, weak_model, dataset, budget=budget, home=self.home)
+        base = self._teachers[key]
+        base.budget = budget
+        return base
+
+    async def run_experiments(self, stop: asyncio.Event) -> None:
         if self.unsafe:
             self.log.warning("unsafe_no_sandbox", detail="agent code runs WITHOUT the sandbox; every such job is flagged")
         elif (problem := sandbox_problem()) is not None:
@@ -145,6 +167,11 @@ class TrainerWorker:
                     req,
                 )
         inputs = await asyncio.to_thread(self._load_inputs, req)
+        teacher = None
+        if req.teacher_artifact is not None and req.teacher_queries > 0:
+            # The budget is per seed's run(ctx); the job's seeds share one count.
+            teacher = (await self.teacher(req.teacher_artifact, req.weak_model, req.dataset,
+                                          req.teacher_queries * len(req.seeds))).fresh()
         loop = asyncio.get_running_loop()
 
         def on_seed(done: int, total: int) -> None:
@@ -173,6 +200,7 @@ class TrainerWorker:
                 limits=self.limits,
                 on_seed=on_seed,
                 stored=stored,
+                teacher=teacher,
             )
         except JobFailed as exc:
             log_sha = await self._store_log(event, req, exc.log)
@@ -212,6 +240,7 @@ class TrainerWorker:
                 seeds=list(req.seeds),
                 log_artifact=log_sha,
                 imports=list(stored),
+                teacher_queries=teacher.queries if teacher is not None else 0,
             ),
             derived_id(event.id, "finished"),
         )

@@ -231,6 +231,9 @@ class MethodContext:
     - ``train_texts`` / ``eval_texts``: the raw texts, same order as the features
     - ``seed``: the run's seed (use it for every random choice)
     - ``params``: the method's hyper-parameters (override its documented defaults)
+    - ``teacher(texts)``: the weak teacher's P(class 1) on any texts (this seed's teacher,
+      answered by the trainer; a budget of texts per run, counted in the run's events; in
+      the teacher-ablation run it answers from a teacher trained on shuffled labels)
     """
 
     train_features: np.ndarray
@@ -240,6 +243,15 @@ class MethodContext:
     eval_texts: list[str] = field(default_factory=list)
     seed: int = 0
     params: dict[str, Any] = field(default_factory=dict)
+    teacher_fn: Callable[[int, list[str]], Any] | None = field(default=None, repr=False, compare=False)
+
+    def teacher(self, texts: Sequence[str]) -> np.ndarray:
+        """The weak teacher's P(class 1) for each of ``texts``, float64[len(texts)]."""
+        if self.teacher_fn is None:
+            raise RuntimeError("no weak teacher is available to this run")
+        if isinstance(texts, str):
+            texts = [texts]
+        return np.asarray(self.teacher_fn(self.seed, list(texts)), dtype=np.float64).reshape(-1)
 
     def __post_init__(self) -> None:
         self.train_features = np.asarray(self.train_features, dtype=np.float32)
