@@ -104,11 +104,17 @@ class WorkspaceWorker:
             await self._finished(event, req, ok=False, error=f"SandboxUnavailable: {exc}", rows=inputs.rows)
             return
         cpu_s = min(req.cpu_s, float(self.limits.cpu_s))
-        result = await asyncio.to_thread(box.run, code, wall_s=req.wall_s, cpu_s=cpu_s, stored=stored)
+        # The next run of this session's data finds its sandbox started: beside a warm run
+        # (which is short), or after a cold one (two starts at once would slow this one).
+        ahead = asyncio.ensure_future(asyncio.to_thread(self._start, inputs, teacher)) if warm else None
+        try:
+            result = await asyncio.to_thread(box.run, code, wall_s=req.wall_s, cpu_s=cpu_s, stored=stored)
+        finally:
+            if ahead is None:
+                ahead = asyncio.ensure_future(asyncio.to_thread(self._start, inputs, teacher))
+            with contextlib.suppress(SandboxUnavailableError):
+                self._warm[key] = await ahead
         queries = getattr(box.teacher, "queries", 0)
-        # The next run of this session's data finds its sandbox started.
-        with contextlib.suppress(SandboxUnavailableError):
-            self._warm[key] = await asyncio.to_thread(self._start, inputs, teacher)
         await self._report(event, req, result, inputs, queries, warm, list(stored), log)
 
     def _start(self, inputs: WorkspaceInputs, teacher: Teacher | None) -> WorkspaceSandbox:
