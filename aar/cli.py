@@ -76,6 +76,10 @@ def up(
     model: Annotated[str, typer.Option(help="Claude model (--backend claude)")] = "claude-sonnet-4-6",
     max_usd_per_agent: Annotated[Optional[float], typer.Option(min=0, help="dollar budget per agent (Claude)")] = None,
     seed: Annotated[int, typer.Option(help="seed of the offline agents and of direction assignment")] = 0,
+    llm_base_url: Annotated[Optional[str], typer.Option(
+        help="a server that speaks the Messages API (self-hosted models; sets ANTHROPIC_BASE_URL for agents)")] = None,
+    llm_price: Annotated[Optional[str], typer.Option(
+        help="USD per million input,output tokens of --model, e.g. 0,0 for a free self-hosted model")] = None,
 ) -> None:
     """Start the embedded stack and run one research session."""
     from core.paths import read_run_file
@@ -87,11 +91,25 @@ def up(
     if read_run_file(home) is not None:
         err.print(f"[red]a session is already running on {home.root}[/red] (see {home.run_file}); stop it first")
         raise typer.Exit(1)
+    if llm_base_url is not None and not llm_base_url.startswith(("http://", "https://")):
+        err.print(f"[red]--llm-base-url must be an http:// or https:// URL, got {esc(llm_base_url)!r}[/red]")
+        raise typer.Exit(2)
+    price: tuple[float, float] | None = None
+    if llm_price is not None:
+        try:
+            low, high = (float(x) for x in llm_price.split(","))
+            if min(low, high) < 0:
+                raise ValueError
+            price = (low, high)
+        except ValueError:
+            err.print(f"[red]--llm-price takes two non-negative numbers INPUT,OUTPUT (USD per million tokens), "
+                      f"got {esc(llm_price)!r}[/red]")
+            raise typer.Exit(2) from None
     if backend is Backend.CLAUDE:
         import os
 
-        if not os.environ.get("ANTHROPIC_API_KEY"):
-            err.print("[red]--backend claude needs ANTHROPIC_API_KEY in the environment[/red]")
+        if not os.environ.get("ANTHROPIC_API_KEY") and not (llm_base_url or os.environ.get("ANTHROPIC_BASE_URL")):
+            err.print("[red]--backend claude needs ANTHROPIC_API_KEY in the environment (or --llm-base-url)[/red]")
             raise typer.Exit(2)
     if session is not None and not session.strip():
         err.print("[red]--session must not be empty[/red]")
@@ -133,13 +151,19 @@ def up(
         session_id=session_id, name=name, agents=agents, trainers=trainers, backend=backend, dataset=dataset,
         weak_model=weak_model, strong_model=strong_model,
         max_experiments=max_experiments, max_usd=max_usd, max_wall_s=max_wall,
-        model=model, max_usd_per_agent=max_usd_per_agent, seed=seed,
+        model=model, max_usd_per_agent=max_usd_per_agent, seed=seed, llm_base_url=llm_base_url, llm_price=price,
         scoring=ScoringConfig(seeds=seeds, split_sizes=split_sizes, **_heldout(heldout)),
     )
     import os as _os
 
     # Only agent processes of the Claude backend get the API key.
-    agent_env = {"ANTHROPIC_API_KEY": _os.environ["ANTHROPIC_API_KEY"]} if backend is Backend.CLAUDE else {}
+    agent_env: dict[str, str] = {}
+    if backend is Backend.CLAUDE:
+        if _os.environ.get("ANTHROPIC_API_KEY"):
+            agent_env["ANTHROPIC_API_KEY"] = _os.environ["ANTHROPIC_API_KEY"]
+        base_url = llm_base_url or _os.environ.get("ANTHROPIC_BASE_URL")
+        if base_url:
+            agent_env["ANTHROPIC_BASE_URL"] = base_url
     supervisor = Supervisor(
         home,
         default_specs(config.to_env(), agents=agents, trainers=trainers, unsafe_no_sandbox=unsafe_no_sandbox,

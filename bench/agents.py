@@ -107,7 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if (problem := sandbox_problem()) is not None:
         log(f"no sandbox here: {problem}")
         return 2
-    stop, experiments = threading.Event(), []
+    stop, experiments = threading.Event(), list[float]()
     worker = threading.Thread(target=background, args=(stop, experiments), daemon=True)
     worker.start()
     time.sleep(3.0)  # the experiment is under way

@@ -320,6 +320,26 @@ async def test_key_and_base_url_from_the_environment(toolbox: Toolbox, monkeypat
     assert all(r.headers.get("x-stainless-retry-count") == "0" for r in fake.messages_requests)
 
 
+async def test_a_self_hosted_server_needs_no_key_and_costs_what_the_session_says(
+    toolbox: Toolbox, seen: Collected, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--llm-base-url / --llm-price: any server speaking the Messages API, at the user's price."""
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    with FakeAnthropic([message(text("thinking"), tool_use("list_methods"), tokens=usage(1_000_000, 1_000_000)),
+                        message(text("done"))]) as fake:
+        monkeypatch.setenv("ANTHROPIC_BASE_URL", fake.url)
+        free = assignment_for(toolbox, model="local-qwen-32b", llm_price=(0.0, 0.0))
+        assert await run_claude(toolbox, free) == "end_turn"
+    assert fake.messages_requests and all(r.body["model"] == "local-qwen-32b" for r in fake.messages_requests)
+    await wait_until(lambda: _async_true(len(seen.of("agent.llm_called")) >= 1), what="the LLM call event")
+    assert seen.of("agent.llm_called")[0].cost_usd == 0.0  # not the fallback price of an unknown model
+    assert toolbox.cost_usd == 0.0
+
+
+async def _async_true(value: bool) -> bool:
+    return value
+
+
 # -- a long session stays bounded ----------------------------------------------------------
 
 

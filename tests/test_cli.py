@@ -225,6 +225,9 @@ def test_up_restarts_a_crashed_service_and_stops_cleanly(home: AarHome) -> None:
         (("--heldout", "nope"), "unknown dataset 'nope'"),
         (("--sizes", "10,20,30"), "--sizes takes four positive integers"),
         (("--sizes", "10,0,30,40"), "--sizes takes four positive integers"),
+        (("--llm-price", "1"), "--llm-price takes two non-negative numbers"),
+        (("--llm-price", "1,-2"), "--llm-price takes two non-negative numbers"),
+        (("--llm-base-url", "localhost:8000"), "--llm-base-url must be an http:// or https:// URL"),
     ],
 )
 def test_up_refuses_bad_options_before_starting_anything(home: AarHome, monkeypatch: pytest.MonkeyPatch, args: tuple[str, ...], message: str) -> None:
@@ -238,6 +241,7 @@ def test_up_refuses_bad_options_before_starting_anything(home: AarHome, monkeypa
 def test_up_with_the_claude_backend_needs_an_api_key(home: AarHome, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AAR_HOME", str(home.root))
     monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    monkeypatch.delenv("ANTHROPIC_BASE_URL", raising=False)
     result = runner.invoke(app, ["up", "--backend", "claude"])
     assert result.exit_code == 2
     assert "ANTHROPIC_API_KEY" in result.output

@@ -19,4 +19,5 @@ class Assignment(BaseModel):
     model: str = "claude-sonnet-4-6"  # Claude backend
     dataset: str = "rotten_tomatoes"
     max_usd_per_agent: float | None = Field(default=None, ge=0)
+    llm_price: tuple[float, float] | None = Field(default=None, description="the session's price of model")
     max_ideas: int | None = Field(default=None, ge=1, description="ideas this agent may propose (None: no limit)")

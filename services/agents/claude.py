@@ -40,7 +40,7 @@ from schemas import Event
 from schemas.agent import AgentLlmCalled
 
 from .assignment import Assignment
-from .pricing import price_for
+from .pricing import price_for, set_price
 from .toolbox import TOOL_SPECS, Toolbox
 
 log = structlog.get_logger("agent.claude")
@@ -306,6 +306,8 @@ class ClaudeAgent:
         self.tools = tool_definitions()
         self.fixed_chars = len(json.dumps(self.system)) + len(json.dumps(self.tools))
         self.conversation = Conversation(FIRST_MESSAGE, budget_chars=context_chars)
+        if assignment.llm_price is not None:
+            set_price(assignment.model, *assignment.llm_price)
         self.price = price_for(assignment.model)
         self.rng = random.Random(f"{assignment.seed}/{assignment.agent_id}")
         self.spent = 0.0
@@ -450,9 +452,11 @@ async def run_claude(
     ``ANTHROPIC_BASE_URL``); a missing key raises :class:`MissingApiKey` at once."""
     owned = client is None
     if client is None:
-        if not os.environ.get("ANTHROPIC_API_KEY"):
+        # A self-hosted server (ANTHROPIC_BASE_URL, from --llm-base-url) may need no key.
+        if not os.environ.get("ANTHROPIC_API_KEY") and not os.environ.get("ANTHROPIC_BASE_URL"):
             raise MissingApiKey("the Claude backend needs ANTHROPIC_API_KEY in the environment")
-        client = anthropic.AsyncAnthropic(max_retries=0, timeout=REQUEST_TIMEOUT_S)
+        client = anthropic.AsyncAnthropic(max_retries=0, timeout=REQUEST_TIMEOUT_S,
+                                          api_key=os.environ.get("ANTHROPIC_API_KEY") or "none")
     else:
         client = client.with_options(max_retries=0)  # retries are ours, and counted
     agent = ClaudeAgent(toolbox, assignment, client, max_turns=max_turns, max_tokens=max_tokens,

@@ -115,6 +115,11 @@ def normalize(model: str) -> str:
     return ALIASES.get(name, name)
 
 
+def set_price(model: str, input_per_mtok: float, output_per_mtok: float) -> None:
+    """The session's own entry (``aar up --llm-price``): a self-hosted model's price, 0 for free."""
+    PRICES[normalize(model)] = Price(float(input_per_mtok), float(output_per_mtok))
+
+
 def price_for(model: str) -> Price:
     """The price of ``model``; an unknown model gets :data:`FALLBACK` and a warning (once)."""
     price = PRICES.get(normalize(model))

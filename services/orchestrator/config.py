@@ -32,6 +32,9 @@ class SessionConfig(BaseModel):
     drain_timeout_s: float = Field(default=300.0, ge=0, description="how long scheduled evaluations may finish")
     seed: int = 0
     model: str = "claude-sonnet-4-6"
+    llm_base_url: str | None = Field(default=None, description="a server speaking the Messages API (self-hosted)")
+    llm_price: tuple[float, float] | None = Field(
+        default=None, description="USD per million input and output tokens of --model (the price table's entry)")
     scoring: ScoringConfig = Field(default_factory=ScoringConfig)
 
     def to_env(self) -> dict[str, str]:

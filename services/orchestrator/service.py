@@ -26,7 +26,7 @@ from schemas.scoring import ScorePublished
 from schemas.session import AgentAssignment, Budgets, EndReason, SessionDraining, SessionEnded, SessionStarted
 from services.agents.assignment import Assignment
 from services.agents.directions import assign
-from services.agents.pricing import cost_usd
+from services.agents.pricing import cost_usd, set_price
 
 from .config import SessionConfig
 from .queries import ASSIGNMENT, AssignmentRequest
@@ -37,12 +37,15 @@ class Orchestrator:
         self.bus = bus
         self.config = config
         self.source = source
+        if config.llm_price is not None:
+            set_price(config.model, *config.llm_price)
         directions = assign(config.agents, offset=config.seed)
         self.assignments = {
             f"agent-{i + 1}": Assignment(
                 session_id=config.session_id, agent_id=f"agent-{i + 1}", direction=d.text, direction_key=d.key,
                 backend=config.backend, seed=config.seed, model=config.model, dataset=config.dataset,
                 max_usd_per_agent=config.max_usd_per_agent, max_ideas=config.max_ideas_per_agent,
+                llm_price=config.llm_price,
             )
             for i, d in enumerate(directions)
         }
