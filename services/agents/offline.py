@@ -25,6 +25,7 @@ from typing import Any
 
 from .assignment import Assignment
 from .directions import DIRECTIONS, by_key
+from .primer import prior_weight
 from .toolbox import Toolbox
 
 # Search space of the parameters the policy tunes: (kind, low, high) or ("choice", options).
@@ -116,7 +117,8 @@ class OfflinePolicy:
         self.direction_key, self.prior = d.key, d.methods
 
     def _explore(self, first: bool) -> Proposal:
-        weights = [len(self.prior) - i for i in range(len(self.prior))]
+        # The direction's order, tempered by what the primer measured of each method.
+        weights = [(len(self.prior) - i) * prior_weight(m) for i, m in enumerate(self.prior)]
         method = self.prior[0] if first else self.rng.choices(self.prior, weights=weights)[0]
         params = {} if first else mutate(self.rng, method, {}, self.rng.randint(1, 3))
         return Proposal(

@@ -130,6 +130,10 @@ TOOL_SPECS: list[dict[str, Any]] = [
      "input_schema": {"type": "object", "properties": {
          "code": {"type": "string"},
          "timeout_s": {"type": "number", "minimum": 1, "maximum": 600}}, "required": ["code"]}},
+    {"name": "read_primer", "description": (
+        "Background knowledge: weak-to-strong supervision, PGR, the literature's methods and their pitfalls, the "
+        "method interface and its limits, the built-in methods as measured, and this session's baselines."),
+     "input_schema": {"type": "object", "properties": {}}},
     {"name": "note", "description": "Keep a private note for yourself (kept in the log).",
      "input_schema": {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]}},
 ]
@@ -447,6 +451,18 @@ class Toolbox:
             return {"run_id": run_id, "code_artifact": sha, "status": status}
         finally:
             self.runs.pop(run_id, None)
+
+    async def tool_read_primer(self) -> dict[str, Any]:
+        from . import primer
+
+        session: dict[str, Any] = {}
+        try:
+            board = await self._ask(LEADERBOARD, limit=1)
+            session = {"weak_accuracy": board.get("weak_accuracy"), "ceiling_accuracy": board.get("ceiling_accuracy"),
+                       "ideas_scored": board.get("scored")}
+        except QueryError as exc:  # baselines not computed yet
+            session = {"not_yet": str(exc)[:300]}
+        return {"text": primer.TEXT, **primer.structured(), "this_session": session}
 
     async def tool_note(self, text: str) -> dict[str, Any]:
         self.notes.append(str(text)[:5000])
