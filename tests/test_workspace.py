@@ -10,10 +10,11 @@ import importlib.util
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from bus import Bus, NatsServer
+from bus import Bus, NatsServer, Role
 from core.paths import AarHome
 from services.agents.toolbox import Toolbox
 from services.scorer.config import ScoringConfig
@@ -151,3 +152,93 @@ async def test_ctx_teacher_answers_is_counted_and_carries_no_signal_in_the_ablat
         assert by["ablation"][0] < weak - 0.07 and abs(by["ablation"][0] - 0.5) < 0.06
     finally:
         await box.close()
+
+
+OTHERS = """
+from trainer.methods import run_method
+def run(ctx):
+    return run_method("naive_soft", ctx)
+"""
+
+
+def _results(body: dict) -> list[dict]:
+    """The tool results of the newest user message, decoded, in order."""
+    return [json.loads(b["content"]) for b in body["messages"][-1]["content"]
+            if isinstance(b, dict) and b.get("type") == "tool_result"]
+
+
+async def test_a_scripted_claude_researcher_experiments_reads_code_and_extends_it(stack: Stack) -> None:
+    """The Claude backend against the scripted Messages server: read_primer and run_code first,
+    then read_idea on another agent's idea, then propose code that imports that idea's code."""
+    from services.agents.assignment import Assignment
+    from services.agents.claude import run_claude
+
+    from .conftest import ServiceProcess
+    from .fake_anthropic import FakeAnthropic, message, text, tool_use
+
+    forum = ServiceProcess("services.forum", Role.FORUM, stack.server, stack.home).start()
+    stack.procs.append(forum)
+    await stack.start_session(ScoringConfig(seeds=2, split_sizes=SIZES, promote_top=0, paired_baseline=False))
+    other = Toolbox(await stack.agent("agent-2"), stack.session_id, "agent-2")
+    me = Toolbox(await stack.agent("agent-1"), stack.session_id, "agent-1")
+    for box in (other, me):
+        await box.start()
+    try:
+        stored = await other.call("write_method", {"code": OTHERS})
+        theirs = await other.call("propose_idea", {"title": "reference", "hypothesis": "soft CE as code",
+                                                    "method_artifact": stored["method_artifact"]})
+        assert (await other.call("wait_for_score", {"idea_id": theirs["idea_id"], "timeout_s": 300}))["status"] \
+            == "scored"
+        seen: dict[str, Any] = {}
+
+        def researcher(body: dict) -> Any:
+            turn = sum(1 for m in body["messages"] if m["role"] == "assistant")
+            results = _results(body) if turn else []
+            if turn == 0:
+                return message(text("First the background, then a cheap test."), tool_use("read_primer"),
+                               tool_use("run_code", {"code": QUICK, "timeout_s": 30}))
+            if turn == 1:
+                seen["primer"], seen["workspace"] = results
+                return message(tool_use("read_idea", {"idea_id": theirs["idea_id"]}))
+            if turn == 2:
+                seen["idea"] = results[0]
+                sha = results[0]["method_artifact"]
+                code = (f"from trainer.methods.stored import load\nBASE = load({sha!r})\n"
+                        "def run(ctx):\n    return BASE.run(ctx) ** 0.9\n")
+                return message(tool_use("write_method", {"code": code, "name": "extends.py"}))
+            if turn == 3:
+                return message(tool_use("propose_idea", {
+                    "title": "sharper reference", "hypothesis": "the other agent's code, sharpened",
+                    "method_artifact": results[0]["method_artifact"], "parent_ideas": [theirs["idea_id"]]}))
+            if turn == 4:
+                seen["proposed"] = results[0]
+                return message(tool_use("wait_for_score", {"idea_id": results[0]["idea_id"], "timeout_s": 300}))
+            if turn == 5:
+                seen["score"] = results[0]
+            return message(text("Done for now."))
+
+        assignment = Assignment(session_id=stack.session_id, agent_id="agent-1", direction="explore",
+                                backend="claude", model="claude-sonnet-4-6")
+        import anthropic
+
+        with FakeAnthropic(fallback=researcher) as fake:
+            client = anthropic.AsyncAnthropic(base_url=fake.url, api_key="k", max_retries=0)
+            assert await run_claude(me, assignment, client=client, max_tokens=512) == "end_turn"
+        assert fake.invalid == []
+        assert "PGR" in seen["primer"]["text"] and seen["primer"]["this_session"]["weak_accuracy"] > 0.5
+        assert seen["workspace"]["status"] == "ok" and seen["workspace"]["result"]["agreement"] > 0.5
+        assert seen["idea"]["agent_id"] == "agent-2" and seen["idea"]["source"] == OTHERS
+        assert seen["score"]["status"] == "scored", seen["score"]
+        imports = await stack.wait_rows(
+            "SELECT f.payload->'imports' FROM events f JOIN events r ON r.type = 'experiment.requested' AND "
+            "r.payload->>'experiment_id' = f.payload->>'experiment_id' WHERE f.type = 'experiment.finished' "
+            f"AND r.payload->>'idea_id' = '{seen['proposed']['idea_id']}'", 1, 30, "the importer's experiment")
+        assert imports == [[[stored["method_artifact"]]]]
+        tools = await stack.wait_rows(
+            "SELECT payload->>'tool' FROM events WHERE type = 'agent.tool_called' AND source = 'agent-1' "
+            "ORDER BY time", 6, 30, "agent-1's tool calls")
+        assert [t for (t,) in tools] == ["read_primer", "run_code", "read_idea", "write_method", "propose_idea",
+                                        "wait_for_score"]
+    finally:
+        for box in (other, me):
+            await box.close()
