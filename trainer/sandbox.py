@@ -162,7 +162,7 @@ class SandboxUnavailableError(TrainerError):
 @dataclass(frozen=True, slots=True)
 class SandboxLimits:
     wall_s: float = 600.0  # wall clock, whole job
-    cpu_s: int = 1800  # CPU seconds of the whole sandbox (all processes and threads); also RLIMIT_CPU per process
+    cpu_s: float = 1800  # CPU seconds of the whole sandbox (all processes and threads); also RLIMIT_CPU per process
     memory_bytes: int = 8 << 30  # all memory of the sandbox, tmpfs included (fallback: also RLIMIT_AS per process)
     file_bytes: int = 2 << 30  # largest file the job may write (RLIMIT_FSIZE)
     threads: int = 0  # OMP/MKL/torch threads and the CPU quota in cores; 0: the usable cores
@@ -298,7 +298,7 @@ class _ChildSetup:
     def __init__(self, limits: SandboxLimits, cgroups: JobCgroups | None) -> None:
         self.cgroups = cgroups
         self.rlimits = [
-            (resource.RLIMIT_CPU, (limits.cpu_s, limits.cpu_s + 5)),
+            (resource.RLIMIT_CPU, (math.ceil(limits.cpu_s), math.ceil(limits.cpu_s) + 5)),
             (resource.RLIMIT_FSIZE, (limits.file_bytes, limits.file_bytes)),
             (resource.RLIMIT_CORE, (0, 0)),
         ]
@@ -493,6 +493,14 @@ class Launched:
             mounts = writable_mounts(disk_bytes=limits.disk_bytes, tmp_bytes=limits.tmp_bytes) if sandboxed else []
             self.mon = TreeMonitor(self.proc.pid, mounts)
         except BaseException:
+            if getattr(self, "proc", None) is not None:  # started: the sandbox goes first
+                _kill_sandbox(self.proc.pid, self.cgroups)
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(self.proc.pid, 0)
+                for fd in (self.stdin_fd, self.ready_fd):
+                    if fd is not None:
+                        with contextlib.suppress(OSError):
+                            os.close(fd)
             self.klog.close()
             if self.cgroups is not None:
                 self.cgroups.close()
@@ -535,16 +543,26 @@ class Launched:
         self.done = True
         try:
             offset = 0.0
-            if self.stdin_fd is not None:
-                # A sandbox started just now (cold) is let finish its start first: what the
-                # start costs is not the run's, on the clock or in CPU.
-                self.wait_ready(120.0)
-                mon.sample()
-                counters = cgroups.counters() if cgroups is not None else None
-                offset = counters.cpu_s if counters is not None else mon.cpu_s
-                limits = replace(limits, cpu_s=limits.cpu_s + math.ceil(offset))
-                self.started = time.monotonic()
-                threading.Thread(target=_feed, args=(self.stdin_fd, code or b""), daemon=True).start()
+            try:
+                if self.stdin_fd is not None:
+                    # A sandbox started just now (cold) is let finish its start first: what the
+                    # start costs is not the run's, on the clock or in CPU.
+                    self.wait_ready(120.0)
+                    mon.sample()
+                    counters = cgroups.counters() if cgroups is not None else None
+                    offset = counters.cpu_s if counters is not None else mon.cpu_s
+                    limits = replace(limits, cpu_s=limits.cpu_s + offset)
+                    self.started = time.monotonic()
+                    fd, self.stdin_fd = self.stdin_fd, None
+                    threading.Thread(target=_feed, args=(fd, code or b""), daemon=True).start()
+            except BaseException:  # the start failed or the trainer is going away: the sandbox goes first
+                _kill_sandbox(self.proc.pid, cgroups)
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(self.proc.pid, 0)
+                if self.stdin_fd is not None:
+                    with contextlib.suppress(OSError):
+                        os.close(self.stdin_fd)
+                raise
             try:
                 run = _watch(self.proc, limits, mon, cgroups, self.klog, self.session, self.started)
             except BaseException:  # the trainer is going away: the sandbox goes first
@@ -869,17 +887,19 @@ def _read_value(drain: Drain) -> tuple[str, float | None]:
     if drain.overflow:
         raise MethodError(f"the result is larger than {drain.cap} bytes")
     line, _, body = drain.data().partition(b"\n")
-    try:
+    try:  # whatever the sandbox wrote (it can write this pipe itself) is data, never a crash here
         header = json.loads(line)
-        size = int(header["value_bytes"])
+        size = header["value_bytes"]
         seconds = header.get("method_seconds")
         text = body.decode("utf-8")
         json.loads(text)
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        if not isinstance(size, int):
+            raise TypeError("value_bytes")
+    except Exception:  # noqa: BLE001 - RecursionError, OverflowError, ... included
         raise MethodError("garbled result from the sandbox") from None
     if size != len(body):
         raise MethodError(f"the result holds {len(body)} bytes, its header says {size}")
-    return text, float(seconds) if isinstance(seconds, (int, float)) else None
+    return text, float(seconds) if isinstance(seconds, int | float) and math.isfinite(seconds) else None
 
 
 def _shape(job: Path) -> tuple[int, int]:
@@ -897,11 +917,13 @@ def _read_result(drain: Drain, k: int, n_eval: int) -> tuple[list[np.ndarray], f
     if not raw:
         raise MethodError("the method wrote no predictions")
     line, _, body = raw.partition(b"\n")
-    try:
+    try:  # the method can write this pipe itself: anything here is data, never a crash
         header = json.loads(line)
-        size = int(header["predictions_bytes"])
+        size = header["predictions_bytes"]
         seconds = header.get("method_seconds")
-    except (ValueError, KeyError, TypeError):
+        if not isinstance(size, int):
+            raise TypeError("predictions_bytes")
+    except Exception:  # noqa: BLE001 - RecursionError, OverflowError, ... included
         raise MethodError("garbled result from the sandbox") from None
     if size != len(body):
         raise MethodError(f"the result holds {len(body)} bytes of predictions, its header says {size}")

@@ -85,7 +85,8 @@ class QueryServer:
 
     def __init__(self, in_fd: int, out_fd: int, answer: Any, cap: int = 8 << 20) -> None:
         self._in, self._out, self.answer, self.cap = in_fd, out_fd, answer, cap
-        self.errors: list[str] = []
+        self.errors: list[str] = []  # the first few refusals
+        self.refused = 0
         self._thread = threading.Thread(target=self._run, name=f"sandbox-queries-{in_fd}", daemon=True)
 
     def start(self) -> QueryServer:
@@ -116,14 +117,16 @@ class QueryServer:
                     if not isinstance(seed, int) or not isinstance(texts, list) or not all(
                             isinstance(t, str) for t in texts):
                         raise ValueError("a query is {\"seed\": int, \"texts\": [str, ...]}")
-                except (ValueError, KeyError, TypeError) as exc:
-                    self._reply({"error": f"bad query: {exc}"})
+                except Exception as exc:  # noqa: BLE001 - RecursionError, ... included: the query is refused
+                    self._reply({"error": f"bad query: {type(exc).__name__}: {exc}"[:500]})
                     return
                 try:
                     probs = self.answer(seed, texts)
                 except Exception as exc:  # noqa: BLE001 - refused (budget, unknown seed): said to the method
-                    self.errors.append(str(exc))
-                    self._reply({"error": str(exc)})
+                    self.refused += 1
+                    if len(self.errors) < 5:
+                        self.errors.append(str(exc)[:500])
+                    self._reply({"error": str(exc)[:500]})
                     continue
                 self._reply({"p": [float(x) for x in probs]})
         except OSError:

@@ -122,9 +122,9 @@ class Teacher:
         self._lock = threading.Lock()
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
 
-    def fresh(self) -> Teacher:
-        """The same teacher for another run: its own count, the embedding cache shared."""
-        other = Teacher(self.heads, self.weak_model, self.dataset, budget=self.budget, home=self.home)
+    def fresh(self, budget: int) -> Teacher:
+        """The same teacher for another run: its own budget and count, the embedding cache shared."""
+        other = Teacher(self.heads, self.weak_model, self.dataset, budget=budget, home=self.home)
         other._cache = self._cache
         return other
 
@@ -133,15 +133,20 @@ class Teacher:
         if head is None:
             raise ValueError(f"no teacher for seed {seed} (this run has seeds {sorted(self.heads)})")
         texts = [str(t)[:MAX_TEXT_CHARS] for t in texts]
-        if not texts:
-            return np.zeros(0, dtype=np.float64)
+        cost = max(1, len(texts))  # a query costs at least one text (empty ones are not free)
         with self._lock:
-            if self.queries + len(texts) > self.budget:
+            if self.queries + cost > self.budget:
                 raise TeacherBudgetError(
                     f"the teacher budget is {self.budget} texts per run; {self.queries} used, "
                     f"{len(texts)} asked")
-            self.queries += len(texts)
+            self.queries += cost
+            if not texts:
+                return np.zeros(0, dtype=np.float64)
             return head.predict(self._embed(texts))
+
+    def warm(self) -> None:
+        """Load the weak model now (seconds, once per process), not during a run's first query."""
+        self._embed([""])
 
     def _embed(self, texts: list[str]) -> np.ndarray:
         from trainer import models

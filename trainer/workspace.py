@@ -123,7 +123,7 @@ class WorkspaceSandbox:
         if wall_s is not None:
             limits = _replace(limits, wall_s=min(limits.wall_s, wall_s))
         if cpu_s is not None:
-            limits = _replace(limits, cpu_s=max(1, min(limits.cpu_s, int(cpu_s + 0.999))))
+            limits = _replace(limits, cpu_s=min(limits.cpu_s, max(0.5, float(cpu_s))))
         self.launched.limits = limits
         try:
             return self.launched.finish(code.encode("utf-8"))

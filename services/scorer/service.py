@@ -183,7 +183,7 @@ class Scorer:
             await self.on_workspace(event, payload)
         elif isinstance(payload, WorkspaceFinished):
             if (state := self.sessions.get(event.session_id)) is not None:
-                state.workspace.finished(payload.run_id, payload.agent_id, payload.cpu_s)
+                state.workspace.finished(payload.run_id, payload.agent_id, payload.cpu_s, payload.runtime_s)
         elif isinstance(payload, SessionDraining | SessionEnded):
             if (state := self.sessions.get(event.session_id)) is not None:
                 state.draining = True
@@ -286,7 +286,9 @@ class Scorer:
     # -- workspace runs ----------------------------------------------------------------
 
     async def on_workspace(self, event: Event[Any], req: WorkspaceRequested) -> None:
-        """Schedule an agent's workspace run within its CPU budget, or refuse it (saying why)."""
+        """Schedule an agent's workspace run within its budget, or refuse it (saying why).
+        The run counts as seen only once its answer is published (a failed publish is retried
+        on redelivery; derived ids keep a re-published answer single)."""
         state = await self._session(event.session_id)
         if state is None:
             return
@@ -294,26 +296,29 @@ class Scorer:
         if ws.known(req.run_id):
             return  # a redelivery, or another event reusing the id: scheduled (or refused) once
         reason = None
+        running = ws.busy(req.agent_id)
+        left = ws.left(req.agent_id, cfg.workspace_cpu_s)
         if state.draining:
             reason = "the session is ending: no more workspace runs"
         elif cfg.workspace_cpu_s <= 0:
             reason = "this session has no workspace (workspace_cpu_s = 0)"
-        left = ws.left(req.agent_id, cfg.workspace_cpu_s)
-        if reason is None and left < 1.0:
-            reason = (f"the workspace budget of {cfg.workspace_cpu_s:g} CPU-seconds per agent is spent "
-                      f"({ws.spent.get(req.agent_id, 0.0):.1f} used, {ws.reserved_by(req.agent_id):.1f} in "
-                      "running runs): evaluate ideas with propose_idea instead")
+        elif running is not None:
+            reason = f"one workspace run at a time: {running} is still running"
+        elif left < 1.0:
+            reason = (f"the workspace budget of {cfg.workspace_cpu_s:g} seconds per agent is spent "
+                      f"({ws.spent.get(req.agent_id, 0.0):.1f} used; a run is charged its CPU-seconds, at least "
+                      "its wall-clock seconds): evaluate ideas with propose_idea instead")
         if reason is not None:
-            ws.refuse(req.run_id)
-            await self._emit(event, WorkspaceRefused(
-                run_id=req.run_id, agent_id=req.agent_id, reason=reason,
-                spent_cpu_s=round(ws.spent.get(req.agent_id, 0.0), 3), budget_cpu_s=cfg.workspace_cpu_s,
-            ), derived_id(event.id, "workspace_refused"))
+            spent = round(ws.spent.get(req.agent_id, 0.0), 3)
+            if ws.refuse(req.run_id, req.agent_id):
+                await self._emit(event, WorkspaceRefused(
+                    run_id=req.run_id, agent_id=req.agent_id, reason=reason, spent_cpu_s=spent,
+                    budget_cpu_s=cfg.workspace_cpu_s,
+                ), derived_id(event.id, "workspace_refused"))
             self.log.info("workspace_refused", run_id=req.run_id, agent_id=req.agent_id, reason=reason)
             return
         wall = min(req.wall_s, cfg.workspace_wall_s)
         cpu = min(left, wall)  # one core: a run cannot use more CPU than its wall clock
-        ws.schedule(req.run_id, req.agent_id, cpu)
         main = state.main
         await self._emit(event, WorkspaceScheduled(
             run_id=req.run_id, agent_id=req.agent_id, code_artifact=req.code_artifact, wall_s=wall, cpu_s=cpu,
@@ -323,6 +328,7 @@ class Scorer:
             teacher_artifact=await self._teacher_artifact(state, main, False), teacher_queries=cfg.teacher_queries,
             spent_cpu_s=round(ws.spent.get(req.agent_id, 0.0), 3), budget_cpu_s=cfg.workspace_cpu_s,
         ), derived_id(event.id, "workspace_scheduled"))
+        ws.schedule(req.run_id, req.agent_id, cpu, wall)
 
     async def _session(self, session_id: str) -> SessionState | None:
         """The session's state; rebuilt from the log after a restart. A session the log

@@ -84,17 +84,17 @@ class TrainerWorker:
         await asyncio.gather(self.run_experiments(stop), self.workspace.run(stop))
 
     async def teacher(self, sha: str, weak_model: str, dataset: str, budget: int) -> Teacher:
-        """The weak teachers stored as ``sha`` (one per seed), answering at most ``budget``
-        texts per run; loaded once per process (their embedding cache is shared)."""
+        """A run's teacher: the weak teachers stored as ``sha`` (one per seed), answering at
+        most ``budget`` texts; the heads and their embedding cache are loaded once per process."""
         key = (sha, weak_model, dataset)
         if key not in self._teachers:
             heads = unpack_teachers(await self.artifacts.get(sha))
             if len(self._teachers) >= 8:
                 self._teachers.pop(next(iter(self._teachers)))
-            self._teachers[key] = Teacher(heads, weak_model, dataset, budget=budget, home=self.home)
-        base = self._teachers[key]
-        base.budget = budget
-        return base
+            base = Teacher(heads, weak_model, dataset, budget=0, home=self.home)
+            await asyncio.to_thread(base.warm)  # the weak model's load is the platform's, not a run's
+            self._teachers[key] = base
+        return self._teachers[key].fresh(budget)
 
     async def run_experiments(self, stop: asyncio.Event) -> None:
         if self.unsafe:
@@ -170,8 +170,8 @@ class TrainerWorker:
         teacher = None
         if req.teacher_artifact is not None and req.teacher_queries > 0:
             # The budget is per seed's run(ctx); the job's seeds share one count.
-            teacher = (await self.teacher(req.teacher_artifact, req.weak_model, req.dataset,
-                                          req.teacher_queries * len(req.seeds))).fresh()
+            teacher = await self.teacher(req.teacher_artifact, req.weak_model, req.dataset,
+                                         req.teacher_queries * len(req.seeds))
         loop = asyncio.get_running_loop()
 
         def on_seed(done: int, total: int) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +36,9 @@ if TYPE_CHECKING:
 
 DURABLE = "workspace"
 FILTER = "aar.*.workspace.scheduled"
+MAX_DELIVER = 3
+WARM_MAX = 2  # warm sandboxes a trainer keeps (the sessions' data most recently used)
+WARM_IDLE_S = 600.0  # a warm sandbox nobody took for this long is stopped
 
 
 def _tail(text: str, limit: int = MAX_OUTPUT) -> tuple[str, int]:
@@ -50,15 +54,17 @@ class WorkspaceWorker:
         self._inputs: dict[tuple[Any, ...], WorkspaceInputs] = {}
         self._teachers: dict[tuple[str, str, str], Teacher] = {}
         self._warm: dict[tuple[Any, ...], WorkspaceSandbox] = {}
+        self._warm_since: dict[tuple[Any, ...], float] = {}
         self.runs_done = 0
 
     async def run(self, stop: asyncio.Event) -> None:
-        sub = await self.t.bus.pull(DURABLE, FILTER, ack_wait=30.0, max_deliver=3, max_ack_pending=1000)
+        sub = await self.t.bus.pull(DURABLE, FILTER, ack_wait=30.0, max_deliver=MAX_DELIVER, max_ack_pending=1000)
         self.log.info("workspace_ready", durable=DURABLE)
         try:
             while not stop.is_set():
                 for msg in await self.t.bus.fetch(sub, 1, timeout=1.0):
                     await self.handle(msg)
+                self._evict()
         finally:
             for box in self._warm.values():
                 box.close()
@@ -71,16 +77,21 @@ class WorkspaceWorker:
             return
         req: WorkspaceScheduled = event.payload
         log = self.log.bind(run_id=req.run_id, agent_id=req.agent_id)
+        attempt = msg.metadata.num_delivered if msg.metadata else 1
         async with Bus.heartbeat(msg, interval=10.0):
             try:
                 await self._run(event, req, log)
-            except QueryError as exc:  # the artifacts service failed: try again
-                log.warning("workspace_platform_error", error=str(exc))
-                await msg.nak(delay=2.0)
-                return
+            except QueryError as exc:  # the artifacts service failed: try again, then say so
+                log.warning("workspace_platform_error", error=str(exc), attempt=attempt)
+                if attempt < MAX_DELIVER:
+                    await msg.nak(delay=2.0)
+                    return
+                await self._finished(event, req, ok=False, error=f"PlatformError: {exc}"[:4000])
             except Exception as exc:  # a bug or bad input: reported, the worker goes on
                 log.exception("workspace_crashed")
-                await self._finished(event, req, ok=False, error=f"{type(exc).__name__}: {exc}"[:4000])
+                # Nothing measured it: the run is charged all it was granted.
+                await self._finished(event, req, ok=False, error=f"{type(exc).__name__}: {exc}"[:4000],
+                                     cpu_s=req.cpu_s)
         await msg.ack()
         self.runs_done += 1
 
@@ -93,6 +104,7 @@ class WorkspaceWorker:
         inputs = await self._load(key, req)
         teacher = await self._teacher(req)
         box = self._warm.pop(key, None)
+        self._warm_since.pop(key, None)
         warm = box is not None and box.alive()
         if box is not None and not warm:
             box.close()
@@ -114,12 +126,28 @@ class WorkspaceWorker:
                 ahead = asyncio.ensure_future(asyncio.to_thread(self._start, inputs, teacher))
             with contextlib.suppress(SandboxUnavailableError):
                 self._warm[key] = await ahead
+                self._warm_since[key] = time.monotonic()
+            self._evict()
         queries = getattr(box.teacher, "queries", 0)
         await self._report(event, req, result, inputs, queries, warm, list(stored), log)
 
+    def _evict(self) -> None:
+        """Stop warm sandboxes idle too long, and all but the newest ``WARM_MAX``."""
+        now = time.monotonic()
+        for key in [k for k, since in self._warm_since.items() if now - since > WARM_IDLE_S]:
+            self._drop(key)
+        while len(self._warm) > WARM_MAX:
+            self._drop(min(self._warm_since, key=self._warm_since.__getitem__))
+
+    def _drop(self, key: tuple[Any, ...]) -> None:
+        box = self._warm.pop(key, None)
+        self._warm_since.pop(key, None)
+        if box is not None:
+            box.close()
+
     def _start(self, inputs: WorkspaceInputs, teacher: Teacher | None) -> WorkspaceSandbox:
         return WorkspaceSandbox(inputs, limits=self.limits, unsafe_no_sandbox=self.t.unsafe,
-                                teacher=teacher.fresh() if teacher is not None else None)
+                                teacher=teacher.fresh(teacher.budget) if teacher is not None else None)
 
     async def _load(self, key: tuple[Any, ...], req: WorkspaceScheduled) -> WorkspaceInputs:
         if key not in self._inputs:
