@@ -25,7 +25,6 @@ from bus.client import QueryError
 from core.paths import AarHome
 from schemas import Event
 from schemas.artifact import ArtifactKind
-from schemas.base import derived_id as base_derived_id
 from schemas.experiment import (
     ExperimentFailed,
     ExperimentFinished,
@@ -40,15 +39,11 @@ from trainer.methods.stored import MAX_IMPORTS, references
 from trainer.sandbox import SandboxLimits, sandbox_problem
 from trainer.teacher import Teacher, unpack_teachers
 
+from .ids import derived_id
 from .jobs import Inputs, JobFailed, describe, load_inputs, run_job
 
 DURABLE = "trainers"
 FILTER = "aar.*.experiment.requested"
-
-
-def derived_id(*parts: object) -> str:
-    """A stable event id for a result, so a re-run job publishes the same ids."""
-    return base_derived_id("t-", *parts)
 
 
 class TrainerWorker:

@@ -15,24 +15,41 @@ import asyncio
 import contextlib
 import time
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from nats.aio.msg import Msg
 
 from bus import Bus, decode_msg
 from bus.client import QueryError
+from core.paths import AarHome
 from schemas import Event
 from schemas.integrity import IntegrityCheck, IntegrityFlagged, Severity
 from schemas.workspace import MAX_OUTPUT, MAX_RESULT, WorkspaceFinished, WorkspaceScheduled
 from services.artifacts.arrays import unpack_seeds
+from services.artifacts.client import ArtifactClient
 from trainer.data import DEFAULT_SPLIT_SEED, SplitSizes, get_dataset
 from trainer.features import split_features
-from trainer.sandbox import SandboxResult, SandboxUnavailableError
+from trainer.sandbox import SandboxLimits, SandboxResult, SandboxUnavailableError
 from trainer.teacher import Teacher
 from trainer.workspace import DEFAULT_LIMITS, WorkspaceInputs, WorkspaceSandbox, workspace_inputs
 
-if TYPE_CHECKING:
-    from .service import TrainerWorker
+from .ids import derived_id
+
+
+class Host(Protocol):
+    """What the workspace queue uses of its trainer (services.trainer.service.TrainerWorker)."""
+
+    bus: Bus
+    artifacts: ArtifactClient
+    home: AarHome
+    unsafe: bool
+    limits: SandboxLimits
+    source: str
+    log: Any
+
+    async def _stored(self, source: str, exclude: str) -> dict[str, str]: ...
+    async def _emit(self, cause: Event[Any], payload: Any, event_id: str) -> None: ...
+    async def teacher(self, sha: str, weak_model: str, dataset: str, budget: int) -> Teacher: ...
 
 DURABLE = "workspace"
 FILTER = "aar.*.workspace.scheduled"
@@ -46,7 +63,7 @@ def _tail(text: str, limit: int = MAX_OUTPUT) -> tuple[str, int]:
 
 
 class WorkspaceWorker:
-    def __init__(self, trainer: TrainerWorker) -> None:
+    def __init__(self, trainer: Host) -> None:
         self.t = trainer
         self.limits = replace(DEFAULT_LIMITS, memory_bytes=min(DEFAULT_LIMITS.memory_bytes,
                                                                trainer.limits.memory_bytes))
@@ -209,7 +226,7 @@ class WorkspaceWorker:
         await self.t._emit(event, WorkspaceFinished(run_id=req.run_id, agent_id=req.agent_id,
                                                     trainer_id=self.t.source, code_artifact=req.code_artifact,
                                                     **fields),
-                           _derived(event.id, "finished"))
+                           derived_id(event.id, "finished"))
 
     async def _flag(self, event: Event[Any], req: WorkspaceScheduled, result: SandboxResult,
                     violations: list[str]) -> None:
@@ -221,10 +238,4 @@ class WorkspaceWorker:
             agent_id=req.agent_id,
             evidence={"run_id": req.run_id, "code_artifact": req.code_artifact, "violations": violations,
                       "workspace": True},
-        ), _derived(event.id, "flag", check.value))
-
-
-def _derived(*parts: object) -> str:
-    from .service import derived_id
-
-    return derived_id(*parts)
+        ), derived_id(event.id, "flag", check.value))
