@@ -401,3 +401,11 @@ def test_price_table_and_unknown_models() -> None:
     assert FALLBACK.input == max(p.input for p in PRICES.values()) and FALLBACK.output == max(p.output for p in PRICES.values())
     assert [entry["event"] for entry in logs] == ["unknown_model_price"]  # warned once
     assert logs[0]["log_level"] == "warning"
+
+
+async def test_notes_are_read_back_newest_last(toolbox: Toolbox) -> None:
+    for text_ in ("confidence matters", "aux_conf beats naive", "try the teacher on dev texts"):
+        assert "error" not in await toolbox.call("note", {"text": text_})
+    assert await toolbox.call("read_notes", {"last": 2}) == {
+        "notes": ["aux_conf beats naive", "try the teacher on dev texts"], "total": 3}
+    assert (await toolbox.call("read_notes"))["total"] == 3

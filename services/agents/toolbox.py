@@ -134,6 +134,8 @@ TOOL_SPECS: list[dict[str, Any]] = [
         "Background knowledge: weak-to-strong supervision, PGR, the literature's methods and their pitfalls, the "
         "method interface and its limits, the built-in methods as measured, and this session's baselines."),
      "input_schema": {"type": "object", "properties": {}}},
+    {"name": "read_notes", "description": "Your own notes so far (they outlast the conversation's compaction).",
+     "input_schema": {"type": "object", "properties": {"last": {"type": "integer", "minimum": 1, "maximum": 200}}}},
     {"name": "note", "description": "Keep a private note for yourself (kept in the log).",
      "input_schema": {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]}},
 ]
@@ -463,6 +465,10 @@ class Toolbox:
         except QueryError as exc:  # baselines not computed yet
             session = {"not_yet": str(exc)[:300]}
         return {"text": primer.TEXT, **primer.structured(), "this_session": session}
+
+    async def tool_read_notes(self, last: int = 50) -> dict[str, Any]:
+        n = max(1, min(int(last), 200))
+        return {"notes": self.notes[-n:], "total": len(self.notes)}
 
     async def tool_note(self, text: str) -> dict[str, Any]:
         self.notes.append(str(text)[:5000])
