@@ -309,6 +309,17 @@ async def test_unsafe_runs_are_flagged_and_a_restarted_scorer_rebuilds_from_the_
     baselines = await st.sql("SELECT count(*) FROM events WHERE type = 'baseline.computed'")
     assert baselines == [[4]]  # re-published on rebuild with the same ids: stored once
 
+    # A workspace run's output goes back to the agent: without the sandbox it is refused, not run.
+    from services.agents.toolbox import Toolbox
+
+    box = Toolbox(await st.agent("agent-1"), st.session_id, "agent-1")
+    await box.start()
+    try:
+        hunt = await box.call("run_code", {"code": "print(open('/etc/hostname').read())", "timeout_s": 10})
+    finally:
+        await box.close()
+    assert hunt["status"] == "failed" and "without the sandbox" in hunt["error"] and hunt["stdout"] == "", hunt
+
 
 EXTENDED = """
 import numpy as np

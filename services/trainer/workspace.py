@@ -69,7 +69,6 @@ class WorkspaceWorker:
                                                                trainer.limits.memory_bytes))
         self.log = trainer.log.bind(queue=DURABLE)
         self._inputs: dict[tuple[Any, ...], WorkspaceInputs] = {}
-        self._teachers: dict[tuple[str, str, str], Teacher] = {}
         self._warm: dict[tuple[Any, ...], WorkspaceSandbox] = {}
         self._warm_since: dict[tuple[Any, ...], float] = {}
         self.runs_done = 0
@@ -113,6 +112,13 @@ class WorkspaceWorker:
         self.runs_done += 1
 
     async def _run(self, event: Event[Any], req: WorkspaceScheduled, log: Any) -> None:
+        if self.t.unsafe:
+            # Without the sandbox the code could read the host's dataset files, and a workspace
+            # run's output goes straight back to the agent: refused, not flagged afterwards.
+            await self._finished(event, req, ok=False, error=(
+                "Refused: this trainer runs agent code without the sandbox (--unsafe-no-sandbox); a workspace "
+                "run's output goes back to the agent, so workspace runs need the sandbox"))
+            return
         code = (await self.t.artifacts.get(req.code_artifact)).decode("utf-8", "replace")
         stored = await self.t._stored(code, exclude=req.code_artifact)
         key = (event.session_id, req.dataset, req.strong_model,
