@@ -56,6 +56,7 @@ def _heldout(names: list[str] | None) -> dict[str, list[str]]:
 
 @app.command()
 def up(
+    ctx: typer.Context,
     agents: Annotated[int, typer.Option(min=0, help="researcher agents")] = 3,
     trainers: Annotated[int, typer.Option(min=0, help="trainer processes")] = 1,
     backend: Annotated[Backend, typer.Option(help="offline policy or Claude")] = Backend.OFFLINE,
@@ -80,10 +81,12 @@ def up(
         help="a server that speaks the Messages API (self-hosted models; sets ANTHROPIC_BASE_URL for agents)")] = None,
     llm_price: Annotated[Optional[str], typer.Option(
         help="USD per million input,output tokens of --model, e.g. 0,0 for a free self-hosted model")] = None,
+    resume: Annotated[Optional[str], typer.Option(
+        help="continue an interrupted session (its id or name) with its own configuration", metavar="SESSION")] = None,
 ) -> None:
-    """Start the embedded stack and run one research session."""
+    """Start the embedded stack and run one research session (or continue one: --resume)."""
     from core.paths import read_run_file
-    from services.orchestrator.config import SessionConfig
+    from services.orchestrator.config import RESUME_ENV, SessionConfig
 
     from .supervisor import Supervisor, default_specs, log_paths
 
@@ -91,49 +94,90 @@ def up(
     if read_run_file(home) is not None:
         err.print(f"[red]a session is already running on {home.root}[/red] (see {home.run_file}); stop it first")
         raise typer.Exit(1)
-    if llm_base_url is not None and not llm_base_url.startswith(("http://", "https://")):
-        err.print(f"[red]--llm-base-url must be an http:// or https:// URL, got {esc(llm_base_url)!r}[/red]")
-        raise typer.Exit(2)
-    price: tuple[float, float] | None = None
-    if llm_price is not None:
-        try:
-            low, high = (float(x) for x in llm_price.split(","))
-            if min(low, high) < 0:
-                raise ValueError
-            price = (low, high)
-        except ValueError:
-            err.print(f"[red]--llm-price takes two non-negative numbers INPUT,OUTPUT (USD per million tokens), "
-                      f"got {esc(llm_price)!r}[/red]")
-            raise typer.Exit(2) from None
-    if backend is Backend.CLAUDE:
-        import os
+    resume_at: float | None = None
+    if resume is not None:
+        from .resume_cmd import ResumeError, find
 
-        if not os.environ.get("ANTHROPIC_API_KEY") and not (llm_base_url or os.environ.get("ANTHROPIC_BASE_URL")):
-            err.print("[red]--backend claude needs ANTHROPIC_API_KEY in the environment (or --llm-base-url)[/red]")
+        def typed(name: str) -> bool:  # on the command line (typer vendors its own click: compare by name)
+            source = ctx.get_parameter_source(name)
+            return source is not None and source.name == "COMMANDLINE"
+
+        given = sorted(f"--{p.name.replace('_', '-')}" for p in ctx.command.params
+                       if p.name is not None and p.name != "resume" and typed(p.name))
+        if given:
+            err.print(f"[red]--resume goes on with the session's own configuration; drop {', '.join(given)}[/red]")
             raise typer.Exit(2)
-    if session is not None and not session.strip():
-        err.print("[red]--session must not be empty[/red]")
-        raise typer.Exit(2)
-    try:
-        split_sizes = dict(zip(("A", "B", "dev", "test"), (int(x) for x in sizes.split(",")), strict=True))
-        if min(split_sizes.values()) < 1:
-            raise ValueError
-    except ValueError:
-        err.print(f"[red]--sizes takes four positive integers A,B,dev,test, got {sizes!r}[/red]")
-        raise typer.Exit(2) from None
-    from services.scorer.config import ScoringConfig
-    from trainer.data import spec as dataset_spec
-    from trainer.errors import UnknownNameError
-    from trainer.models import spec as model_spec
+        try:
+            found = find(home, resume)
+        except ResumeError as exc:
+            err.print(f"[red]{esc(exc)}[/red]")
+            raise typer.Exit(1) from None
+        config, resume_at = found.config, time.time()
+        session_id, name, backend, llm_base_url = config.session_id, config.name, config.backend, config.llm_base_url
+        weak_model, strong_model, agents, trainers = config.weak_model, config.strong_model, config.agents, config.trainers
+        max_wall, max_experiments = config.max_wall_s, config.max_experiments
+        how = "was killed" if found.previous_end is None else f"ended ({found.previous_end.value})"
+        console.print(f"resuming session [cyan]{session_id}[/cyan] ({esc(name)}): its last run {how}; "
+                      f"{found.dev_scores} dev score(s) so far, {found.resumes} earlier resume(s)")
+        if backend is Backend.CLAUDE:
+            import os
 
-    try:
-        for name_ in (weak_model, strong_model):
-            model_spec(name_)
-        for name_ in (dataset, *(h for h in (heldout or []) if h != "none")):
-            dataset_spec(name_)
-    except UnknownNameError as exc:
-        err.print(f"[red]{esc(exc)}[/red]")
-        raise typer.Exit(2) from None
+            if not os.environ.get("ANTHROPIC_API_KEY") and not (llm_base_url or os.environ.get("ANTHROPIC_BASE_URL")):
+                err.print("[red]this session's agents use Claude: ANTHROPIC_API_KEY is needed in the environment[/red]")
+                raise typer.Exit(2)
+    else:
+        if llm_base_url is not None and not llm_base_url.startswith(("http://", "https://")):
+            err.print(f"[red]--llm-base-url must be an http:// or https:// URL, got {esc(llm_base_url)!r}[/red]")
+            raise typer.Exit(2)
+        price: tuple[float, float] | None = None
+        if llm_price is not None:
+            try:
+                low, high = (float(x) for x in llm_price.split(","))
+                if min(low, high) < 0:
+                    raise ValueError
+                price = (low, high)
+            except ValueError:
+                err.print(f"[red]--llm-price takes two non-negative numbers INPUT,OUTPUT (USD per million tokens), "
+                          f"got {esc(llm_price)!r}[/red]")
+                raise typer.Exit(2) from None
+        if backend is Backend.CLAUDE:
+            import os
+
+            if not os.environ.get("ANTHROPIC_API_KEY") and not (llm_base_url or os.environ.get("ANTHROPIC_BASE_URL")):
+                err.print("[red]--backend claude needs ANTHROPIC_API_KEY in the environment (or --llm-base-url)[/red]")
+                raise typer.Exit(2)
+        if session is not None and not session.strip():
+            err.print("[red]--session must not be empty[/red]")
+            raise typer.Exit(2)
+        try:
+            split_sizes = dict(zip(("A", "B", "dev", "test"), (int(x) for x in sizes.split(",")), strict=True))
+            if min(split_sizes.values()) < 1:
+                raise ValueError
+        except ValueError:
+            err.print(f"[red]--sizes takes four positive integers A,B,dev,test, got {sizes!r}[/red]")
+            raise typer.Exit(2) from None
+        from services.scorer.config import ScoringConfig
+        from trainer.data import spec as dataset_spec
+        from trainer.errors import UnknownNameError
+        from trainer.models import spec as model_spec
+
+        try:
+            for name_ in (weak_model, strong_model):
+                model_spec(name_)
+            for name_ in (dataset, *(h for h in (heldout or []) if h != "none")):
+                dataset_spec(name_)
+        except UnknownNameError as exc:
+            err.print(f"[red]{esc(exc)}[/red]")
+            raise typer.Exit(2) from None
+        session_id = new_session_id()
+        name = session or session_id
+        config = SessionConfig(
+            session_id=session_id, name=name, agents=agents, trainers=trainers, backend=backend, dataset=dataset,
+            weak_model=weak_model, strong_model=strong_model,
+            max_experiments=max_experiments, max_usd=max_usd, max_wall_s=max_wall,
+            model=model, max_usd_per_agent=max_usd_per_agent, seed=seed, llm_base_url=llm_base_url, llm_price=price,
+            scoring=ScoringConfig(seeds=seeds, split_sizes=split_sizes, **_heldout(heldout)),
+        )
     # Backbones first, in the foreground: a download shows its progress here and a
     # failure (no network, a corrupt file) is a clear error before anything starts.
     from trainer.errors import TrainerError
@@ -145,15 +189,6 @@ def up(
     except (TrainerError, OSError) as exc:
         err.print(f"[red]cannot prepare backbone {name_!r}: {esc(exc)}[/red]")
         raise typer.Exit(1) from None
-    session_id = new_session_id()
-    name = session or session_id
-    config = SessionConfig(
-        session_id=session_id, name=name, agents=agents, trainers=trainers, backend=backend, dataset=dataset,
-        weak_model=weak_model, strong_model=strong_model,
-        max_experiments=max_experiments, max_usd=max_usd, max_wall_s=max_wall,
-        model=model, max_usd_per_agent=max_usd_per_agent, seed=seed, llm_base_url=llm_base_url, llm_price=price,
-        scoring=ScoringConfig(seeds=seeds, split_sizes=split_sizes, **_heldout(heldout)),
-    )
     import os as _os
 
     # Only agent processes of the Claude backend get the API key.
@@ -166,7 +201,8 @@ def up(
             agent_env["ANTHROPIC_BASE_URL"] = base_url
     supervisor = Supervisor(
         home,
-        default_specs(config.to_env(), agents=agents, trainers=trainers, unsafe_no_sandbox=unsafe_no_sandbox,
+        default_specs({**config.to_env(), **({RESUME_ENV: repr(resume_at)} if resume_at is not None else {})},
+                      agents=agents, trainers=trainers, unsafe_no_sandbox=unsafe_no_sandbox,
                       agent_env=agent_env),
     )
     console.print(f"[bold]AAR[/bold] session [cyan]{session_id}[/cyan] ({name}) in {home.root}")
@@ -308,7 +344,7 @@ def sessions(format: Annotated[OutputFormat, typer.Option("--format", "-f")] = O
     """List the sessions in the log."""
     _print_result(
         _audit_or_exit(
-            "SELECT session_id, name, backend, dataset, first_event, last_event, events, scores, end_reason "
+            "SELECT session_id, name, backend, dataset, first_event, last_event, events, scores, resumed, end_reason "
             "FROM sessions ORDER BY first_event"
         ),
         format,

@@ -13,6 +13,7 @@ from schemas.agent import AgentLlmCalled, AgentStopped
 from schemas.experiment import ExperimentFailed, ExperimentFinished, ExperimentRequested, Purpose, Split
 from schemas.integrity import IntegrityFlagged
 from schemas.scoring import BaselineComputed, BaselineKind, ScorePublished
+from schemas.session import SessionResumed
 
 
 @dataclass
@@ -30,6 +31,7 @@ class SessionWatch:
     agents_stopped: int = 0
     baselines: dict[str, float] = field(default_factory=dict)
     version: int = 0
+    resumed: int = 0  # this run resumes the session (its n-th resume)
     _bus: Bus | None = None
 
     async def start(self, settings: BusSettings) -> None:
@@ -65,6 +67,11 @@ class SessionWatch:
             self.agents_stopped += 1
         elif isinstance(p, BaselineComputed) and p.split is Split.DEV:
             self.baselines[p.kind.value] = p.mean
+        elif isinstance(p, SessionResumed):  # what the earlier runs did counts too
+            self.dev_scores += p.experiments
+            self.cost_usd += p.cost_usd
+            self.started -= p.elapsed_s
+            self.resumed = p.resume
         else:
             return
         self.version += 1
@@ -73,7 +80,7 @@ class SessionWatch:
         elapsed = int(time.monotonic() - self.started)
         done = len(self.finished | self.failed)
         queued = len(self.requested) - done
-        parts = [f"[{elapsed // 60:02d}:{elapsed % 60:02d}]"]
+        parts = [f"[{elapsed // 60:02d}:{elapsed % 60:02d}]" + (f" resumed ({self.resumed})" if self.resumed else "")]
         if not self.baselines:
             parts.append("computing baselines (features are cached after the first run)")
         else:

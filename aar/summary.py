@@ -143,7 +143,8 @@ def totals_sql(session_id: str) -> tuple[str, list[Param]]:
           (SELECT count(*) FROM ideas WHERE session_id = $1 AND len(parent_ideas) > 0) AS built_on_others,
           (SELECT count(*) FROM integrity_flags WHERE session_id = $1) AS integrity_flags,
           (SELECT round(coalesce(sum(cost_usd), 0), 4) FROM llm_calls WHERE session_id = $1) AS cost_usd,
-          (SELECT max(payload->>'reason') FROM events WHERE session_id = $1 AND type = 'session.ended') AS end_reason
+          (SELECT arg_max(payload->>'reason', (time, id)) FROM events WHERE session_id = $1 AND type = 'session.ended') AS end_reason,
+          (SELECT count(*) FROM events WHERE session_id = $1 AND type = 'session.resumed') AS resumed
     """, [session_id]
 
 
@@ -155,6 +156,7 @@ def print_summary(audit: AuditQueries, session_id: str, console: Console) -> Non
             f"[bold]{row['ideas']}[/bold] ideas, {row['experiments']} experiments ({row['failed']} failed), "
             f"{row['posts']} forum posts, {row['built_on_others']} ideas built on earlier ones, "
             f"{row['integrity_flags']} integrity flag(s), ${row['cost_usd']} LLM cost; ended: {row['end_reason']}"
+            + (f" (resumed {row['resumed']} time(s))" if row.get("resumed") else "")
         )
     best = audit.query(*best_ideas_sql(session_id))
     if not best.rows:

@@ -105,6 +105,10 @@ class Supervisor:
             self._spawn(child)
             if child.spec.role in READY_FIRST:
                 await self.wait_ready(child)
+            if child.spec.role is Role.RECORDER:
+                # What an earlier run left in the stream (it was killed) is in the log before
+                # anything reads the log back (a resumed session's orchestrator, the scorer).
+                await self.drain_recorder()
 
     def _write_run_file(self) -> None:
         path = self.home.run_file

@@ -103,7 +103,7 @@ def compare(models: ReadModels, audit: AuditQueries, session_id: str) -> list[st
                     diffs.append(f"{view}: {key}={k} field {col}: view {live[k][col]!r} != replay {mine[k][col]!r}")
     # sessions (one row)
     s = audit.query("""SELECT session_id, epoch_us(first_event) AS first_event_us, epoch_us(last_event) AS last_event_us,
-                  events, name, backend, dataset, end_reason, scores FROM sessions WHERE session_id = ?""", [session_id])
+                  events, name, backend, dataset, end_reason, scores, resumed FROM sessions WHERE session_id = ?""", [session_id])
     live_s = dict(zip(s.columns, s.rows[0], strict=True)) if s.rows else {}
     mine_s = models.session_row()
     for col in live_s:

@@ -5,8 +5,10 @@ independent implementation of the same rules, so that comparing the two
 (:mod:`replay.compare`) is a real check of both. The rules, per model:
 
 - **session**: first/last event time, event count, name/backend/dataset of
-  ``session.started``, reason of ``session.ended``, number of ``score.published``.
-- **agents**: one per ``agent.started``; stop time/reason of ``agent.stopped``;
+  ``session.started``, reason of the latest ``session.ended``, number of ``score.published``
+  and of ``session.resumed``.
+- **agents**: one per agent, from its first ``agent.started`` (a resumed agent starts
+  again); stop time/reason of its latest ``agent.stopped``;
   ideas proposed; LLM calls, cost and input/output tokens.
 - **ideas**: one per ``idea.proposed`` event.
 - **experiments**: one per ``experiment.requested``; the status is that of the
@@ -114,8 +116,7 @@ class ReadModels:
         s["started"] = p
 
     def _session_ended(self, row: Row, p: dict[str, Any]) -> None:
-        r = p["reason"]
-        self.session["end_reason"] = r if self.session["end_reason"] is None else max(self.session["end_reason"], r)
+        self.session["end_reason"] = p["reason"]  # the latest (rows come in time order): a resumed session ends again
 
     def _agent_started(self, row: Row, p: dict[str, Any]) -> None:
         self.agents.setdefault(p["agent_id"], {
@@ -212,6 +213,7 @@ class ReadModels:
     def session_row(self) -> dict[str, Any]:
         s = {k: v for k, v in self.session.items() if k not in ("config", "started")}
         s["events"] = self.events
+        s["resumed"] = self.counts.get("session.resumed", 0)
         return s
 
     def agent_rows(self) -> list[dict[str, Any]]:

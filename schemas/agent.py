@@ -20,6 +20,7 @@ class AgentStarted(Payload):
     backend: Backend
     model: IdStr | None = None
     seed: int | None = None
+    resumed: bool = Field(default=False, description="it goes on from its history (a resumed session, a restart)")
 
 
 @event(EventType.AGENT_LLM_CALLED)

@@ -37,6 +37,7 @@ class EventType(StrEnum):
     SESSION_STARTED = "session.started"
     SESSION_DRAINING = "session.draining"
     SESSION_ENDED = "session.ended"
+    SESSION_RESUMED = "session.resumed"
     AGENT_STARTED = "agent.started"
     AGENT_LLM_CALLED = "agent.llm_called"
     AGENT_TOOL_CALLED = "agent.tool_called"

@@ -66,3 +66,19 @@ class SessionEnded(Payload):
     detail: TextStr = ""
     experiments: int = Field(default=0, ge=0)
     cost_usd: float = Field(default=0.0, ge=0)
+
+
+@event(EventType.SESSION_RESUMED)
+class SessionResumed(Payload):
+    """An interrupted session continues (``aar up --resume``): what it had already spent
+    counts against its budgets, and the experiments it left in flight are re-queued
+    (their queue redelivers them once; a finished one is never run again)."""
+
+    resume: int = Field(ge=1, description="1 for the first resume of this session, then 2, ...")
+    previous_end: EndReason | None = Field(
+        default=None, description="how the previous run ended; None: it was killed before it could say")
+    elapsed_s: float = Field(default=0.0, ge=0, description="wall clock of the earlier runs (their budget share)")
+    experiments: int = Field(default=0, ge=0, description="dev scores so far")
+    cost_usd: float = Field(default=0.0, ge=0)
+    in_flight: list[IdStr] = Field(default_factory=list, max_length=10_000,
+                                   description="experiments requested and not yet finished")

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import threading
 from collections.abc import AsyncIterator
 
 import structlog
@@ -22,11 +23,31 @@ def service_id(kind: str) -> str:
     return os.environ.get("AAR_NATS_USER") or os.environ.get("AAR_SERVICE_ID") or f"{kind}-{os.getpid()}"
 
 
-def install_stop_handlers(stop: asyncio.Event) -> None:
+# Told to stop, a process exits within this many seconds, whatever its clean-up waits on
+# (a thread still in a job, a sandbox, a bus that is gone): after a supervisor's death the
+# kernel's SIGTERM is the only signal it gets, and nobody follows it with a SIGKILL.
+STOP_GRACE_S = 30.0
+
+
+def exit_after(seconds: float, code: int = 1) -> None:
+    """Arm a hard exit (``os._exit``) in ``seconds``: a daemon timer, so that a clean exit
+    before it is not held up by it."""
+    timer = threading.Timer(seconds, os._exit, args=(code,))
+    timer.daemon = True
+    timer.start()
+
+
+def install_stop_handlers(stop: asyncio.Event, grace_s: float = STOP_GRACE_S) -> None:
     loop = asyncio.get_running_loop()
+
+    def on_signal() -> None:
+        if not stop.is_set():
+            exit_after(grace_s, 3)
+        stop.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, on_signal)
 
 
 @contextlib.asynccontextmanager
@@ -44,5 +65,6 @@ async def service(kind: str) -> AsyncIterator[tuple[Bus, asyncio.Event, structlo
     try:
         yield bus, stop, log
     finally:
+        exit_after(STOP_GRACE_S)  # the interpreter's own teardown (threads, executors) must not hang it
         await bus.close()
         log.info("service_stopped")

@@ -19,7 +19,15 @@ from schemas.idea import IdeaProposed
 from schemas.integrity import IntegrityCheck, IntegrityFlagged
 from schemas.recorder import RecorderDeadLettered, RecorderHealth, RecorderRejected
 from schemas.scoring import BaselineComputed, BaselineKind, ScorePublished, ScoreWithheld
-from schemas.session import AgentAssignment, Backend, EndReason, SessionDraining, SessionEnded, SessionStarted
+from schemas.session import (
+    AgentAssignment,
+    Backend,
+    EndReason,
+    SessionDraining,
+    SessionEnded,
+    SessionResumed,
+    SessionStarted,
+)
 from schemas.workspace import WorkspaceFinished, WorkspaceRefused, WorkspaceRequested, WorkspaceScheduled
 
 SHA = "ab" * 32
@@ -34,6 +42,7 @@ def sample_payload(event_type: EventType, n: int = 0) -> Payload:
         ),
         EventType.SESSION_DRAINING: SessionDraining(reason=EndReason.MAX_EXPERIMENTS, outstanding=2),
         EventType.SESSION_ENDED: SessionEnded(reason=EndReason.MAX_EXPERIMENTS, experiments=3),
+        EventType.SESSION_RESUMED: SessionResumed(resume=1, elapsed_s=120.5, experiments=3, in_flight=["exp-r" + i]),
         EventType.AGENT_STARTED: AgentStarted(agent_id="agent-1", direction="ensembling", backend=Backend.OFFLINE),
         EventType.AGENT_LLM_CALLED: AgentLlmCalled(
             agent_id="agent-1", model="claude-opus-4-6", input_tokens=1200, output_tokens=300,

@@ -410,3 +410,17 @@ async def test_notes_are_read_back_newest_last(toolbox: Toolbox) -> None:
     assert await toolbox.call("read_notes", {"last": 2}) == {
         "notes": ["aux_conf beats naive", "try the teacher on dev texts"], "total": 3}
     assert (await toolbox.call("read_notes"))["total"] == 3
+
+
+async def test_a_resumed_agent_counts_what_it_spent_before(toolbox: Toolbox) -> None:
+    from .test_resume_state import HISTORY, _assignment
+
+    toolbox.restore(HISTORY)
+    with FakeAnthropic() as fake:
+        reason = await run_claude(toolbox, _assignment(HISTORY, max_usd_per_agent=0.26), client=client_for(fake))
+    assert reason == "budget" and fake.messages_requests == []  # $0.25 spent of $0.26: no room for a call
+    assert toolbox.ideas == 2 and toolbox.notes == ["keep lr low"]
+    scored = await toolbox.call("wait_for_score", {"idea_id": "i-1", "timeout_s": 1})
+    assert scored["status"] == "scored" and scored["score"]["pgr"] == 0.41
+    pending = await toolbox.call("wait_for_score", {"idea_id": "i-2", "timeout_s": 1})
+    assert pending["status"] == "timeout"  # its re-queued run will answer it

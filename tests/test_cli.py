@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -246,3 +247,35 @@ def test_up_with_the_claude_backend_needs_an_api_key(home: AarHome, monkeypatch:
     assert result.exit_code == 2
     assert "ANTHROPIC_API_KEY" in result.output
     assert not home.run_file.exists()
+
+
+def test_resume_refuses_what_it_cannot_go_on_with(home: AarHome) -> None:
+    """--resume takes the session's own configuration, a session that exists, and one whose
+    budget is not spent (the full run is tests/test_resume.py)."""
+    from datetime import UTC, datetime, timedelta
+
+    from schemas import Event
+    from schemas.session import Backend, EndReason, SessionEnded, SessionStarted
+    from services.orchestrator.config import SessionConfig
+
+    t0 = datetime(2026, 12, 1, tzinfo=UTC)
+    config = SessionConfig(session_id="s-cli", name="demo").model_dump(mode="json")
+    started = SessionStarted(name="demo", backend=Backend.OFFLINE, dataset="rotten_tomatoes", weak_model="minilm",
+                             strong_model="mpnet", config=config)
+    events: list[Event[Any]] = [Event.create(started, session_id="s-cli", source="orchestrator", time=t0),
+              Event.create(SessionEnded(reason=EndReason.MAX_EXPERIMENTS), session_id="s-cli", source="orchestrator",
+                           time=t0 + timedelta(seconds=60))]
+    store = EventStore(home.events_db)
+    store.record([Recorded(e, i) for i, e in enumerate(events, 1)])
+    store.close()
+    filled_home = home
+    ended = aar("up", "--resume", "s-cli", home=filled_home)
+    assert ended.returncode == 1 and "ended (max_experiments)" in ended.stderr and "nothing to resume" in ended.stderr
+    by_name = aar("up", "--resume", "demo", home=filled_home)  # its name works as well as its id
+    assert by_name.returncode == 1 and "session s-cli ended" in by_name.stderr
+    unknown = aar("up", "--resume", "s-nope", home=filled_home)
+    assert unknown.returncode == 1 and "no session 's-nope'" in unknown.stderr and "s-cli (demo)" in unknown.stderr
+    mixed = aar("up", "--resume", "s-cli", "--agents", "4", "--seeds", "3", home=filled_home)
+    assert mixed.returncode == 2 and "drop --agents, --seeds" in mixed.stderr
+    empty = aar("up", "--resume", "s-cli", home=AarHome(filled_home.root.parent / "empty"))
+    assert empty.returncode == 1 and "nothing to resume" in empty.stderr

@@ -82,6 +82,10 @@ Your starting direction, deliberately open (interpret it as you see fit):
 {limits}"""
 
 FIRST_MESSAGE = "The session has started. You act only through the tools."
+RESUMED_MESSAGE = """\
+The session was interrupted and has been resumed; you go on with your own research where you left \
+off. Your conversation before the interruption is gone; this is what the log kept of it. \
+Use read_idea, read_notes, the leaderboard and the forum for more. You act only through the tools."""
 NUDGE = ("You replied without calling a tool. The session is still running and only tool calls make progress. "
          "If you consider your research finished, reply once more without a tool call and you will be stopped.")
 IDEA_LIMIT_NOTE = ("You have proposed your last allowed idea and it is settled. You have {n} more turn(s), e.g. "
@@ -101,6 +105,35 @@ def system_prompt(assignment: Assignment) -> str:
     limits.append("The session ends when its budget is spent; until then, keep going.")
     return SYSTEM_PROMPT.format(agent_id=assignment.agent_id, dataset=assignment.dataset,
                                 direction=assignment.direction.strip(), limits="\n" + " ".join(limits))
+
+
+def first_message(assignment: Assignment) -> str:
+    """The conversation's first user message: the start, or (going on from a history) what
+    the agent did before: its ideas and their dev scores, its notes and its past turns."""
+    history = assignment.history
+    if history is None:
+        return FIRST_MESSAGE
+    parts = [RESUMED_MESSAGE, f"\nSpent so far: ${history.cost_usd:.4f} over {history.tool_calls} tool calls."]
+    if history.ideas:
+        parts.append("\nYour ideas so far (dev scores as released):")
+        for idea in history.ideas:
+            score = (f"PGR {idea.pgr:.3f} ± {idea.pgr_stderr or 0:.3f}" if idea.pgr is not None else
+                     f"failed: {idea.error}" if idea.status == "failed" else
+                     "scored, PGR undefined" if idea.status == "scored" else "not scored yet (re-queued)")
+            params = json.dumps(idea.params, sort_keys=True)[:200]
+            parts.append(f"- {idea.idea_id} {idea.method} {params}: {idea.title[:120]} -> {score}")
+    if history.notes:
+        kept, budget = [], 4000
+        for note in reversed(history.notes):
+            if budget - len(note) < 0:
+                break
+            kept.append(note)
+            budget -= len(note)
+        parts.append("\nYour notes (newest last):\n" + "\n".join(f"- {n}" for n in reversed(kept)))
+    if history.summary:
+        parts.append("\nYour past tool calls (time since your first call, tool, arguments -> result):\n"
+                     + history.summary)
+    return "\n".join(parts)
 
 
 def tool_definitions() -> list[dict[str, Any]]:
@@ -305,12 +338,12 @@ class ClaudeAgent:
         self.system = [{"type": "text", "text": system_prompt(assignment), "cache_control": dict(CACHE)}]
         self.tools = tool_definitions()
         self.fixed_chars = len(json.dumps(self.system)) + len(json.dumps(self.tools))
-        self.conversation = Conversation(FIRST_MESSAGE, budget_chars=context_chars)
+        self.conversation = Conversation(first_message(assignment), budget_chars=context_chars)
         if assignment.llm_price is not None:
             set_price(assignment.model, *assignment.llm_price)
         self.price = price_for(assignment.model)
         self.rng = random.Random(f"{assignment.seed}/{assignment.agent_id}")
-        self.spent = 0.0
+        self.spent = assignment.history.cost_usd if assignment.history is not None else 0.0  # counts what was spent
         self.calls = 0
         self.last_idea: str | None = None
         self.grace: int | None = None

@@ -109,7 +109,13 @@ class OfflinePolicy:
     rounds: int = 0
 
     def __post_init__(self) -> None:
-        self.rng = random.Random(f"{self.assignment.seed}/{self.assignment.agent_id}")
+        history = self.assignment.history
+        seed = f"{self.assignment.seed}/{self.assignment.agent_id}"
+        if history is not None and history.ideas:
+            # Going on after a resume: past its first round, and not replaying the choices it made.
+            self.rounds = len(history.ideas)
+            seed += f"/resume {history.resumes}/{len(history.ideas)}"
+        self.rng = random.Random(seed)
         try:
             d = by_key(self.assignment.direction_key or self.assignment.direction)
         except KeyError:
@@ -184,7 +190,16 @@ async def run_offline(toolbox: Toolbox, assignment: Assignment, *, max_ideas: in
     """Propose, wait, post, repeat until the session drains or the idea limit is reached."""
     policy = OfflinePolicy(assignment)
     limit = max_ideas or assignment.max_ideas
-    await toolbox.call("note", {"text": f"direction: {policy.direction_key}; methods to try first: {policy.prior}"})
+    history = assignment.history
+    if history is not None:
+        scored = [i for i in history.ideas if i.pgr is not None]
+        best = max(scored, key=lambda i: i.pgr or 0.0) if scored else None
+        await toolbox.call("note", {"text": (
+            f"resumed after {len(history.ideas)} idea(s) of mine ({len(scored)} scored"
+            + (f", best {best.idea_id} {best.method} PGR {best.pgr:.3f}" if best is not None and best.pgr is not None
+               else "") + f"); direction: {policy.direction_key}")})
+    else:
+        await toolbox.call("note", {"text": f"direction: {policy.direction_key}; methods to try first: {policy.prior}"})
     while not toolbox.session_over.is_set():
         if limit is not None and toolbox.ideas >= limit:
             return "max_ideas"

@@ -139,3 +139,10 @@ def is_known(model: str) -> bool:
 def cost_usd(model: str, input_tokens: int, output_tokens: int, cache_read_tokens: int = 0,
              cache_write_tokens: int = 0) -> float:
     return price_for(model).cost(input_tokens, output_tokens, cache_read_tokens, cache_write_tokens)
+
+
+def charged_usd(model: str, claimed: float, input_tokens: int, output_tokens: int, cache_read_tokens: int = 0,
+                cache_write_tokens: int = 0) -> float:
+    """What a call counts against the budgets: what the price table says of its tokens,
+    never more than the agent claims (an agent cannot inflate a session's spend and end it)."""
+    return min(claimed, cost_usd(model, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens))

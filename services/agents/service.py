@@ -33,10 +33,13 @@ async def fetch_assignment(bus: Bus, agent_id: str, stop: asyncio.Event, timeout
 
 async def run_agent(bus: Bus, assignment: Assignment, stop: asyncio.Event, *, source: str) -> str:
     toolbox = Toolbox(bus, assignment.session_id, assignment.agent_id, source=source)
+    if assignment.history is not None:
+        toolbox.restore(assignment.history)
     await toolbox.start()
     await bus.publish(Event.create(
         AgentStarted(agent_id=assignment.agent_id, direction=assignment.direction, backend=assignment.backend,
-                     model=assignment.model if assignment.backend is Backend.CLAUDE else None, seed=assignment.seed),
+                     model=assignment.model if assignment.backend is Backend.CLAUDE else None, seed=assignment.seed,
+                     resumed=assignment.history is not None),
         session_id=assignment.session_id, source=source,
     ))
     if assignment.backend is Backend.CLAUDE:

@@ -35,6 +35,8 @@ from services.artifacts.client import ArtifactClient
 from services.forum import queries as forum_q
 from services.scorer.queries import LEADERBOARD
 
+from .assignment import AgentHistory
+
 MAX_CODE_BYTES = 200_000
 
 
@@ -184,6 +186,23 @@ class Toolbox:
             name: getattr(self, f"tool_{name}") for name in TOOL_NAMES
         }
         self.log = structlog.get_logger("agent").bind(agent_id=agent_id)
+
+    def restore(self, history: AgentHistory) -> None:
+        """Go on from what this agent did before (a resumed session, a restart): its ideas
+        count against its limit, its spend against its budget, its notes are read back, and
+        its ideas can be waited for (a pending one is scored when its re-queued run ends)."""
+        self.ideas = len(history.ideas)
+        self.cost_usd = history.cost_usd
+        self.notes = list(history.notes)
+        for past in history.ideas:
+            outcome = self.outcomes[past.idea_id] = Outcome(past.idea_id)
+            if past.status == "scored":
+                outcome.score = {"accuracy": past.accuracy, "pgr": past.pgr, "pgr_stderr": past.pgr_stderr,
+                                 "from_before_resume": True}
+                outcome.done.set()
+            elif past.status == "failed":
+                outcome.failed = {"message": past.error or "failed", "from_before_resume": True}
+                outcome.done.set()
 
     async def start(self) -> None:
         prefix = f"aar.{self.session_id}"

@@ -11,6 +11,7 @@ from schemas.session import Backend
 from services.scorer.config import ScoringConfig
 
 ENV_VAR = "AAR_SESSION_CONFIG"
+RESUME_ENV = "AAR_SESSION_RESUME"  # epoch seconds: this run resumes the session (aar up --resume)
 
 
 class SessionConfig(BaseModel):

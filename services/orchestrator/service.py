@@ -7,12 +7,17 @@
   wall clock) publishes ``session.draining`` (agents stop, the scorer takes no new
   ideas), lets scheduled evaluations finish (at most ``drain_timeout_s``), then
   publishes ``session.ended`` with the reason; also when every agent has stopped
-  (``completed``) or on Ctrl-C (``interrupted``, no drain).
+  (``completed``) or on Ctrl-C (``interrupted``, no drain);
+- resumes an interrupted session (``aar up --resume``): it rebuilds what the session
+  had spent from the log (dev scores, USD, wall clock; :mod:`.resume`), publishes
+  ``session.resumed`` instead of ``session.started`` and goes on from there; every
+  agent's assignment carries the agent's own history whenever the log has one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from typing import Any
 
@@ -23,20 +28,32 @@ from schemas import Event
 from schemas.agent import AgentLlmCalled, AgentStopped
 from schemas.experiment import ExperimentFailed, ExperimentFinished, ExperimentRequested, Purpose, Split
 from schemas.scoring import ScorePublished
-from schemas.session import AgentAssignment, Budgets, EndReason, SessionDraining, SessionEnded, SessionStarted
+from schemas.session import (
+    AgentAssignment,
+    Budgets,
+    EndReason,
+    SessionDraining,
+    SessionEnded,
+    SessionResumed,
+    SessionStarted,
+)
 from services.agents.assignment import Assignment
 from services.agents.directions import assign
-from services.agents.pricing import cost_usd, set_price
+from services.agents.pricing import charged_usd, set_price
 
-from .config import SessionConfig
+from . import resume
+from .config import RESUME_ENV, SessionConfig
 from .queries import ASSIGNMENT, AssignmentRequest
 
 
 class Orchestrator:
-    def __init__(self, bus: Bus, config: SessionConfig, source: str = "orchestrator") -> None:
+    def __init__(self, bus: Bus, config: SessionConfig, source: str = "orchestrator", *,
+                 resume_at: float | None = None) -> None:
         self.bus = bus
         self.config = config
         self.source = source
+        self.resume_at = resume_at  # epoch seconds this run began: resume the session's log up to there
+        self.elapsed_before = 0.0  # wall clock of the session's earlier runs
         if config.llm_price is not None:
             set_price(config.model, *config.llm_price)
         directions = assign(config.agents, offset=config.seed)
@@ -51,6 +68,7 @@ class Orchestrator:
         }
         self.scored: set[str] = set()
         self.outstanding: set[str] = set()
+        self.settled: set[str] = set()  # scored or finally failed: a request seen again (a re-publish) is not outstanding
         self.spent: dict[str, float] = {}  # agent id -> USD, as the price table says
         self.stopped_agents: set[str] = set()
         self.claimed: set[str] = set()
@@ -59,22 +77,10 @@ class Orchestrator:
 
     async def run(self, stop: asyncio.Event) -> EndReason:
         cfg = self.config
-        started = Event.create(
-            SessionStarted(
-                name=cfg.name, backend=cfg.backend, dataset=cfg.dataset, weak_model=cfg.weak_model,
-                strong_model=cfg.strong_model,
-                agents=[AgentAssignment(agent_id=a.agent_id, direction=a.direction) for a in self.assignments.values()],
-                trainers=cfg.trainers,
-                budgets=Budgets(max_experiments=cfg.max_experiments, max_usd=cfg.max_usd,
-                                max_usd_per_agent=cfg.max_usd_per_agent, max_wall_s=cfg.max_wall_s),
-                config=cfg.model_dump(mode="json"),
-            ),
-            session_id=cfg.session_id, source=self.source,
-        )
         await self.bus.nc.subscribe(f"aar.{cfg.session_id}.>", cb=self._on_event)
         await self.bus.serve("orchestrator", [ASSIGNMENT.answer(self._assignment)])
-        await self.bus.publish(started)
-        deadline = time.monotonic() + cfg.max_wall_s if cfg.max_wall_s else None
+        cause = await (self._resume() if self.resume_at is not None else self._start())
+        deadline = time.monotonic() + max(0.0, cfg.max_wall_s - self.elapsed_before) if cfg.max_wall_s else None
         while self.reason is None:
             if stop.is_set():
                 self.reason = EndReason.INTERRUPTED
@@ -90,13 +96,59 @@ class Orchestrator:
                         pass
         detail = ""
         if self.reason is not EndReason.INTERRUPTED:
-            detail = await self._drain(started, stop)
+            detail = await self._drain(cause, stop)
         await self.bus.publish(Event.create(
             SessionEnded(reason=self.reason, detail=detail, experiments=len(self.scored),
                          cost_usd=round(self.cost_usd, 6)),
-            session_id=cfg.session_id, source=self.source, causation=started,
+            session_id=cfg.session_id, source=self.source, causation=cause,
         ))
         return self.reason
+
+    async def _start(self) -> str:
+        cfg = self.config
+        started = Event.create(
+            SessionStarted(
+                name=cfg.name, backend=cfg.backend, dataset=cfg.dataset, weak_model=cfg.weak_model,
+                strong_model=cfg.strong_model,
+                agents=[AgentAssignment(agent_id=a.agent_id, direction=a.direction) for a in self.assignments.values()],
+                trainers=cfg.trainers,
+                budgets=Budgets(max_experiments=cfg.max_experiments, max_usd=cfg.max_usd,
+                                max_usd_per_agent=cfg.max_usd_per_agent, max_wall_s=cfg.max_wall_s),
+                config=cfg.model_dump(mode="json"),
+            ),
+            session_id=cfg.session_id, source=self.source,
+        )
+        await self.bus.publish(started)
+        return started.id
+
+    async def _resume(self) -> str:
+        """Rebuild what the session spent before this run from the log, then say that it
+        goes on (``session.resumed``). Its in-flight experiments are re-queued by their
+        queue (JetStream redelivers an unacknowledged job once its trainer is gone); the
+        drain waits for them like for any other."""
+        cfg = self.config
+        assert self.resume_at is not None
+        before_us = int(self.resume_at * 1e6)
+        ask = resume.recorder_ask(self.bus)
+        found = await ask("SELECT id FROM events WHERE session_id = ? AND type = 'session.started' "
+                          "ORDER BY time, id LIMIT 1", [cfg.session_id])
+        if not found:
+            raise RuntimeError(f"session {cfg.session_id} has no session.started in the log: nothing to resume")
+        done = await resume.progress(ask, cfg.session_id, before_us)
+        self.scored |= done.scored
+        self.settled |= done.settled
+        self.outstanding |= done.in_flight - self.settled
+        for agent, usd in done.spent.items():
+            self.spent[agent] = self.spent.get(agent, 0.0) + usd
+        self.elapsed_before = done.elapsed_s
+        event = Event.create(
+            SessionResumed(resume=done.resumes + 1, previous_end=done.previous_end, elapsed_s=round(done.elapsed_s, 3),
+                           experiments=len(done.scored), cost_usd=round(self.cost_usd, 6),
+                           in_flight=sorted(done.in_flight)),
+            session_id=cfg.session_id, source=self.source, causation=str(found[0][0]),
+        )
+        await self.bus.publish(event)
+        return str(found[0][0])
 
     @property
     def cost_usd(self) -> float:
@@ -115,7 +167,7 @@ class Orchestrator:
             return EndReason.COMPLETED
         return None
 
-    async def _drain(self, started: Event[Any], stop: asyncio.Event) -> str:
+    async def _drain(self, started: Event[Any] | str, stop: asyncio.Event) -> str:
         assert self.reason is not None
         await self.bus.publish(Event.create(
             SessionDraining(reason=self.reason, outstanding=len(self.outstanding)),
@@ -153,7 +205,13 @@ class Orchestrator:
         self.claimed.add(agent_id)
         if agent_id not in self.assignments:
             raise ValueError(f"no agent {agent_id!r} in this session; agents: {sorted(self.assignments)}")
-        return self.assignments[agent_id]
+        assignment = self.assignments[agent_id]
+        if self.bus is None:  # decisions only (tests)
+            return assignment
+        # Restarted (a resumed session, or after a crash): the agent goes on from its own history.
+        history = await resume.agent_history(resume.recorder_ask(self.bus), self.config.session_id, agent_id,
+                                             int(time.time() * 1e6))
+        return assignment if history is None else assignment.model_copy(update={"history": history})
 
     async def _on_event(self, msg: Msg) -> None:
         event = decode_msg(msg)
@@ -161,20 +219,21 @@ class Orchestrator:
             return
         p = event.payload
         if isinstance(p, ExperimentRequested):
-            self.outstanding.add(p.experiment_id)
+            if p.experiment_id not in self.settled:
+                self.outstanding.add(p.experiment_id)
         elif isinstance(p, ExperimentFinished) or (isinstance(p, ExperimentFailed) and not p.retryable):
             # finished is followed by its score; keep it outstanding until then
             if isinstance(p, ExperimentFailed):
                 self.outstanding.discard(p.experiment_id)
+                self.settled.add(p.experiment_id)
         elif isinstance(p, ScorePublished):
             self.outstanding.discard(p.experiment_id)
+            self.settled.add(p.experiment_id)
             if p.split is Split.DEV and p.purpose is Purpose.SCORE:
                 self.scored.add(p.experiment_id)
         elif isinstance(p, AgentLlmCalled):
-            # What a call cost is what the price table says of its tokens, never more than
-            # the agent claims (an agent cannot inflate the session's spend and end it).
-            charged = min(p.cost_usd, cost_usd(p.model, p.input_tokens, p.output_tokens, p.cache_read_tokens,
-                                               p.cache_write_tokens))
+            charged = charged_usd(p.model, p.cost_usd, p.input_tokens, p.output_tokens, p.cache_read_tokens,
+                                  p.cache_write_tokens)
             self.spent[p.agent_id] = self.spent.get(p.agent_id, 0.0) + charged
         elif isinstance(p, AgentStopped):
             self.stopped_agents.add(p.agent_id)
@@ -185,6 +244,7 @@ async def main() -> None:
     from services.runtime import service, service_id
 
     config = SessionConfig.from_env()
+    resume_at = float(os.environ[RESUME_ENV]) if os.environ.get(RESUME_ENV) else None
     async with service("orchestrator") as (bus, stop, log):
-        reason = await Orchestrator(bus, config, source=service_id("orchestrator")).run(stop)
+        reason = await Orchestrator(bus, config, source=service_id("orchestrator"), resume_at=resume_at).run(stop)
         log.info("session_ended", session_id=config.session_id, reason=reason.value)

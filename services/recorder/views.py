@@ -42,23 +42,28 @@ VIEWS: dict[str, str] = {
     "sessions": f"""
         WITH ev AS (
             SELECT session_id, min(time) AS first_event, max(time) AS last_event, count(*) AS events,
-                   count(*) FILTER (WHERE type = 'score.published') AS scores
+                   count(*) FILTER (WHERE type = 'score.published') AS scores,
+                   count(*) FILTER (WHERE type = 'session.resumed') AS resumed
             FROM events GROUP BY session_id
         ), started AS (
             SELECT session_id, max(name) AS name, max(backend) AS backend, max(dataset) AS dataset
             FROM {S("session_started")} GROUP BY session_id
-        ), ended AS (
-            SELECT session_id, max(reason) AS end_reason FROM {S("session_ended")} GROUP BY session_id
+        ), ended AS (  -- the latest end: a session interrupted, then resumed, ends again
+            SELECT session_id, arg_max(reason, (time, id)) AS end_reason FROM {S("session_ended")} GROUP BY session_id
         )
         SELECT ev.session_id, ev.first_event, ev.last_event, ev.events, started.name, started.backend,
-               started.dataset, ended.end_reason, ev.scores
+               started.dataset, ended.end_reason, ev.scores, ev.resumed
         FROM ev LEFT JOIN started USING (session_id) LEFT JOIN ended USING (session_id)
     """,
     "agents": f"""
-        WITH started AS (
-            SELECT session_id, agent_id, direction, backend, model, time AS started_at FROM {S("agent_started")}
-        ), stopped AS (
-            SELECT session_id, agent_id, reason AS stop_reason, time AS stopped_at FROM {S("agent_stopped")}
+        WITH started AS (  -- one row per agent: its first start (a resumed agent starts again)
+            SELECT session_id, agent_id, arg_min(direction, (time, id)) AS direction,
+                   arg_min(backend, (time, id)) AS backend, arg_min(model, (time, id)) AS model,
+                   min(time) AS started_at, count(*) AS starts
+            FROM {S("agent_started")} GROUP BY ALL
+        ), stopped AS (  -- and its latest stop
+            SELECT session_id, agent_id, arg_max(reason, (time, id)) AS stop_reason, max(time) AS stopped_at
+            FROM {S("agent_stopped")} GROUP BY ALL
         ), llm AS (
             SELECT session_id, agent_id, count(*) AS llm_calls, sum(cost_usd) AS cost_usd,
                    sum(input_tokens) AS input_tokens, sum(output_tokens) AS output_tokens

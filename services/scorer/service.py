@@ -55,7 +55,7 @@ from schemas.experiment import (
 from schemas.idea import IdeaProposed
 from schemas.integrity import IntegrityCheck, IntegrityFlagged, Severity
 from schemas.scoring import Against, BaselineComputed, BaselineKind, Comparison, ScorePublished, ScoreWithheld
-from schemas.session import SessionDraining, SessionEnded, SessionStarted
+from schemas.session import SessionDraining, SessionEnded, SessionResumed, SessionStarted
 from schemas.workspace import WorkspaceFinished, WorkspaceRefused, WorkspaceRequested, WorkspaceScheduled
 from services.artifacts.arrays import MEDIA_TYPE, pack_seeds, unpack_seeds
 from services.artifacts.client import ArtifactClient
@@ -187,13 +187,19 @@ class Scorer:
         elif isinstance(payload, SessionDraining | SessionEnded):
             if (state := self.sessions.get(event.session_id)) is not None:
                 state.draining = True
+        elif isinstance(payload, SessionResumed):
+            # It goes on: new ideas are scored again (the state is rebuilt from the log if need be).
+            if (state := await self._session(event.session_id)) is not None:
+                state.draining = False
         elif isinstance(payload, IntegrityFlagged) and payload.idea_id:
             if (state := self.sessions.get(event.session_id)) is not None:
                 state.flags.setdefault(payload.idea_id, []).append(payload.check.value)
 
     # -- sessions --------------------------------------------------------------
 
-    async def on_session_started(self, event: Event[Any]) -> SessionState:
+    async def on_session_started(self, event: Event[Any], *, rebuilding: bool = False) -> SessionState:
+        """A session's state, baselines and its naive_soft reference run (``rebuilding``: the
+        log has what was requested already; :meth:`_session` restores it)."""
         payload: SessionStarted = event.payload
         if event.session_id in self.sessions:
             return self.sessions[event.session_id]
@@ -231,7 +237,7 @@ class Scorer:
             dev_weak=round(sum(truth.baselines["dev"].weak_acc) / len(seeds), 4),
             dev_ceiling=round(sum(truth.baselines["dev"].ceiling_acc) / len(seeds), 4),
         )
-        if cfg.paired_baseline:  # naive_soft on dev, once: what every dev score is compared with
+        if cfg.paired_baseline and not rebuilding:  # naive_soft on dev, once: what every dev score is compared with
             req = await self._request(state, event, None, None, Purpose.BASELINE, Split.DEV, main,
                                       method_artifact=None, builtin_method="naive_soft", params={})
             state.naive_experiment = req.experiment_id
@@ -347,10 +353,14 @@ class Scorer:
         found = await self._events("session_id = ? AND type = 'session.started'", [session_id], limit=1)
         if not found:
             return None
-        state = await self.on_session_started(found[0])
+        state = await self.on_session_started(found[0], rebuilding=True)
+        finished: dict[str, str] = {}  # experiment id -> its predictions
         for ev in await self._events("session_id = ? AND type IN ('idea.proposed', 'experiment.requested', "
-                                     "'score.published', 'score.withheld', 'workspace.scheduled', "
-                                     "'workspace.refused', 'workspace.finished')", [session_id]):
+                                     "'experiment.finished', 'score.published', 'score.withheld', "
+                                     "'workspace.scheduled', 'workspace.refused', 'workspace.finished')", [session_id]):
+            if isinstance(ev, Event) and isinstance(ev.payload, ExperimentFinished):
+                finished.setdefault(ev.payload.experiment_id, ev.payload.predictions_artifact)
+                continue
             if isinstance(ev, Event) and isinstance(ev.payload, WorkspaceScheduled | WorkspaceRefused
                                                     | WorkspaceFinished):
                 state.workspace.replay(ev.payload)
@@ -362,13 +372,54 @@ class Scorer:
                 state.requests[ev.payload.experiment_id] = ev.payload
                 if ev.payload.purpose is not Purpose.SCORE and ev.payload.idea_id:
                     state.promoted.add(ev.payload.idea_id)
+                if ev.payload.purpose is Purpose.BASELINE and state.naive_experiment is None:
+                    state.naive_experiment = ev.payload.experiment_id
             elif isinstance(ev, Event) and isinstance(ev.payload, ScorePublished):
                 state.scores[ev.payload.experiment_id] = ev.payload
                 if (ev.type == EventType.SCORE_PUBLISHED and ev.payload.idea_id
                         and ev.payload.dataset == state.main.dataset):
                     state.released_acc.setdefault(ev.payload.idea_id, ev.payload.accuracy)
-        self.log.info("session_rebuilt", session_id=session_id, requests=len(state.requests), scores=len(state.scores))
+        if state.config.paired_baseline and state.naive_experiment is None:  # never requested (or not recorded)
+            req = await self._request(state, found[0], None, None, Purpose.BASELINE, Split.DEV, state.main,
+                                      method_artifact=None, builtin_method="naive_soft", params={})
+            state.naive_experiment = req.experiment_id
+        restored = await self._restore_pairs(state, finished)
+        self.log.info("session_rebuilt", session_id=session_id, requests=len(state.requests), scores=len(state.scores),
+                      paired_restored=restored)
         return state
+
+    async def _restore_pairs(self, state: SessionState, finished: dict[str, str]) -> int:
+        """What paired comparisons resample, back from the stored predictions of the runs the
+        log has scored: naive_soft's and every idea's main dev score (so that an idea scored
+        after a restart is still compared with its parents, the leader and naive_soft), and
+        each dev score at full precision (the log has the released ones)."""
+        restored = 0
+        wanted = [(exp, req) for exp, req in state.requests.items() if exp in finished and exp in state.scores
+                  and req.split is Split.DEV and req.dataset == state.main.dataset
+                  and (req.experiment_id == state.naive_experiment
+                       or (req.purpose is Purpose.SCORE and req.idea_id is not None))]
+        if not wanted:
+            return 0
+        truth = await self._truth(state, state.main)
+        n_eval = truth.baselines[dataset_split(Split.DEV)].n_eval
+        for exp, req in wanted:
+            try:
+                predictions = unpack_seeds(await self.artifacts.get(finished[exp]))
+                scored = await asyncio.to_thread(truth.score, predictions, req.split, list(req.seeds))
+            except Exception as exc:  # noqa: BLE001 - a lost artifact costs that idea its pairs, nothing more
+                self.log.warning("pairs_not_restored", experiment_id=exp, error=repr(exc)[:300])
+                continue
+            if exp == state.naive_experiment:
+                state.naive = scored.correct
+                state.naive_released = state.release.noisy(scored.pgr.student, n_eval, exp)
+            elif req.idea_id is not None:
+                state.correct.setdefault(req.idea_id, scored.correct)
+                p = scored.pgr  # the full precision too: promotion and the leader use it, never the released one
+                state.full.setdefault(exp, state.scores[exp].model_copy(update={
+                    "accuracy": p.student, "accuracy_stderr": w2s.mean_se(scored.accuracies)[1], "pgr": p.value,
+                    "pgr_stderr": p.se}))
+            restored += 1
+        return restored
 
     async def _events(self, where: str, params: list[Param], *, limit: int | None = None) -> list[Event[Any]]:
         """Events from the log (through the recorder) in (time, id) order, rebuilt into
