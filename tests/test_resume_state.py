@@ -87,6 +87,8 @@ def log(home: AarHome) -> Iterator[FileAudit]:
         _ev(_idea("i-8", agent="agent-2"), 25, "agent-2"), _ev(_request("x-8", "i-8", "agent-2"), 26),
         _ev(ExperimentFailed(experiment_id="x-8", trainer_id="trainer-1", error_class="SandboxViolation",
                              message="socket"), 27, "trainer-1"),  # final
+        # a withheld score is never an agent's to see, whatever its split says
+        _ev(_score("x-h", "i-9", pgr=0.99, withheld=True).model_copy(update={"agent_id": "agent-2"}), 28),
         _ev(_request("x-t", "i-1"), 31), _ev(_score("x-t", "i-1", split=Split.TEST, withheld=True), 40),
         _ev(_tool("agent-1", "note", {"text": "aux_conf looks good"}), 41, "agent-1"),
         _ev(_tool("agent-1", "leaderboard", {"limit": 5}, '{"entries": 1}'), 42, "agent-1"),
@@ -128,7 +130,7 @@ async def test_progress_counts_each_run_and_not_the_gap_between(log: FileAudit) 
     assert done.elapsed_s == pytest.approx(100.0 + 60.0)  # two runs, not the day between them
     assert done.scored == {"x-1", "x-2"}  # dev scores only (x-t is a test score)
     assert done.in_flight == {"x-9"}  # a retryable failure is not the end of it
-    assert done.settled == {"x-1", "x-2", "x-t", "x-8"}
+    assert done.settled == {"x-1", "x-2", "x-t", "x-8", "x-h"}
     assert done.spent["agent-1"] == pytest.approx(cost_usd("claude-sonnet-4-6", 1000, 0))
     assert done.spent["agent-2"] == 0.0
 

@@ -131,8 +131,11 @@ async def agent_history(ask: Ask, session_id: str, agent_id: str, before_us: int
     if not ideas and not calls:
         return None
     scores = {str(r[0]): r[1:] for r in await ask(
-        "SELECT idea_id, pgr, pgr_stderr, accuracy FROM scores WHERE session_id = ? AND agent_id = ? "
-        "AND purpose = 'score' AND split = 'dev' AND epoch_us(time) < ?", [session_id, agent_id, before_us])}
+        # score.published only: what agents may see (released, dev); never a withheld score
+        "SELECT payload->>'idea_id', (payload->>'pgr')::DOUBLE, (payload->>'pgr_stderr')::DOUBLE, "
+        "(payload->>'accuracy')::DOUBLE FROM events WHERE session_id = ? AND type = 'score.published' "
+        "AND payload->>'agent_id' = ? AND payload->>'split' = 'dev' AND coalesce(payload->>'purpose', 'score') = 'score' "
+        "AND epoch_us(time) < ?", [session_id, agent_id, before_us])}
     failures = {str(r[0]): str(r[1] or "") + (": " + str(r[2]) if r[2] else "") for r in await ask(
         # a final failure only (a retryable one is run again: the idea is still pending)
         "SELECT r.payload->>'idea_id', f.payload->>'error_class', f.payload->>'message' FROM events f "
