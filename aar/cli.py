@@ -404,6 +404,7 @@ def run_service(
 app.add_typer(__import__("aar.models_cmd", fromlist=["app"]).app, name="models")  # aar models list|fetch
 __import__("aar.replay_cmds", fromlist=["register"]).register(app)  # aar replay, aar export
 __import__("aar.verify_log", fromlist=["register"]).register(app)  # aar verify-log
+app.command("plot")(__import__("aar.plot_cmd", fromlist=["plot"]).plot)  # the study's figure
 app.command("nats-config")(__import__("aar.compose_cmds", fromlist=["x"]).nats_config)  # docs/compose.md
 app.command("healthcheck")(__import__("aar.compose_cmds", fromlist=["x"]).healthcheck)
 

@@ -1,0 +1,155 @@
+"""The study's figure, as data: best-so-far dev PGR per agent against cumulative
+research hours.
+
+- **Research hours** are the agents' active time summed, as in the study: each agent
+  is active from each ``agent.started`` to its next ``agent.stopped`` (a run that was
+  killed ends at the agent's last event); at a moment ``t`` the session has used the
+  sum, over agents, of their active time before ``t``.
+- Every dev score an agent received (``score.published``, purpose ``score``) is a dot at
+  the research hours of the moment it was published; each agent's line is its best so
+  far.
+- Promoted ideas also carry their test and held-out PGR (``score.withheld``), drawn at
+  the x of their dev score; ``naive_soft`` (the scorer's reference run on dev) is a
+  horizontal line.
+
+Pure over :class:`core.audit.AuditQueries` (the log file read-only, or the recorder):
+``aar plot`` draws it with matplotlib, the dashboard with its chart library.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from core.audit import AuditQueries
+
+
+@dataclass(frozen=True, slots=True)
+class Dot:
+    agent_id: str
+    idea_id: str
+    hours: float
+    pgr: float
+    method: str
+
+
+@dataclass(frozen=True, slots=True)
+class Promoted:
+    agent_id: str
+    idea_id: str
+    hours: float  # where its dev score is
+    dev_pgr: float
+    test_pgr: float | None
+    heldout_pgr: float | None
+    heldout: str | None  # the held-out dataset
+
+
+@dataclass
+class Figure:
+    session_id: str
+    name: str
+    dots: list[Dot] = field(default_factory=list)
+    best: dict[str, list[tuple[float, float]]] = field(default_factory=dict)  # agent -> steps (hours, best PGR)
+    promoted: list[Promoted] = field(default_factory=list)
+    naive_pgr: float | None = None
+    hours: float = 0.0  # the session's research hours in all
+    agents: list[str] = field(default_factory=list)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "session_id": self.session_id, "name": self.name, "hours": self.hours, "naive_pgr": self.naive_pgr,
+            "agents": self.agents,
+            "dots": [{"agent_id": d.agent_id, "idea_id": d.idea_id, "hours": d.hours, "pgr": d.pgr, "method": d.method}
+                     for d in self.dots],
+            "best": {a: [list(p) for p in steps] for a, steps in self.best.items()},
+            "promoted": [{"agent_id": p.agent_id, "idea_id": p.idea_id, "hours": p.hours, "dev_pgr": p.dev_pgr,
+                          "test_pgr": p.test_pgr, "heldout_pgr": p.heldout_pgr, "heldout": p.heldout}
+                         for p in self.promoted],
+        }
+
+
+class Clock:
+    """Research hours at any moment, from the agents' active intervals (microseconds)."""
+
+    def __init__(self, intervals: list[tuple[int, int]]) -> None:
+        self.intervals = intervals
+
+    def hours(self, t: int) -> float:
+        return sum(min(e, t) - s for s, e in self.intervals if s < t) / 3.6e9
+
+
+def intervals(rows: list[tuple[str, str, int]], seen: dict[str, list[int]]) -> list[tuple[int, int]]:
+    """Active intervals from ``(agent, type, time_us)`` rows of ``agent.started`` /
+    ``agent.stopped`` in time order. An agent started again without a stop (its run was
+    killed) was active until its last event before the restart; one still started at the
+    end, until its last event (``seen``: each agent's event times, sorted)."""
+    import bisect
+
+    def last_before(agent: str, t: int, start: int) -> int:
+        times = seen.get(agent, [])
+        i = bisect.bisect_left(times, t)
+        return max(start, times[i - 1]) if i else start
+
+    open_at: dict[str, int] = {}
+    out: list[tuple[int, int]] = []
+    for agent, kind, t in rows:
+        if kind == "agent.started":
+            if agent in open_at:
+                out.append((open_at[agent], last_before(agent, t, open_at[agent])))
+            open_at[agent] = t
+        elif agent in open_at:
+            out.append((open_at.pop(agent), t))
+    for agent, start in open_at.items():
+        out.append((start, last_before(agent, 1 << 62, start)))
+    return out
+
+
+def figure(audit: AuditQueries, session_id: str) -> Figure:
+    """The figure of ``session_id`` from its events (LookupError: no such session)."""
+    named = audit.query("SELECT name FROM sessions WHERE session_id = ?", [session_id]).rows
+    if not named:
+        raise LookupError(f"no session {session_id!r} in the log (see aar sessions)")
+    fig = Figure(session_id, str(named[0][0] or session_id))
+    marks = [(str(a), str(k), int(t)) for a, k, t in audit.query(
+        "SELECT payload->>'agent_id', type, epoch_us(time) FROM events WHERE session_id = ? "
+        "AND type IN ('agent.started', 'agent.stopped') ORDER BY time, id", [session_id]).rows]
+    seen: dict[str, list[int]] = {}
+    for a, t in audit.query("SELECT payload->>'agent_id', epoch_us(time) FROM events WHERE session_id = ? "
+                            "AND type LIKE 'agent.%' ORDER BY time", [session_id]).rows:
+        seen.setdefault(str(a), []).append(int(t))
+    clock = Clock(intervals(marks, seen))
+    fig.agents = sorted({a for a, _, _ in marks})
+    if seen:
+        fig.hours = clock.hours(max(times[-1] for times in seen.values()) + 1)
+    scores = audit.query(
+        "SELECT type, payload->>'idea_id', payload->>'agent_id', coalesce(payload->>'purpose', 'score'), "
+        "payload->>'split', payload->>'dataset', (payload->>'pgr')::DOUBLE, epoch_us(time), "
+        "coalesce(payload->>'builtin_method', 'code') FROM events WHERE session_id = ? "
+        "AND type IN ('score.published', 'score.withheld') ORDER BY time, id", [session_id]).rows
+    dev: dict[str, Dot] = {}
+    test: dict[str, float | None] = {}
+    heldout: dict[str, tuple[str, float | None]] = {}
+    for kind, idea, agent, purpose, split, dataset, pgr, t, method in scores:
+        if purpose == "baseline" and split == "dev":
+            fig.naive_pgr = None if pgr is None else float(pgr)
+        if purpose != "score" or idea is None:
+            continue
+        if split == "dev" and kind == "score.published" and pgr is not None and idea not in dev:
+            dev[idea] = Dot(str(agent), str(idea), clock.hours(int(t)), float(pgr), str(method))
+        elif split == "test":
+            test[idea] = None if pgr is None else float(pgr)
+        elif split == "heldout":
+            heldout[idea] = (str(dataset), None if pgr is None else float(pgr))
+    fig.dots = sorted(dev.values(), key=lambda d: (d.hours, d.idea_id))
+    for dot in fig.dots:
+        steps = fig.best.setdefault(dot.agent_id, [])
+        if not steps or dot.pgr > steps[-1][1]:
+            steps.append((dot.hours, dot.pgr))
+    for steps in fig.best.values():  # each line runs on to the session's end
+        steps.append((max(fig.hours, steps[-1][0]), steps[-1][1]))
+    for idea in sorted(set(test) | set(heldout)):
+        if idea in dev:
+            d = dev[idea]
+            ds, h = heldout.get(idea, (None, None))
+            fig.promoted.append(Promoted(d.agent_id, idea, d.hours, d.pgr, test.get(idea), h, ds))
+    return fig
