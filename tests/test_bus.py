@@ -34,7 +34,7 @@ EXPECTED = {
                   "integrity.flagged", "workspace.scheduled", "workspace.refused"},
     Role.TRAINER: {"experiment.started", "experiment.progress", "experiment.finished", "experiment.failed",
                    "integrity.flagged", "workspace.finished"},
-    Role.ORCHESTRATOR: {"session.started", "session.draining", "session.ended"},
+    Role.ORCHESTRATOR: {"session.started", "session.draining", "session.ended", "session.resumed"},
     Role.FORUM: {"forum.moderated"},
     Role.ARTIFACTS: {"artifact.stored"},
     Role.RECORDER: {"recorder.rejected", "recorder.dead_lettered", "recorder.health"},
