@@ -37,11 +37,11 @@ def draw(fig: Figure, out: Path, reference: tuple[float, str] | None = None) -> 
                            label=f"{agent} ideas ({len(dots)})")
         if fig.promoted:
             tests = [p for p in fig.promoted if p.test_pgr is not None]
-            ax.scatter([p.hours for p in tests], [p.test_pgr for p in tests], marker="D", facecolors="none",
+            ax.scatter([p.hours for p in tests], [p.test_pgr or 0.0 for p in tests], marker="D", facecolors="none",
                        edgecolors="black", s=46, label="promoted: test PGR")
             held = [p for p in fig.promoted if p.heldout_pgr is not None]
             if held:
-                ax.scatter([p.hours for p in held], [p.heldout_pgr for p in held], marker="x", color="black", s=46,
+                ax.scatter([p.hours for p in held], [p.heldout_pgr or 0.0 for p in held], marker="x", color="black", s=46,
                            label=f"promoted: held-out PGR ({held[0].heldout})")
         if fig.naive_pgr is not None:
             ax.axhline(fig.naive_pgr, color="gray", linestyle="--", linewidth=1,

@@ -144,7 +144,8 @@ def totals_sql(session_id: str) -> tuple[str, list[Param]]:
           (SELECT count(*) FROM integrity_flags WHERE session_id = $1) AS integrity_flags,
           (SELECT round(coalesce(sum(cost_usd), 0), 4) FROM llm_calls WHERE session_id = $1) AS cost_usd,
           (SELECT arg_max(payload->>'reason', (time, id)) FROM events WHERE session_id = $1 AND type = 'session.ended') AS end_reason,
-          (SELECT count(*) FROM events WHERE session_id = $1 AND type = 'session.resumed') AS resumed
+          (SELECT count(*) FROM events WHERE session_id = $1 AND type = 'session.resumed') AS resumed,
+          (SELECT count(*) FROM events WHERE session_id = $1 AND type = 'idea.duplicate') AS duplicates
     """, [session_id]
 
 
@@ -153,7 +154,8 @@ def print_summary(audit: AuditQueries, session_id: str, console: Console) -> Non
     if totals.rows:
         row = dict(zip(totals.columns, totals.rows[0], strict=True))
         console.print(
-            f"[bold]{row['ideas']}[/bold] ideas, {row['experiments']} experiments ({row['failed']} failed), "
+            f"[bold]{row['ideas']}[/bold] ideas ({row['duplicates']} duplicates answered without a run), "
+            f"{row['experiments']} experiments ({row['failed']} failed), "
             f"{row['posts']} forum posts, {row['built_on_others']} ideas built on earlier ones, "
             f"{row['integrity_flags']} integrity flag(s), ${row['cost_usd']} LLM cost; ended: {row['end_reason']}"
             + (f" (resumed {row['resumed']} time(s))" if row.get("resumed") else "")

@@ -92,7 +92,7 @@ PROCESSES: tuple[Process, ...] = (
     Process(
         Role.SCORER, "scorer", "services.scorer",
         publishes=("experiment.requested", "score.>", "baseline.>", "integrity.>", "workspace.scheduled",
-                   "workspace.refused"), watches=(">",),
+                   "workspace.refused", "idea.duplicate"), watches=(">",),
         consumers=("scorer",), serves=True, asks=("recorder", "artifacts", "forum"), reads_back=True,
         publish_budget=8_000_000, stop_order=60, probe_consumer="scorer",
     ),
@@ -113,7 +113,7 @@ PROCESSES: tuple[Process, ...] = (
         reads_back=True, publish_budget=1_000_000, stop_order=10, ends_session=True,
     ),
     Process(
-        Role.AGENT, "agents", "services.agents", publishes=("agent.>", "idea.>", "forum.posted", "forum.voted",
+        Role.AGENT, "agents", "services.agents", publishes=("agent.>", "idea.proposed", "forum.posted", "forum.voted",
                                                     "workspace.requested"),
         # experiment.failed: an agent learns why its code failed (its own stderr, never labels).
         # score.published only: test, held-out and ablation scores (score.withheld) stay hidden.

@@ -43,6 +43,7 @@ class EventType(StrEnum):
     AGENT_TOOL_CALLED = "agent.tool_called"
     AGENT_STOPPED = "agent.stopped"
     IDEA_PROPOSED = "idea.proposed"
+    IDEA_DUPLICATE = "idea.duplicate"
     ARTIFACT_STORED = "artifact.stored"
     EXPERIMENT_REQUESTED = "experiment.requested"
     EXPERIMENT_STARTED = "experiment.started"

@@ -31,3 +31,17 @@ class IdeaProposed(Payload):
         if (self.method_artifact is None) == (self.builtin_method is None):
             raise ValueError("give exactly one of method_artifact or builtin_method")
         return self
+
+
+@event(EventType.IDEA_DUPLICATE)
+class IdeaDuplicate(Payload):
+    """The scorer recognised an idea identical to an earlier one of the session: the same
+    built-in method with the same parameters (defaults filled in), or the same code with
+    the same parameters. It is not run again; its answer is the earlier idea's dev score
+    (or failure), so it costs the session no experiment."""
+
+    idea_id: Ident
+    agent_id: Ident
+    duplicate_of: Ident
+    duplicate_of_agent: Ident | None = None
+    method_key: Sha256 = Field(description="SHA-256 of the method and its full parameters")

@@ -15,7 +15,7 @@ from schemas.experiment import (
 )
 from schemas.forum import ForumModerated, ForumPosted, ForumVoted
 from schemas.gateway import GatewayRefused, RefusalKind
-from schemas.idea import IdeaProposed
+from schemas.idea import IdeaDuplicate, IdeaProposed
 from schemas.integrity import IntegrityCheck, IntegrityFlagged
 from schemas.recorder import RecorderDeadLettered, RecorderHealth, RecorderRejected
 from schemas.scoring import BaselineComputed, BaselineKind, ScorePublished, ScoreWithheld
@@ -91,6 +91,8 @@ def sample_payload(event_type: EventType, n: int = 0) -> Payload:
             post_id="post-" + i, agent_id="agent-1", title="conf filtering helps", body="PGR 0.55 on dev",
             idea_ids=["idea-" + i], experiment_ids=["exp-" + i],
         ),
+        EventType.IDEA_DUPLICATE: IdeaDuplicate(idea_id="idea-d" + i, agent_id="agent-2", duplicate_of="idea-" + i,
+                                                method_key=SHA),
         EventType.FORUM_VOTED: ForumVoted(post_id="post-" + i, agent_id="agent-2", value=1),
         EventType.FORUM_MODERATED: ForumModerated(post_id="post-" + i, action="hide", reason="duplicate"),
         EventType.WORKSPACE_REQUESTED: WorkspaceRequested(run_id="w-" + i, agent_id="agent-1", code_artifact=SHA),

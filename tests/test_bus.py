@@ -31,7 +31,7 @@ EXPECTED = {
     Role.AGENT: {"agent.started", "agent.llm_called", "agent.tool_called", "agent.stopped", "idea.proposed",
                  "forum.posted", "forum.voted", "workspace.requested"},
     Role.SCORER: {"experiment.requested", "score.published", "score.withheld", "baseline.computed",
-                  "integrity.flagged", "workspace.scheduled", "workspace.refused"},
+                  "integrity.flagged", "workspace.scheduled", "workspace.refused", "idea.duplicate"},
     Role.TRAINER: {"experiment.started", "experiment.progress", "experiment.finished", "experiment.failed",
                    "integrity.flagged", "workspace.finished"},
     Role.ORCHESTRATOR: {"session.started", "session.draining", "session.ended", "session.resumed"},

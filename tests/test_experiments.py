@@ -348,6 +348,17 @@ async def test_agents_read_each_others_ideas_and_code(stack: Stack) -> None:
                                                              "builtin_method": "naive_soft"})
         first = await boxes["agent-1"].call("wait_for_score", {"idea_id": base["idea_id"], "timeout_s": 300})
         assert first["status"] == "scored", first
+        # The same method and parameters again (its defaults written out): answered, not run.
+        again = await boxes["agent-2"].call("propose_idea", {"title": "copy", "hypothesis": "soft CE",
+                                                              "builtin_method": "naive_soft",
+                                                              "params": {"lr": 0.01, "epochs": 20.0}})
+        copy = await boxes["agent-2"].call("wait_for_score", {"idea_id": again["idea_id"], "timeout_s": 60})
+        assert copy["status"] == "duplicate" and copy["duplicate_of"] == base["idea_id"], copy
+        assert copy["score"]["pgr"] == first["score"]["pgr"]
+        dup = await stack.wait_rows(f"SELECT payload->>'duplicate_of' FROM events WHERE type = 'idea.duplicate' "
+                                    f"AND payload->>'idea_id' = '{again['idea_id']}'", 1, 20, "the duplicate event")
+        assert dup == [[base["idea_id"]]]
+        assert await stack.sql(f"SELECT count(*) FROM experiments WHERE idea_id = '{again['idea_id']}'") == [[0]]
         stored = await boxes["agent-2"].call("write_method", {"code": EXTENDED, "name": "sharper.py"})
         child = await boxes["agent-2"].call("propose_idea", {
             "title": "sharper", "hypothesis": "sharpen naive_soft", "method_artifact": stored["method_artifact"],

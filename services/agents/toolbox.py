@@ -27,7 +27,7 @@ from schemas import Event, new_id
 from schemas.agent import AgentToolCalled
 from schemas.experiment import ExperimentFailed, Purpose, Split
 from schemas.forum import ForumPosted, ForumVoted
-from schemas.idea import IdeaProposed
+from schemas.idea import IdeaDuplicate, IdeaProposed
 from schemas.integrity import IntegrityFlagged
 from schemas.scoring import ScorePublished
 from schemas.workspace import WorkspaceFinished, WorkspaceRefused, WorkspaceRequested
@@ -53,11 +53,17 @@ class Outcome:
     failed: dict[str, Any] | None = None
     flags: list[dict[str, Any]] = field(default_factory=list)
     done: asyncio.Event = field(default_factory=asyncio.Event)
+    duplicate_of: str | None = None  # the earlier, identical idea whose answer this one gets
 
     def as_dict(self) -> dict[str, Any]:
         status = "scored" if self.score else "failed" if self.failed else "refused" if self.flags else "pending"
-        return {"idea_id": self.idea_id, "status": status, "score": self.score, "failure": self.failed,
-                "integrity_flags": self.flags}
+        out = {"idea_id": self.idea_id, "status": status, "score": self.score, "failure": self.failed,
+               "integrity_flags": self.flags}
+        if self.duplicate_of is not None:
+            out.update(status="duplicate" if status != "pending" else "pending", duplicate_of=self.duplicate_of,
+                       note=f"the same method and parameters as {self.duplicate_of}: not run again, its answer is "
+                            "that idea's")
+        return out
 
 
 # JSON schemas of the tools, for the Claude backend (and documentation).
@@ -177,6 +183,7 @@ class Toolbox:
         self.artifacts = ArtifactClient(bus, session_id=session_id, timeout=30.0)
         self.outcomes: dict[str, Outcome] = {}
         self.runs: dict[str, asyncio.Future[dict[str, Any]]] = {}  # workspace run id -> its outcome
+        self.aliases: dict[str, list[str]] = {}  # an earlier idea -> my duplicates of it (they get its answer)
         self.notes: list[str] = []
         self.ideas = 0
         self.cost_usd = 0.0  # LLM spend (the Claude backend keeps it up to date)
@@ -207,7 +214,7 @@ class Toolbox:
     async def start(self) -> None:
         prefix = f"aar.{self.session_id}"
         for subject in ("score.published", "experiment.failed", "integrity.flagged", "session.draining",
-                        "session.ended", "workspace.finished", "workspace.refused"):
+                        "session.ended", "workspace.finished", "workspace.refused", "idea.duplicate"):
             self._subs.append(await self.bus.nc.subscribe(f"{prefix}.{subject}", cb=self._on_event))
 
     async def close(self) -> None:
@@ -229,10 +236,42 @@ class Toolbox:
             if run is not None and not run.done() and p.agent_id == self.agent_id:
                 run.set_result(_workspace_outcome(p))
             return
+        if isinstance(p, IdeaDuplicate):
+            await self._duplicate(p)
+            return
         idea = getattr(p, "idea_id", None)
+        for alias in self.aliases.get(idea, []) if idea else []:  # an earlier idea answered: so are my copies
+            if isinstance(p, ScorePublished | ExperimentFailed):
+                self._apply(self.outcomes[alias], p)
         outcome = self.outcomes.get(idea) if idea else None
         if outcome is None:
             return
+        self._apply(outcome, p)
+
+    async def _duplicate(self, p: IdeaDuplicate) -> None:
+        """My idea is a copy of an earlier one: its answer is that idea's (now, or when it comes)."""
+        outcome = self.outcomes.get(p.idea_id)
+        if outcome is None or p.agent_id != self.agent_id or outcome.duplicate_of is not None:
+            return
+        outcome.duplicate_of = p.duplicate_of
+        self.aliases.setdefault(p.duplicate_of, []).append(p.idea_id)
+        earlier = self.outcomes.get(p.duplicate_of)
+        if earlier is not None and earlier.done.is_set():  # one of mine, answered already
+            outcome.score, outcome.failed = earlier.score, earlier.failed
+            outcome.done.set()
+            return
+        from services.scorer.queries import IDEA
+
+        try:
+            view = await self._ask(IDEA, idea_id=p.duplicate_of)
+        except (QueryError, ToolError) as exc:
+            self.log.warning("duplicate_lookup_failed", idea_id=p.duplicate_of, error=str(exc)[:300])
+            return
+        if view.get("dev_score") and not outcome.done.is_set():
+            outcome.score = {**view["dev_score"], "from_idea": p.duplicate_of}
+            outcome.done.set()
+
+    def _apply(self, outcome: Outcome, p: Any) -> None:
         if isinstance(p, ScorePublished) and p.purpose is Purpose.SCORE and p.split is Split.DEV:
             outcome.score = {"accuracy": round(p.accuracy, 4), "accuracy_stderr": round(p.accuracy_stderr, 4),
                              "weak_accuracy": round(p.weak_accuracy, 4), "ceiling_accuracy": round(p.ceiling_accuracy, 4),

@@ -52,7 +52,7 @@ from schemas.experiment import (
     Split,
     dataset_split,
 )
-from schemas.idea import IdeaProposed
+from schemas.idea import IdeaDuplicate, IdeaProposed
 from schemas.integrity import IntegrityCheck, IntegrityFlagged, Severity
 from schemas.scoring import Against, BaselineComputed, BaselineKind, Comparison, ScorePublished, ScoreWithheld
 from schemas.session import SessionDraining, SessionEnded, SessionResumed, SessionStarted
@@ -65,6 +65,7 @@ from trainer.paired import PairedDifference, paired_difference
 from trainer.teacher import pack_teachers
 
 from .config import ScoringConfig
+from .duplicates import method_key
 from .policy import RateLimiter
 from .queries import IDEA, LEADERBOARD, IdeaRequest, IdeaView, Leaderboard, LeaderboardEntry, LeaderboardRequest
 from .release import Release
@@ -112,6 +113,7 @@ class SessionState:
     naive_released: float | None = None  # naive_soft's released dev accuracy (never shown alone)
     teacher_artifacts: dict[tuple[str, bool], str] = field(default_factory=dict)  # (dataset, shuffled) -> sha
     workspace: WorkspaceBudget = field(default_factory=WorkspaceBudget)
+    methods: dict[str, str] = field(default_factory=dict)  # method key -> the first idea scheduled with it
 
     def all_scores(self) -> list[ScorePublished]:
         """Every score, at full precision where this process scored it (else as the log has it)."""
@@ -374,6 +376,10 @@ class Scorer:
                     state.promoted.add(ev.payload.idea_id)
                 if ev.payload.purpose is Purpose.BASELINE and state.naive_experiment is None:
                     state.naive_experiment = ev.payload.experiment_id
+                if (ev.payload.purpose is Purpose.SCORE and ev.payload.split is Split.DEV and ev.payload.idea_id
+                        and ev.payload.dataset == state.main.dataset):
+                    state.methods.setdefault(method_key(ev.payload.builtin_method, ev.payload.method_artifact,
+                                                        dict(ev.payload.params)), ev.payload.idea_id)
             elif isinstance(ev, Event) and isinstance(ev.payload, ScorePublished):
                 state.scores[ev.payload.experiment_id] = ev.payload
                 if (ev.type == EventType.SCORE_PUBLISHED and ev.payload.idea_id
@@ -473,6 +479,18 @@ class Scorer:
         if state.draining:
             self.log.info("idea_after_budget", idea_id=idea.idea_id, agent_id=idea.agent_id)
             return
+        key = method_key(idea.builtin_method, idea.method_artifact, dict(idea.params))
+        original = state.methods.get(key)
+        if original is not None and original != idea.idea_id:
+            # The same method with the same parameters was scheduled already: answered with
+            # that idea's score, no experiment (and nothing against the rate limit).
+            first_idea = state.ideas.get(original)
+            await self._emit(event, IdeaDuplicate(
+                idea_id=idea.idea_id, agent_id=idea.agent_id, duplicate_of=original,
+                duplicate_of_agent=first_idea.agent_id if first_idea else None, method_key=key,
+            ), derived_id(event.id, "duplicate"))
+            self.log.info("idea_duplicate", idea_id=idea.idea_id, duplicate_of=original, agent_id=idea.agent_id)
+            return
         # Rate limits count the verified publisher (the gateway binds agent_id to it).
         who = event.source
         if not state.limiter.allow(who):
@@ -491,6 +509,7 @@ class Scorer:
                 derived_id(event.id, "rate_limit"),
             )
             return
+        state.methods.setdefault(key, idea.idea_id)
         await self._request(state, event, idea.idea_id, idea.agent_id, Purpose.SCORE, Split.DEV, state.main,
                             method_artifact=idea.method_artifact, builtin_method=idea.builtin_method,
                             params=dict(idea.params))
