@@ -60,6 +60,7 @@ class NatsServer:
         self.store = Path(store)
         self.credentials = credentials or Credentials.load_or_create(self.store / "credentials.json")
         self.host = host
+        self._own_port = port is None  # ours to pick again if another process takes it first
         self.port = port or free_port(host)
         self.http_port = free_port(host)
         self.log_file = log_file or self.store / "nats-server.log"
@@ -87,7 +88,23 @@ class NatsServer:
         path.chmod(0o600)
         return path
 
-    def start(self, timeout: float = 20.0) -> NatsServer:
+    def start(self, timeout: float = 20.0, attempts: int = 3) -> NatsServer:
+        """Start and wait until healthy. A free port can be taken by another process between
+        being picked and being bound: then the ports are picked again (up to ``attempts``)."""
+        for attempt in range(1, attempts + 1):
+            try:
+                return self._start(timeout)
+            except NatsServerError as exc:
+                if attempt == attempts or "address already in use" not in str(exc):
+                    raise
+                log.warning("nats_server_port_taken", attempt=attempt, error=str(exc)[-200:])
+                self.process = None
+                self.http_port = free_port(self.host)
+                if self._own_port:
+                    self.port = free_port(self.host)
+        raise AssertionError("unreachable")
+
+    def _start(self, timeout: float) -> NatsServer:
         if self.process is not None:
             return self
         config = self.write_config()
