@@ -19,12 +19,13 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[ml,claude,test]'
 	touch $(STAMP)
 
-# bubblewrap and libseccomp sandbox untrusted method code (trainer). Installed when missing and we are root.
+# bubblewrap and libseccomp sandbox untrusted method code (trainer); Debian's chromium runs the
+# dashboard's browser tests. Installed when missing and we are root.
 system-deps:
-	@{ command -v bwrap >/dev/null 2>&1 && ldconfig -p | grep -q libseccomp.so.2; } || { \
+	@{ command -v bwrap >/dev/null 2>&1 && ldconfig -p | grep -q libseccomp.so.2 && command -v chromium >/dev/null 2>&1; } || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    echo "installing bubblewrap and libseccomp2"; apt-get update -qq && apt-get install -y -qq bubblewrap libseccomp2 >/dev/null; \
-	  else echo "warning: bwrap or libseccomp2 not found; sandboxed-execution tests will be skipped (apt-get install bubblewrap libseccomp2)"; fi; }
+	    echo "installing bubblewrap, libseccomp2 and chromium"; apt-get update -qq && apt-get install -y -qq bubblewrap libseccomp2 chromium >/dev/null; \
+	  else echo "warning: bwrap, libseccomp2 or chromium not found; sandbox and browser tests will be skipped (apt-get install bubblewrap libseccomp2 chromium)"; fi; }
 
 # ruff and mypy, configured in pyproject.toml; make test runs them first.
 lint: install

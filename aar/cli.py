@@ -83,6 +83,11 @@ def up(
         help="USD per million input,output tokens of --model, e.g. 0,0 for a free self-hosted model")] = None,
     resume: Annotated[Optional[str], typer.Option(
         help="continue an interrupted session (its id or name) with its own configuration", metavar="SESSION")] = None,
+    dashboard: Annotated[bool, typer.Option(help="serve the live web dashboard (the dashboard service)")] = True,
+    dashboard_host: Annotated[Optional[str], typer.Option(
+        help="the dashboard's address (default 127.0.0.1; any other needs its token, printed once)")] = None,
+    dashboard_port: Annotated[Optional[int], typer.Option(
+        min=0, max=65535, help="the dashboard's port (default 8765, or a free one when taken)")] = None,
 ) -> None:
     """Start the embedded stack and run one research session (or continue one: --resume)."""
     from core.paths import read_run_file
@@ -203,7 +208,9 @@ def up(
         home,
         default_specs({**config.to_env(), **({RESUME_ENV: repr(resume_at)} if resume_at is not None else {})},
                       agents=agents, trainers=trainers, unsafe_no_sandbox=unsafe_no_sandbox,
-                      agent_env=agent_env),
+                      agent_env=agent_env, dashboard=dashboard,
+                      dashboard_env={k: str(v) for k, v in (("AAR_DASHBOARD_HOST", dashboard_host),
+                                                             ("AAR_DASHBOARD_PORT", dashboard_port)) if v is not None}),
     )
     console.print(f"[bold]AAR[/bold] session [cyan]{session_id}[/cyan] ({name}) in {home.root}")
 
@@ -226,6 +233,11 @@ def up(
         try:
             await supervisor.start()
             console.print(f"nats-server at {supervisor.server.url}; services: {', '.join(supervisor.children)}")
+            if dashboard:
+                url = await supervisor.dashboard_url()
+                console.print(f"dashboard: [cyan]{url}/s/{session_id}[/cyan]" if url else
+                              f"[yellow]the dashboard has not started yet (see {home.logs / 'dashboard.log'})[/yellow]",
+                              highlight=False)
             if max_wall is None and max_experiments is None:
                 console.print("running until Ctrl-C")
             await watch.start(supervisor.admin_settings())
@@ -405,6 +417,7 @@ app.add_typer(__import__("aar.models_cmd", fromlist=["app"]).app, name="models")
 __import__("aar.replay_cmds", fromlist=["register"]).register(app)  # aar replay, aar export
 __import__("aar.verify_log", fromlist=["register"]).register(app)  # aar verify-log
 app.command("plot")(__import__("aar.plot_cmd", fromlist=["plot"]).plot)  # the study's figure
+app.command("dashboard")(__import__("aar.dashboard_cmd", fromlist=["dashboard"]).dashboard)  # the web view
 app.command("nats-config")(__import__("aar.compose_cmds", fromlist=["x"]).nats_config)  # docs/compose.md
 app.command("healthcheck")(__import__("aar.compose_cmds", fromlist=["x"]).healthcheck)
 

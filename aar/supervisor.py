@@ -94,6 +94,8 @@ class Supervisor:
         return BusSettings.for_role(self.server.url, self.credentials, Role.ADMIN)
 
     async def start(self) -> None:
+        with contextlib.suppress(FileNotFoundError):  # an earlier run's dashboard address
+            (self.home.root / "dashboard" / "url").unlink()
         self.server.start()
         admin = await Bus.connect(self.admin_settings(), name="supervisor")
         try:
@@ -109,6 +111,20 @@ class Supervisor:
                 # What an earlier run left in the stream (it was killed) is in the log before
                 # anything reads the log back (a resumed session's orchestrator, the scorer).
                 await self.drain_recorder()
+
+    async def dashboard_url(self, timeout: float = 20.0) -> str | None:
+        """The URL the dashboard service serves at, once it has bound (None: not within
+        ``timeout`` seconds, or no dashboard in this stack)."""
+        from services.dashboard.server import read_url
+
+        child = next((c for c in self.children.values() if c.spec.role is Role.DASHBOARD), None)
+        deadline = time.monotonic() + timeout
+        while child is not None and time.monotonic() < deadline:
+            url = read_url(self.home)
+            if url is not None and child.process is not None and child.process.poll() is None:
+                return url
+            await asyncio.sleep(0.1)
+        return None
 
     def _write_run_file(self) -> None:
         path = self.home.run_file
@@ -260,6 +276,8 @@ def default_specs(
     trainers: int = 1,
     unsafe_no_sandbox: bool = False,
     agent_env: dict[str, str] | None = None,
+    dashboard: bool = True,
+    dashboard_env: dict[str, str] | None = None,
 ) -> list[ServiceSpec]:
     """The processes of a session, from the process table (core.processes): one of each
     role, ``trainers`` trainers and ``agents`` agents (each its own identity, bound to
@@ -271,6 +289,8 @@ def default_specs(
     specs: list[ServiceSpec] = []
     for proc in PROCESSES:
         assert proc.module is not None
+        if proc.role is Role.DASHBOARD and not dashboard:
+            continue
         count = {Scaling.ONE: 1, Scaling.POOL: trainers, Scaling.EACH_OWN: agents}[proc.scaling]
         if proc.scaling is Scaling.POOL and proc.role is not Role.TRAINER:
             raise NotImplementedError(f"aar up scales only the trainer pool, not {proc.role}")
@@ -281,6 +301,8 @@ def default_specs(
                 env.update(config_env)  # the orchestrator owns the session's configuration
             if proc.role is Role.AGENT:
                 env.update({"AAR_AGENT_ID": name, "AAR_SESSION_ID": session_id, **(agent_env or {})})
+            if proc.role is Role.DASHBOARD:
+                env.update(dashboard_env or {})
             args = ["--unsafe-no-sandbox"] if proc.role is Role.TRAINER and unsafe_no_sandbox else []
             specs.append(ServiceSpec(
                 name, proc.role, proc.module, env=env, restart=not proc.ends_session, stop_order=proc.stop_order,

@@ -34,6 +34,7 @@ class Role(StrEnum):
     TRAINER = "trainer"
     RECORDER = "recorder"
     GATEWAY = "gateway"  # the stream's door for every other role
+    DASHBOARD = "dashboard"  # the web view: reads, never publishes
 
 
 class Scaling(StrEnum):
@@ -122,6 +123,13 @@ PROCESSES: tuple[Process, ...] = (
                  "experiment.failed", "workspace.finished", "workspace.refused"),
         asks=("orchestrator", "forum", "artifacts", "scorer"), publish_budget=2_000_000,
         scaling=Scaling.EACH_OWN, stop_order=20, done_when_exits_0=True, session_bound=True,
+    ),
+    Process(
+        # Reads the stream (every session's events, live) and asks the recorder's audit SQL
+        # (and the scorer's and forum's read queries); publishes nothing: no event subject,
+        # and a zero budget at the gateway besides.
+        Role.DASHBOARD, "dashboard", "services.dashboard", watches=(">",), asks=("recorder", "scorer", "forum"),
+        publish_budget=0, stop_order=5,
     ),
 )
 

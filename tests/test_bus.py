@@ -38,6 +38,7 @@ EXPECTED = {
     Role.FORUM: {"forum.moderated"},
     Role.ARTIFACTS: {"artifact.stored"},
     Role.RECORDER: {"recorder.rejected", "recorder.dead_lettered", "recorder.health"},
+    Role.DASHBOARD: set(),  # reads and shows: not one event
 }
 # The gateway forwards everyone's events: its user may publish anything into the stream
 # (its own events are gateway.*). Like admin, it runs no agent-influenced code.

@@ -154,6 +154,31 @@ def test_up_runs_a_session_and_records_it(home: AarHome) -> None:
     assert set(purposes[1:]) <= {"baseline"}
 
 
+def dashboard_while_running(home: AarHome) -> None:
+    """The stack's dashboard service: its pages' data come from the running recorder (as the
+    dashboard role), and its live stream carries the session's events as they happen."""
+    import httpx
+
+    from services.dashboard.server import read_url
+
+    deadline = time.monotonic() + 30
+    while (url := read_url(home)) is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert url is not None, "the dashboard never wrote its address"
+    sessions = httpx.get(f"{url}/api/sessions", timeout=30).json()["sessions"]
+    sid = sessions[0]["session_id"]
+    assert httpx.get(f"{url}/s/{sid}/leaderboard", timeout=30).status_code == 200
+    with httpx.stream("GET", f"{url}/api/stream", params={"session": sid}, timeout=30) as stream:
+        lines = stream.iter_lines()
+        assert next(lines) == "retry: 1000" and next(lines) == ": live"
+        seen = None
+        for line in lines:  # the scorer's baseline runs publish events while the session goes on
+            if line.startswith("data: "):
+                seen = json.loads(line[6:])
+                break
+        assert seen is not None and seen["session_id"] == sid
+
+
 @pytest.mark.slow
 def test_up_restarts_a_crashed_service_and_stops_cleanly(home: AarHome) -> None:
     env = {**os.environ, "AAR_HOME": str(home.root), "ANTHROPIC_API_KEY": "sk-test-secret"}
@@ -190,6 +215,7 @@ def test_up_restarts_a_crashed_service_and_stops_cleanly(home: AarHome) -> None:
 
         while not asyncio.run(session_started()) and time.monotonic() < deadline:
             time.sleep(0.1)
+        dashboard_while_running(home)
         first = asyncio.run(recorder_pid())
         assert first is not None
         os.kill(first, signal.SIGKILL)
@@ -211,6 +237,7 @@ def test_up_restarts_a_crashed_service_and_stops_cleanly(home: AarHome) -> None:
         if up.poll() is None:
             up.kill()
     assert up.returncode == 0, out
+    assert "dashboard: http://127.0.0.1:" in out
     assert "service_crashed" in out and "recorder" in out
     assert not home.run_file.exists()
     assert not [p for p in children if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]

@@ -104,12 +104,8 @@ def intervals(rows: list[tuple[str, str, int]], seen: dict[str, list[int]]) -> l
     return out
 
 
-def figure(audit: AuditQueries, session_id: str) -> Figure:
-    """The figure of ``session_id`` from its events (LookupError: no such session)."""
-    named = audit.query("SELECT name FROM sessions WHERE session_id = ?", [session_id]).rows
-    if not named:
-        raise LookupError(f"no session {session_id!r} in the log (see aar sessions)")
-    fig = Figure(session_id, str(named[0][0] or session_id))
+def session_clock(audit: AuditQueries, session_id: str) -> tuple[Clock, list[str], float]:
+    """The research-hours clock of ``session_id``, its agents, and its research hours in all."""
     marks = [(str(a), str(k), int(t)) for a, k, t in audit.query(
         "SELECT payload->>'agent_id', type, epoch_us(time) FROM events WHERE session_id = ? "
         "AND type IN ('agent.started', 'agent.stopped') ORDER BY time, id", [session_id]).rows]
@@ -118,9 +114,17 @@ def figure(audit: AuditQueries, session_id: str) -> Figure:
                             "AND type LIKE 'agent.%' ORDER BY time", [session_id]).rows:
         seen.setdefault(str(a), []).append(int(t))
     clock = Clock(intervals(marks, seen))
-    fig.agents = sorted({a for a, _, _ in marks})
-    if seen:
-        fig.hours = clock.hours(max(times[-1] for times in seen.values()) + 1)
+    hours = clock.hours(max(times[-1] for times in seen.values()) + 1) if seen else 0.0
+    return clock, sorted({a for a, _, _ in marks}), hours
+
+
+def figure(audit: AuditQueries, session_id: str) -> Figure:
+    """The figure of ``session_id`` from its events (LookupError: no such session)."""
+    named = audit.query("SELECT name FROM sessions WHERE session_id = ?", [session_id]).rows
+    if not named:
+        raise LookupError(f"no session {session_id!r} in the log (see aar sessions)")
+    fig = Figure(session_id, str(named[0][0] or session_id))
+    clock, fig.agents, fig.hours = session_clock(audit, session_id)
     scores = audit.query(
         "SELECT type, payload->>'idea_id', payload->>'agent_id', coalesce(payload->>'purpose', 'score'), "
         "payload->>'split', payload->>'dataset', (payload->>'pgr')::DOUBLE, epoch_us(time), "

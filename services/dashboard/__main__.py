@@ -1,0 +1,5 @@
+import asyncio
+
+from .service import main
+
+asyncio.run(main())
