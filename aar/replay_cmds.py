@@ -70,6 +70,8 @@ def replay(
     check: Annotated[bool, typer.Option("--check", help="compare the rebuilt models with the recorder's SQL views")] = False,
     all_events: Annotated[bool, typer.Option("--all", help="timeline: show LLM/tool/progress events too")] = False,
     format: Annotated[str, typer.Option("--format", "-f", help="text | json (the rebuilt read models)")] = "text",
+    dashboard: Annotated[bool, typer.Option(
+        "--dashboard", help="--speed with no stack running: serve the dashboard, its pages animate the copy")] = False,
 ) -> None:
     """Rebuild a session's read models from the log and print its timeline; or re-publish it live
     (--speed), or re-run its scored experiments (--verify)."""
@@ -97,7 +99,10 @@ def replay(
         except ValueError as exc:
             err.print(f"[red]{esc(exc)}[/red]")
             raise typer.Exit(2) from None
-        done = asyncio.run(republish(rows, pace, home=home))
+        def say(text: str) -> None:
+            console.print(text, highlight=False, markup=False)
+
+        done = asyncio.run(republish(rows, pace, home=home, dashboard=say if dashboard else None))
         console.print(f"re-published {done.events} events of {session} as [cyan]{done.session_id}[/cyan] "
                       f"({done.target}) in {done.publish_s:.2f}s = {done.rate:,.0f} events/s"
                       + (f"; all recorded {done.recorded_s:.2f}s later" if done.recorded_s is not None else ""))

@@ -142,10 +142,44 @@ async def wait_recorded(bus: Any, session_id: str, n: int, timeout: float = 300.
         await asyncio.sleep(0.2)
 
 
+def _start_dashboard(server: Any, home: AarHome, say: Callable[[str], None]) -> subprocess.Popen[bytes]:
+    """The dashboard service on the throw-away server (as the ``dashboard`` role, on the
+    default port or a free one); ``say`` gets its address once it listens."""
+    from bus import BusSettings, Role
+    from services.dashboard.server import read_url
+
+    url_file = home.root / "dashboard" / "url"
+    url_file.unlink(missing_ok=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AAR_") or k.startswith("AAR_DASHBOARD_")}
+    env.update(BusSettings.for_role(server.url, server.credentials, Role.DASHBOARD).to_env())
+    env.update({"AAR_HOME": str(home.root), "AAR_LOG_FORMAT": "json"})
+    with open(home.logs / "replay-dashboard.log", "ab") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "services.dashboard"], env=env, stdout=log,
+                                stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 30
+    while (url := read_url(home)) is None and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    say(f"dashboard: {url}" if url else f"the dashboard did not start (see {home.logs / 'replay-dashboard.log'})")
+    return proc
+
+
+def _stop(proc: subprocess.Popen[bytes] | None) -> None:
+    if proc is not None and proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 async def republish(rows: Sequence[Row], speed: float | None, *, home: AarHome | None = None,
                     session_id: str | None = None, wait: bool = True,
-                    progress: Callable[[int], None] | None = None) -> Republished:
-    """Publish ``rows`` again under ``session_id`` (new when None); see the module docstring."""
+                    progress: Callable[[int], None] | None = None,
+                    dashboard: Callable[[str], None] | None = None) -> Republished:
+    """Publish ``rows`` again under ``session_id`` (new when None); see the module docstring.
+    ``dashboard``: on the throw-away server, start a dashboard too (its pages animate the
+    copy) and tell this callback its address (a running stack has its own dashboard)."""
     from bus import Bus, BusSettings, NatsServer, Role
     from bus.settings import admin_settings_from_home
 
@@ -164,6 +198,7 @@ async def republish(rows: Sequence[Row], speed: float | None, *, home: AarHome |
     store = Path(tempfile.mkdtemp(prefix="aar-replay-nats-"))
     server = NatsServer(store)
     recorder: subprocess.Popen[bytes] | None = None
+    board: subprocess.Popen[bytes] | None = None
     try:
         server.start()
         bus = await Bus.connect(BusSettings.for_role(server.url, server.credentials, Role.ADMIN), name="aar-replay")
@@ -175,18 +210,16 @@ async def republish(rows: Sequence[Row], speed: float | None, *, home: AarHome |
             with open(home.logs / "replay-recorder.log", "ab") as log:
                 recorder = subprocess.Popen([sys.executable, "-m", "services.recorder"], env=env, stdout=log,
                                             stderr=subprocess.STDOUT)
+            if dashboard is not None:
+                await wait_recorded(bus, new_sid, 0)  # the recorder answers: the dashboard can read
+                board = await asyncio.to_thread(_start_dashboard, server, home, dashboard)
             secs = await publish_rows(bus, rows, new_sid, speed, progress=progress)
             recorded = await wait_recorded(bus, new_sid, len(rows))
         finally:
             await bus.close()
     finally:
-        if recorder is not None and recorder.poll() is None:
-            recorder.terminate()
-            try:
-                recorder.wait(30)
-            except subprocess.TimeoutExpired:
-                recorder.kill()
-                recorder.wait()
+        _stop(board)
+        _stop(recorder)
         server.stop()
         shutil.rmtree(store, ignore_errors=True)
     return Republished(new_sid, len(rows), secs, recorded, "embedded")

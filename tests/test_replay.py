@@ -269,3 +269,60 @@ def test_republished_session_is_recorded_with_causation_links(session_home: tupl
     first = rebuild(rows_from_connection(_open(home), sid), sid)
     assert [(r["idea_id"], r["dev_pgr"]) for r in replayed.leaderboard()] == \
         [(r["idea_id"], r["dev_pgr"]) for r in first.leaderboard()]
+
+
+@pytest.mark.slow
+def test_replay_with_the_dashboard_animates_the_copy(session_home: tuple[AarHome, str], tmp_path: Path) -> None:
+    """``aar replay SID --speed X --dashboard`` with no stack: a dashboard on the throw-away
+    server, whose live stream carries the copy's events as they are re-published."""
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    import httpx
+
+    src, sid = session_home
+    home = _copy_home(src, tmp_path / "aar")
+    con = _open(home)
+    try:
+        span = con.execute(f"SELECT epoch(max(time)) - epoch(min(time)) FROM events WHERE session_id = '{sid}'"
+                           ).fetchall()[0][0]
+    finally:
+        con.close()
+    speed = max(float(span) / 6.0, 1.0)  # about 6 s of re-publishing
+    env = {**os.environ, "AAR_HOME": str(home.root), "AAR_DASHBOARD_PORT": "0"}
+    proc = subprocess.Popen([sys.executable, "-m", "aar.cli", "replay", sid, "--speed", f"{speed:.3f}", "--dashboard"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    out: list[str] = []
+    started = threading.Event()
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            out.append(line)
+            if line.startswith("dashboard: "):
+                started.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        assert started.wait(60), "".join(out)
+        url = next(line for line in out if line.startswith("dashboard: ")).split(" ", 1)[1].strip()
+        assert url.startswith("http://127.0.0.1:"), url
+        seen: list[dict[str, object]] = []
+        t0 = time.monotonic()
+        with httpx.stream("GET", f"{url}/api/stream", timeout=30) as stream:
+            for line in stream.iter_lines():
+                if line.startswith("data: "):
+                    seen.append(json.loads(line[6:]))
+                if len(seen) >= 5 or time.monotonic() - t0 > 30:
+                    break
+        assert len(seen) >= 5 and all(str(e["source"]).startswith("replay/") for e in seen)
+        assert proc.wait(120) == 0, "".join(out)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    reader.join(10)
+    new_sid = re.search(r"as (s-[0-9A-Z]+)", "".join(out))
+    assert new_sid is not None and {e["session_id"] for e in seen} == {new_sid.group(1)}
