@@ -231,7 +231,9 @@ def up(
                 shown.update(version=watch.version, at=now)
 
         try:
-            await supervisor.start()
+            # The progress line subscribes before any service starts: it sees their first events
+            # (a resumed session's orchestrator says so at once).
+            await supervisor.start(before_services=lambda: watch.start(supervisor.admin_settings()))
             console.print(f"nats-server at {supervisor.server.url}; services: {', '.join(supervisor.children)}")
             if dashboard:
                 url = await supervisor.dashboard_url()
@@ -240,7 +242,6 @@ def up(
                               highlight=False)
             if max_wall is None and max_experiments is None:
                 console.print("running until Ctrl-C")
-            await watch.start(supervisor.admin_settings())
             return await supervisor.run(stop, on_tick=tick)
         finally:
             await watch.close()

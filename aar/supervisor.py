@@ -20,7 +20,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -93,7 +93,9 @@ class Supervisor:
     def admin_settings(self) -> BusSettings:
         return BusSettings.for_role(self.server.url, self.credentials, Role.ADMIN)
 
-    async def start(self) -> None:
+    async def start(self, before_services: Callable[[], Awaitable[None]] | None = None) -> None:
+        """Start nats-server, then the services in order. ``before_services`` runs once the bus is up
+        and before any service: a watcher subscribed there misses none of their events."""
         with contextlib.suppress(FileNotFoundError):  # an earlier run's dashboard address
             (self.home.root / "dashboard" / "url").unlink()
         self.server.start()
@@ -103,6 +105,8 @@ class Supervisor:
         finally:
             await admin.close()
         self._write_run_file()
+        if before_services is not None:
+            await before_services()
         for child in sorted(self.children.values(), key=lambda c: -c.spec.stop_order):
             self._spawn(child)
             if child.spec.role in READY_FIRST:

@@ -182,9 +182,10 @@ def test_no_unbounded_ram_disk_is_left_writable(ctx: MethodContext) -> None:
 @pytest.mark.parametrize("cgroups", MODES)
 @pytest.mark.parametrize("shape", ["big_files", "many_files"])
 def test_job_folder_filled_is_bounded(ctx: MethodContext, cgroups: bool, shape: str) -> None:
-    if shape == "big_files":  # 128 MiB into a 32 MiB folder; ENOSPC is swallowed
-        body = "            open(f'f{i}', 'wb').write(b'x' * (64 << 10))\n"
-        count = 2048
+    if shape == "big_files":  # 128 MiB into a 32 MiB folder; ENOSPC is swallowed. (It fills at 128
+        # files: well under the file-count limit, which the monitor would otherwise see first.)
+        body = "            open(f'f{i}', 'wb').write(b'x' * (256 << 10))\n"
+        count = 512
     else:  # empty files: no bytes, only inodes
         body = "            open(f'f{i}', 'wb').close()\n"
         count = 3000
