@@ -87,18 +87,21 @@ class Reader:
                    cost_usd, input_tokens, output_tokens
             FROM agents WHERE session_id = ? ORDER BY agent_id""", [session_id])
         totals = _rows(self.audit, """
+            WITH x AS (  -- the experiments view once (it is the costly one), every figure of it
+              SELECT count(*) AS experiments,
+                     count(*) FILTER (WHERE purpose = 'score' AND split = 'dev') AS dev_experiments,
+                     count(*) FILTER (WHERE status = 'failed') AS failed,
+                     coalesce(sum(runtime_s), 0) AS trainer_s
+              FROM experiments WHERE session_id = $1)
             SELECT
               (SELECT count(*) FROM ideas WHERE session_id = $1) AS ideas,
-              (SELECT count(*) FROM experiments WHERE session_id = $1) AS experiments,
-              (SELECT count(*) FROM experiments WHERE session_id = $1 AND purpose = 'score' AND split = 'dev')
-                AS dev_experiments,
-              (SELECT count(*) FROM experiments WHERE session_id = $1 AND status = 'failed') AS failed,
+              x.experiments, x.dev_experiments, x.failed,
               (SELECT count(*) FROM forum_posts WHERE session_id = $1) AS posts,
               (SELECT count(*) FROM integrity_flags WHERE session_id = $1) AS integrity_flags,
               (SELECT coalesce(sum(cost_usd), 0) FROM llm_calls WHERE session_id = $1) AS cost_usd,
               (SELECT count(*) FROM events WHERE session_id = $1 AND type = 'idea.duplicate') AS duplicates,
-              (SELECT coalesce(sum(runtime_s), 0) FROM experiments WHERE session_id = $1) AS trainer_s
-            """, [session_id])[0]
+              x.trainer_s
+            FROM x""", [session_id])[0]
         _, _, hours = session_clock(self.audit, session_id)
         elapsed = None
         if session.get("first_event") and session.get("last_event"):

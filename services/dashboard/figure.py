@@ -82,7 +82,7 @@ def intervals(rows: list[tuple[str, str, int]], seen: dict[str, list[int]]) -> l
     """Active intervals from ``(agent, type, time_us)`` rows of ``agent.started`` /
     ``agent.stopped`` in time order. An agent started again without a stop (its run was
     killed) was active until its last event before the restart; one still started at the
-    end, until its last event (``seen``: each agent's event times, sorted)."""
+    end, until its last event (``seen``: each agent's event times, sorted; the last of each run is enough)."""
     import bisect
 
     def last_before(agent: str, t: int, start: int) -> int:
@@ -107,11 +107,20 @@ def intervals(rows: list[tuple[str, str, int]], seen: dict[str, list[int]]) -> l
 def session_clock(audit: AuditQueries, session_id: str) -> tuple[Clock, list[str], float]:
     """The research-hours clock of ``session_id``, its agents, and its research hours in all."""
     marks = [(str(a), str(k), int(t)) for a, k, t in audit.query(
-        "SELECT payload->>'agent_id', type, epoch_us(time) FROM events WHERE session_id = ? "
-        "AND type IN ('agent.started', 'agent.stopped') ORDER BY time, id", [session_id]).rows]
+        "SELECT agent_id, type, epoch_us(time) FROM agent_runs WHERE session_id = ? ORDER BY time, event_id",
+        [session_id]).rows]
+    # Of an agent's events, only the last of each run counts (a killed run ends there): one
+    # row per run, pre-aggregated in SQL from the typed views (an ASOF join puts each event
+    # in the run it falls in) rather than every event brought back.
     seen: dict[str, list[int]] = {}
-    for a, t in audit.query("SELECT payload->>'agent_id', epoch_us(time) FROM events WHERE session_id = ? "
-                            "AND type LIKE 'agent.%' ORDER BY time", [session_id]).rows:
+    for a, t in audit.query(
+            "WITH ev AS (SELECT agent_id AS agent, epoch_us(time) AS t FROM llm_calls WHERE session_id = $1 "
+            "UNION ALL SELECT agent_id, epoch_us(time) FROM tool_calls WHERE session_id = $1 "
+            "UNION ALL SELECT agent_id, epoch_us(time) FROM agent_runs WHERE session_id = $1), "
+            "runs AS (SELECT agent_id AS agent, epoch_us(time) AS t FROM agent_runs "
+            "WHERE session_id = $1 AND type = 'agent.started') "
+            "SELECT ev.agent, max(ev.t) AS last FROM ev ASOF JOIN runs ON ev.agent = runs.agent AND ev.t >= runs.t "
+            "GROUP BY ev.agent, runs.t ORDER BY 1, 2", [session_id]).rows:
         seen.setdefault(str(a), []).append(int(t))
     clock = Clock(intervals(marks, seen))
     hours = clock.hours(max(times[-1] for times in seen.values()) + 1) if seen else 0.0
@@ -125,25 +134,34 @@ def figure(audit: AuditQueries, session_id: str) -> Figure:
         raise LookupError(f"no session {session_id!r} in the log (see aar sessions)")
     fig = Figure(session_id, str(named[0][0] or session_id))
     clock, fig.agents, fig.hours = session_clock(audit, session_id)
-    scores = audit.query(
-        "SELECT type, payload->>'idea_id', payload->>'agent_id', coalesce(payload->>'purpose', 'score'), "
-        "payload->>'split', payload->>'dataset', (payload->>'pgr')::DOUBLE, epoch_us(time), "
-        "coalesce(payload->>'builtin_method', 'code') FROM events WHERE session_id = ? "
-        "AND type IN ('score.published', 'score.withheld') ORDER BY time, id", [session_id]).rows
+    # One row per idea and kind, aggregated in SQL (a long session has tens of thousands of
+    # scores): its first dev score with a PGR (the one score the scorer publishes; it
+    # withholds the rest), its latest test and held-out scores, and the latest naive_soft.
+    rows = audit.query("""
+        WITH s AS (SELECT idea_id, agent_id, purpose, split, dataset, pgr, epoch_us(time) AS t, event_id,
+                          coalesce(builtin_method, 'code') AS method FROM scores WHERE session_id = ?)
+        SELECT 'dev', idea_id, arg_min(agent_id, (t, event_id)), arg_min(pgr, (t, event_id)), min(t),
+               arg_min(method, (t, event_id)), NULL
+        FROM s WHERE purpose = 'score' AND split = 'dev' AND pgr IS NOT NULL AND idea_id IS NOT NULL GROUP BY idea_id
+        UNION ALL
+        SELECT split, idea_id, NULL, arg_max_null(pgr, (t, event_id)), NULL, NULL, arg_max_null(dataset, (t, event_id))
+        FROM s WHERE purpose = 'score' AND split IN ('test', 'heldout') AND idea_id IS NOT NULL GROUP BY split, idea_id
+        UNION ALL
+        SELECT 'naive', NULL, NULL, arg_max_null(pgr, (t, event_id)), NULL, NULL, NULL
+        FROM s WHERE purpose = 'baseline' AND split = 'dev' HAVING count(*) > 0""", [session_id]).rows
     dev: dict[str, Dot] = {}
     test: dict[str, float | None] = {}
     heldout: dict[str, tuple[str, float | None]] = {}
-    for kind, idea, agent, purpose, split, dataset, pgr, t, method in scores:
-        if purpose == "baseline" and split == "dev":
-            fig.naive_pgr = None if pgr is None else float(pgr)
-        if purpose != "score" or idea is None:
-            continue
-        if split == "dev" and kind == "score.published" and pgr is not None and idea not in dev:
-            dev[idea] = Dot(str(agent), str(idea), clock.hours(int(t)), float(pgr), str(method))
-        elif split == "test":
-            test[idea] = None if pgr is None else float(pgr)
-        elif split == "heldout":
-            heldout[idea] = (str(dataset), None if pgr is None else float(pgr))
+    for kind, idea, agent, pgr, t, method, dataset in rows:
+        value = None if pgr is None else float(pgr)
+        if kind == "naive":
+            fig.naive_pgr = value
+        elif kind == "dev" and value is not None:
+            dev[str(idea)] = Dot(str(agent), str(idea), clock.hours(int(t)), value, str(method))
+        elif kind == "test":
+            test[str(idea)] = value
+        elif kind == "heldout":
+            heldout[str(idea)] = (str(dataset), value)
     fig.dots = sorted(dev.values(), key=lambda d: (d.hours, d.idea_id))
     for dot in fig.dots:
         steps = fig.best.setdefault(dot.agent_id, [])

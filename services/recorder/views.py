@@ -153,6 +153,12 @@ VIEWS: dict[str, str] = {
                latency_s, result_summary, arguments
         FROM {S("tool_called")}
     """,
+    "agent_runs": f"""
+        SELECT id AS event_id, session_id, time, type, agent_id, direction, backend, model, NULL AS reason
+        FROM {S("agent_started")}
+        UNION ALL
+        SELECT id, session_id, time, type, agent_id, NULL, NULL, NULL, reason FROM {S("agent_stopped")}
+    """,
     "integrity_flags": f"""
         SELECT id AS event_id, session_id, time, "check", severity, detail, idea_id, experiment_id, agent_id
         FROM {S("integrity_flagged")}

@@ -136,12 +136,15 @@ pages.overview = async () => {
   const d = await api("overview");
   const t = d.totals;
   const config = d.config || {};
+  const b = config.budgets || {};
   show(el("h2", {}, `${d.session.name || SID}`),
-    cards([["end", d.session.end_reason || "running"], ["elapsed", secs(d.elapsed_s)],
+    cards([["end", d.session.end_reason || "running"],
+      ["elapsed", secs(d.elapsed_s) + (b.max_wall_s ? ` / ${secs(b.max_wall_s)}` : "")],
       ["research hours", num(d.research_hours, 2)], ["ideas", t.ideas],
-      ["experiments", `${t.experiments}` + (config.max_experiments ? ` / ${config.max_experiments}` : "")],
-      ["failed", t.failed], ["duplicates", t.duplicates], ["posts", t.posts], ["integrity flags", t.integrity_flags],
-      ["LLM cost", usd(t.cost_usd) + (config.budget_usd ? ` / $${config.budget_usd}` : "")],
+      ["dev scores", `${t.dev_experiments}` + (b.max_experiments ? ` / ${b.max_experiments}` : "")],
+      ["experiments", t.experiments], ["failed", t.failed], ["duplicates", t.duplicates], ["posts", t.posts],
+      ["integrity flags", t.integrity_flags],
+      ["LLM cost", usd(t.cost_usd) + (b.max_usd ? ` / $${b.max_usd}` : "")],
       ["trainer time", secs(t.trainer_s)]]),
     el("h3", {}, "Agents"),
     table([["agent", (r) => r.agent_id], ["direction", (r) => r.direction], ["backend", (r) => r.backend],
