@@ -123,7 +123,7 @@ class Reader:
         rows = _rows(self.audit, """
             WITH dev AS (
                 SELECT idea_id, agent_id, arg_min(pgr, time) AS pgr, arg_min(pgr_stderr, time) AS se,
-                       arg_min(accuracy, time) AS accuracy, min(time) AS time
+                       arg_min(accuracy, time) AS accuracy, min(time) AS time, arg_min(event_id, time) AS score_event
                 FROM scores WHERE session_id = $1 AND purpose = 'score' AND split = 'dev' AND idea_id IS NOT NULL
                 GROUP BY ALL
             ), other AS (
@@ -138,25 +138,25 @@ class Reader:
             ), flags AS (
                 SELECT idea_id, string_agg(DISTINCT "check", ',') AS flags
                 FROM integrity_flags WHERE session_id = $1 AND idea_id IS NOT NULL GROUP BY 1
-            ), cmp AS (
-                SELECT payload->>'idea_id' AS idea_id, arg_min(payload->>'comparisons', time) AS comparisons
-                FROM events WHERE session_id = $1 AND type = 'score.published'
-                  AND payload->>'split' = 'dev' AND coalesce(payload->>'purpose', 'score') = 'score'
-                GROUP BY 1
             )
             SELECT row_number() OVER (ORDER BY dev.pgr DESC NULLS LAST, dev.idea_id) AS rank,
                    dev.idea_id, dev.agent_id, i.title,
                    coalesce(i.builtin_method, 'code') AS method, i.method_artifact,
                    dev.pgr, dev.se, dev.accuracy, other.test_pgr, other.test_se, other.heldout_pgr,
                    other.heldout_se, other.heldout, other.shuffled_acc, coalesce(flags.flags, '') AS flags,
-                   cmp.comparisons
+                   dev.score_event
             FROM dev LEFT JOIN ideas i ON i.idea_id = dev.idea_id AND i.session_id = $1
             LEFT JOIN other ON other.idea_id = dev.idea_id
             LEFT JOIN flags ON flags.idea_id = dev.idea_id
-            LEFT JOIN cmp ON cmp.idea_id = dev.idea_id
             ORDER BY rank LIMIT $2 OFFSET $3""", [session_id, limit, offset])
+        # The paired comparisons are in the dev scores' payloads only: read for this page's
+        # rows by event id (the log's key), not parsed out of every score of the session.
+        events = [r["score_event"] for r in rows]
+        found = dict(self.audit.query(
+            f"SELECT id, payload->>'comparisons' FROM events WHERE id IN ({', '.join('?' * len(events))})",
+            events).rows) if events else {}
         for row in rows:
-            comparisons = _json(row.pop("comparisons")) or []
+            comparisons = _json(found.get(row.pop("score_event"))) or []
             row["vs"] = {c.get("against"): {"pgr_diff": c.get("pgr_diff"), "pgr_diff_se": c.get("pgr_diff_se"),
                                             "tied": c.get("tied"), "idea_id": c.get("idea_id")}
                          for c in comparisons if isinstance(c, dict)}
