@@ -113,3 +113,25 @@ def test_aar_plot_writes_the_figure(log: AarHome) -> None:
     assert bad.returncode == 2 and "must end in .png, .svg, .pdf" in bad.stderr
     unknown = aar("plot", "s-nope", home=log)
     assert unknown.returncode == 1 and "no session 's-nope'" in unknown.stderr
+
+
+def test_a_log_written_before_a_view_was_added_reads_as_a_new_one(log: AarHome) -> None:
+    """A log file from an earlier version lacks the views added since (here ``agent_runs``,
+    which the figure reads): opened read-only, it gets this version's views."""
+    import duckdb
+
+    audit = FileAudit.open(log.events_db)
+    try:
+        now = figure(audit, SID)
+    finally:
+        audit.close()
+    con = duckdb.connect(str(log.events_db))
+    con.execute("DROP VIEW agent_runs")
+    con.execute("CREATE OR REPLACE VIEW scores AS SELECT 1 AS stale")  # a view of an older definition
+    con.close()
+    audit = FileAudit.open(log.events_db)
+    try:
+        assert figure(audit, SID) == now
+        assert audit.query("SELECT count(*) FROM agent_runs WHERE session_id = ?", [SID]).rows == [[5]]
+    finally:
+        audit.close()

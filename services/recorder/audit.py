@@ -210,10 +210,25 @@ def open_read_only(path: Path) -> duckdb.DuckDBPyConnection:
     try:
         _lock_configuration(con)
         refuse_planted(con)
+        _current_views(con, path)
     except BaseException:
         con.close()
         raise
     return con
+
+
+def _current_views(con: duckdb.DuckDBPyConnection, path: Path) -> None:
+    """This version's read models over the file, as temporary views (they shadow the file's
+    own, which the recorder that wrote it defined): a log written before a view was added
+    or changed reads the same as a new one. A view whose projection the file does not
+    have yet keeps the file's definition; the next ``aar up`` brings the file up to date."""
+    from .views import VIEWS
+
+    for name, sql in VIEWS.items():
+        try:
+            con.execute(f"CREATE OR REPLACE TEMP VIEW {name} AS {sql.strip()}")
+        except duckdb.Error as exc:
+            structlog.get_logger("audit").warning("view_from_the_file", view=name, log=str(path), reason=str(exc)[:200])
 
 
 def _lock_configuration(con: duckdb.DuckDBPyConnection) -> None:
