@@ -85,6 +85,10 @@ def test_every_page_and_its_data(reader: Reader, recorded: Recorded_) -> None:
     edges = {(e["from"], e["to"], e["kind"], e["cross"]) for e in lineage["edges"]}
     assert edges == {("i1", "i2", "parent", True), ("p1", "i2", "cites", True), ("i1", "i3", "parent", False)}
     assert next(n for n in lineage["nodes"] if n["id"] == "i1")["title"] == XSS_TITLE  # data, as written
+    assert (lineage["ideas_shown"], lineage["ideas_total"]) == (5, 5)
+    latest = c.get(f"/api/s/{SID}/lineage?limit=3").json()  # a long session: its latest ideas only
+    assert sorted(n["id"] for n in latest["nodes"]) == ["i3", "i4", "i5"] and latest["edges"] == []
+    assert (latest["ideas_shown"], latest["ideas_total"]) == (3, 5)
 
     code = c.get(f"/api/s/{SID}/idea/i2").json()
     assert code["code"] == CODE and 'class="highlight"' in code["code_html"]

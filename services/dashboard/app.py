@@ -22,7 +22,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from core.audit import AuditFailed, AuditRefused, AuditTimeout
 
 from .access import COOKIE, Access
-from .data import Reader
+from .data import LINEAGE_IDEAS, Reader
 from .live import Hub
 
 HERE = Path(__file__).resolve().parent
@@ -146,8 +146,8 @@ def create_app(reader: Reader, hub: Hub, access: Access, *,
         return answer(reader.leaderboard, session_id, limit, offset)
 
     @app.get("/api/s/{session_id}/lineage")
-    def lineage(session_id: str) -> Any:
-        return answer(reader.lineage, session_id)
+    def lineage(session_id: str, limit: int = LINEAGE_IDEAS) -> Any:
+        return answer(reader.lineage, session_id, limit)
 
     @app.get("/api/s/{session_id}/idea/{idea_id}")
     def idea(session_id: str, idea_id: str) -> Any:

@@ -22,6 +22,7 @@ from .figure import figure, session_clock
 
 MAX_PAGE = 500  # rows of one list page
 MAX_CODE_BYTES = 256 * 1024  # of one method's code shown
+LINEAGE_IDEAS = 1500  # ideas drawn in the lineage graph: the latest (a graph of more is unreadable and slow)
 
 
 def _value(v: Any) -> Any:
@@ -167,20 +168,25 @@ class Reader:
 
     # -- lineage --------------------------------------------------------------------
 
-    def lineage(self, session_id: str) -> dict[str, Any]:
-        """Every idea (a node) with its parents and the posts it cites (edges); an
-        idea's x is the research hours of its proposal, as in the figure."""
+    def lineage(self, session_id: str, limit: int = LINEAGE_IDEAS) -> dict[str, Any]:
+        """The session's latest ``limit`` ideas (nodes) with their parents and the posts they
+        cite (edges); an idea's x is the research hours of its proposal, as in the figure."""
         self._known(session_id)
         clock, agents, _ = session_clock(self.audit, session_id)
+        limit = max(1, min(int(limit), LINEAGE_IDEAS))
         ideas = _rows(self.audit, """
+            WITH dev AS (
+                SELECT idea_id, arg_min(pgr, time) AS pgr FROM scores
+                WHERE session_id = $1 AND purpose = 'score' AND split = 'dev' AND idea_id IS NOT NULL GROUP BY 1)
             SELECT i.idea_id, i.agent_id, i.title, coalesce(i.builtin_method, 'code') AS method,
-                   i.parent_ideas, i.cites_posts, epoch_us(i.time) AS t,
-                   (SELECT arg_min(s.pgr, s.time) FROM scores s WHERE s.session_id = $1 AND s.idea_id = i.idea_id
-                      AND s.purpose = 'score' AND s.split = 'dev') AS pgr
-            FROM ideas i WHERE i.session_id = $1 ORDER BY i.time, i.idea_id LIMIT 5000""", [session_id])
+                   i.parent_ideas, i.cites_posts, epoch_us(i.time) AS t, dev.pgr
+            FROM ideas i LEFT JOIN dev ON dev.idea_id = i.idea_id
+            WHERE i.session_id = $1 ORDER BY i.time DESC, i.idea_id DESC LIMIT $2""", [session_id, limit])[::-1]
+        total = self.audit.query("SELECT count(*) FROM ideas WHERE session_id = ?", [session_id]).rows[0][0]
+        wanted = sorted({c for i in ideas for c in (i["cites_posts"] or [])})
         posts = {r["post_id"]: r for r in _rows(self.audit, """
-            SELECT post_id, agent_id, title, epoch_us(time) AS t FROM forum_posts WHERE session_id = ?
-            LIMIT 5000""", [session_id])}
+            SELECT post_id, agent_id, title, epoch_us(time) AS t FROM forum_posts
+            WHERE session_id = ? AND list_contains(?, post_id)""", [session_id, wanted])} if wanted else {}
         agent_of = {i["idea_id"]: i["agent_id"] for i in ideas}
         nodes, edges = [], []
         cited: set[str] = set()
@@ -200,7 +206,8 @@ class Reader:
             p = posts[post_id]
             nodes.append({"id": post_id, "kind": "post", "agent_id": p["agent_id"], "title": p["title"],
                           "method": None, "pgr": None, "hours": clock.hours(int(p["t"]))})
-        return {"nodes": nodes, "edges": edges, "agents": agents or sorted({n["agent_id"] for n in nodes})}
+        return {"nodes": nodes, "edges": edges, "agents": agents or sorted({n["agent_id"] for n in nodes}),
+                "ideas_total": total, "ideas_shown": len(ideas)}
 
     def idea(self, session_id: str, idea_id: str) -> dict[str, Any]:
         """One idea: its proposal, code, every score, its runs and the posts about it."""

@@ -269,7 +269,8 @@ pages.lineage = async () => {
   }
   const crossN = d.edges.filter((e) => e.cross).length;
   document.getElementById("lineage-note").textContent =
-    `${d.nodes.filter((n) => n.kind === "idea").length} idea(s), ${d.edges.length} edge(s), ${crossN} across agents.`;
+    (d.ideas_shown < d.ideas_total ? `The latest ${d.ideas_shown} of ${d.ideas_total} ideas` : `${d.ideas_shown} idea(s)`) +
+    `, ${d.edges.length} edge(s), ${crossN} across agents.`;
 };
 
 const forumState = { limit: 50, offset: 0 };
