@@ -1,0 +1,117 @@
+"""A :class:`~services.agents.blocks.Recipe` rendered as one readable Python module.
+
+The module has the method's hypothesis as its docstring, its recipe as data
+(``RECIPE``: what another agent reads to build on it), its parameters as constants
+(``DEFAULTS``, each overridable through ``ctx.params``), one function per stage, and
+``run(ctx)``. Run as a script (``python method.py``) it trains on random features and
+prints what it predicts, so a person can try it alone. Deterministic: the same recipe and
+text give the same bytes, hence the same artifact hash.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+import textwrap
+from typing import Any
+
+from .blocks import Recipe, constants, render_stage
+
+RUN = '''
+def P(ctx, name):
+    """A parameter: ctx.params overrides the module's default (lower-case name)."""
+    return ctx.params.get(name, DEFAULTS[name])
+
+
+def run(ctx):
+    """P(class 1) for each eval row: prepare the features, fit the head round after round
+    on the selected rows, combine the heads, blend in the parent when there is one."""
+    x_train, x_eval, head = prepare(ctx)
+    first_targets, from_parent = with_parent(ctx, ctx.weak_soft_labels)
+
+    def predict(seed):
+        targets, step = np.asarray(first_targets, dtype=np.float64), 0
+        while True:
+            rows, weights = select(ctx, targets, step)
+            model = fit(ctx, x_train[rows], targets[rows], weights, seed, head)
+            following = next_targets(ctx, targets, model.predict_proba(x_train), step)
+            if following is None:
+                return np.asarray(model.predict_proba(x_eval), dtype=np.float64)
+            targets, step = np.asarray(following, dtype=np.float64), step + 1
+
+    p = combine(ctx, predict)
+    if from_parent is not None:
+        w = float(P(ctx, "parent_weight"))
+        p = (1.0 - w) * p + w * from_parent
+    return np.clip(p, 0.0, 1.0)
+
+
+if __name__ == "__main__":  # a try on random data: python this_file.py
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 16)).astype(np.float32)
+    weak = 1.0 / (1.0 + np.exp(-(x[:, 0] + 0.5 * rng.normal(size=300))))
+    demo = MethodContext(train_features=x[:200], weak_soft_labels=weak[:200], eval_features=x[200:],
+                         train_texts=[f"text {i}" for i in range(200)], eval_texts=[f"text {i}" for i in range(200, 300)])
+    out = run(demo)
+    print(f"{len(out)} predictions, mean {out.mean():.3f}; agreement with the weak labels "
+          f"{((out > 0.5) == (weak[200:] > 0.5)).mean():.3f}")
+'''
+
+
+def render(recipe: Recipe, *, title: str, hypothesis: str, why: str = "", author: str = "") -> str:
+    """The module's source for ``recipe``."""
+    parent = recipe["parent"]
+    uses_parent = parent.choice != "none"
+    doc = [title.strip(), "", *textwrap.wrap(f"Hypothesis: {hypothesis.strip()}", 88)]
+    if why.strip():
+        doc += ["", *textwrap.wrap(f"Why: {why.strip()}", 88)]
+    doc += ["", "Recipe (one function per stage below):"]
+    doc += [f"- {b.stage}: {b.label()}" for b in recipe.blocks]
+    if uses_parent:
+        doc += ["", f"Built on the stored method {parent.full['sha']} (loaded by its hash)."]
+    if author:
+        doc += ["", f"Written by {author} (the offline researcher) from its building blocks."]
+    imports = ["import dataclasses"] if parent.choice == "targets" else []
+    imports += ["", "import numpy as np", "", "from trainer.methods import losses", "from trainer.methods.base import MethodContext"]
+    if uses_parent:
+        imports.append("from trainer.methods.stored import load")
+    defaults = {k.lower(): v for k, v in constants(recipe).items()}
+    body = [
+        '"""' + "\n".join(doc).replace('"""', "'''").replace("\\", "/") + '\n"""',
+        "",
+        "from __future__ import annotations",
+        "",
+        *imports,
+        "",
+        f"RECIPE = {_literal(recipe.as_json())}",
+        f"DEFAULTS = {_literal(defaults)}",
+        "",
+        *[("\n\n" + render_stage(b)) for b in recipe.blocks],
+        RUN,
+    ]
+    source = re.sub(r"\n{3,}", "\n\n\n", "\n".join(body)).strip() + "\n"
+    compile(source, "<composed method>", "exec")  # a renderer bug shows here, not in a sandbox
+    return source
+
+
+def _literal(value: Any) -> str:
+    """``value`` as a Python literal, its keys sorted (the same value, the same text)."""
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k!r}: {_literal(v)}" for k, v in sorted(value.items())) + "}"
+    return repr(value)
+
+
+def recipe_of(source: str) -> Recipe | None:
+    """The recipe of a module this composer wrote (None for any other code)."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return None
+    for node in tree.body:
+        if (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)
+                and node.targets[0].id == "RECIPE"):
+            try:
+                return Recipe.from_json(ast.literal_eval(node.value))
+            except (ValueError, TypeError, KeyError, SyntaxError):
+                return None
+    return None
