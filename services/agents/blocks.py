@@ -77,6 +77,7 @@ class Block:
         unknown = set(self.params) - set(CHOICES[self.stage][self.choice])
         if unknown:
             raise ValueError(f"{self.stage}={self.choice} takes no {', '.join(sorted(unknown))}")
+        object.__setattr__(self, "params", {**CHOICES[self.stage][self.choice], **self.params})  # defaults filled
 
     @property
     def full(self) -> dict[str, Any]:
