@@ -145,7 +145,40 @@ def totals_sql(session_id: str) -> tuple[str, list[Param]]:
           (SELECT round(coalesce(sum(cost_usd), 0), 4) FROM llm_calls WHERE session_id = $1) AS cost_usd,
           (SELECT arg_max(payload->>'reason', (time, id)) FROM events WHERE session_id = $1 AND type = 'session.ended') AS end_reason,
           (SELECT count(*) FROM events WHERE session_id = $1 AND type = 'session.resumed') AS resumed,
-          (SELECT count(*) FROM events WHERE session_id = $1 AND type = 'idea.duplicate') AS duplicates
+          (SELECT count(*) FROM events WHERE session_id = $1 AND type = 'idea.duplicate') AS duplicates,
+          (SELECT count(*) FROM ideas WHERE session_id = $1 AND method_artifact IS NOT NULL) AS code_ideas,
+          (SELECT count(*) FROM ideas WHERE session_id = $1 AND builtin_method IS NOT NULL) AS builtin_ideas,
+          (SELECT count(*) FROM tool_calls WHERE session_id = $1 AND tool = 'note'
+             AND arguments->>'text' LIKE 'dropped before scoring:%') AS dropped,
+          (SELECT count(DISTINCT payload->>'experiment_id') FROM events WHERE session_id = $1
+             AND type = 'experiment.finished' AND json_array_length(payload->'imports') > 0) AS runs_importing
+    """, [session_id]
+
+
+def code_vs_builtin_sql(session_id: str) -> tuple[str, list[Param]]:
+    """The best code idea and the best built-in one (by dev PGR), with their test and
+    held-out PGR, and how many of each kind were scored."""
+    return """
+        WITH dev AS (
+            SELECT idea_id, arg_min(pgr, time) AS pgr, arg_min(pgr_stderr, time) AS se FROM scores
+            WHERE session_id = $1 AND purpose = 'score' AND split = 'dev' AND idea_id IS NOT NULL GROUP BY 1
+        ), other AS (
+            SELECT idea_id, max(pgr) FILTER (WHERE split = 'test') AS test_pgr,
+                   max(pgr) FILTER (WHERE split = 'heldout') AS heldout_pgr
+            FROM scores WHERE session_id = $1 AND purpose = 'score' GROUP BY 1
+        ), ranked AS (
+            SELECT CASE WHEN i.method_artifact IS NOT NULL THEN 'code' ELSE 'built-in' END AS kind, i.idea_id,
+                   i.agent_id, coalesce(i.builtin_method, 'code:' || left(i.method_artifact, 10)) AS method,
+                   dev.pgr, dev.se, other.test_pgr, other.heldout_pgr,
+                   count(*) OVER (PARTITION BY i.method_artifact IS NOT NULL) AS scored,
+                   row_number() OVER (PARTITION BY i.method_artifact IS NOT NULL
+                                      ORDER BY dev.pgr DESC NULLS LAST, i.idea_id) AS rank
+            FROM dev JOIN ideas i ON i.session_id = $1 AND i.idea_id = dev.idea_id
+            LEFT JOIN other ON other.idea_id = dev.idea_id
+        )
+        SELECT kind, scored, idea_id, agent_id, method, round(pgr, 3) AS dev_pgr, round(se, 3) AS dev_se,
+               round(test_pgr, 3) AS test_pgr, round(heldout_pgr, 3) AS heldout_pgr
+        FROM ranked WHERE rank = 1 ORDER BY kind DESC
     """, [session_id]
 
 
@@ -160,6 +193,10 @@ def print_summary(audit: AuditQueries, session_id: str, console: Console) -> Non
             f"{row['integrity_flags']} integrity flag(s), ${row['cost_usd']} LLM cost; ended: {row['end_reason']}"
             + (f" (resumed {row['resumed']} time(s))" if row.get("resumed") else "")
         )
+        console.print(
+            f"ideas as code: {row['code_ideas']}, built-in methods: {row['builtin_ideas']}; "
+            f"{row['dropped']} candidate(s) dropped by cheap tests before scoring, {row['duplicates']} duplicate(s); "
+            f"{row['runs_importing']} run(s) imported another idea's code", highlight=False)
     best = audit.query(*best_ideas_sql(session_id))
     if not best.rows:
         console.print("no scored ideas")
@@ -168,6 +205,12 @@ def print_summary(audit: AuditQueries, session_id: str, console: Console) -> Non
     for r in best.rows:
         table.add_row(*[data(v) for v in r])
     console.print(table)
+    kinds = audit.query(*code_vs_builtin_sql(session_id))
+    if kinds.rows:
+        vs = Table(*[str(c) for c in kinds.columns], title="best code idea against best built-in (by dev PGR)")
+        for r in kinds.rows:
+            vs.add_row(*[data(v) for v in r])
+        console.print(vs)
     promoted = [Promoted(*row) for row in audit.query(*promoted_sql(session_id)).rows]
     for line in honest_lines(honest(promoted)):
         console.print(line, markup=False, highlight=False)

@@ -100,3 +100,28 @@ def test_a_module_runs_alone_as_a_script(tmp_path: Path) -> None:
                           cwd=Path(__file__).resolve().parent.parent, check=False)
     assert done.returncode == 0, done.stderr
     assert "100 predictions" in done.stdout and "agreement with the weak labels" in done.stdout
+
+
+@needs_bwrap
+def test_a_composed_method_that_ignores_the_teacher_is_flagged_by_the_ablation_check() -> None:
+    """The scorer's teacher ablation (services/scorer/ablation.py) on sandboxed runs: a pure
+    2-means clustering of the features keeps its whole gain when the weak labels are
+    shuffled; the same recipe trained on the weak labels loses it."""
+    from services.scorer.ablation import ignores_teacher
+    from services.scorer.config import ScoringConfig
+
+    ctx, truth = synthetic_context(n_train=300, n_eval=200, noise=0.3)
+    shuffled = dataclasses.replace(ctx, weak_soft_labels=np.random.default_rng(1).permutation(ctx.weak_soft_labels))
+    train_truth = np.random.default_rng(0).integers(0, 2, 500)[:300]  # synthetic_context's draw of the labels
+    weak_accuracy = float(((ctx.weak_soft_labels > 0.5) == (train_truth == 1)).mean())
+    threshold = ScoringConfig().ablation_retained
+    flagged = {}
+    for name, recipe in (("pure clustering", Recipe.of(loss=("cluster", {"orient": "none"}))),
+                         ("trained on the weak labels", Recipe.of())):
+        code = render(recipe, title=name, hypothesis="h")
+        runs = run_untrusted(code, [ctx, shuffled])
+        assert runs.ok, runs.stderr[-2000:]
+        acc, acc_shuffled = (float(((np.asarray(p) > 0.5) == (truth == 1)).mean()) for p in runs.seed_predictions)
+        assert acc > weak_accuracy, (name, acc, weak_accuracy)  # each beats its weak floor on the real labels
+        flagged[name] = ignores_teacher(acc, weak_accuracy, acc_shuffled, threshold)
+    assert flagged == {"pure clustering": True, "trained on the weak labels": False}

@@ -59,6 +59,22 @@ def test_a_session_of_three_offline_agents(home: AarHome) -> None:
     assert any(b["child_agent"] != b["parent_agent"] for b in built), "no agent built on another's idea"
     dev = _sql(home, "SELECT count(*) AS n FROM scores WHERE purpose = 'score' AND split = 'dev'")
     assert dev[0]["n"] >= 12
+    # The offline researcher writes code: after each agent's first (built-in) idea, most are
+    # modules it composed, run in the sandbox; its cheap tests ran in the workspace first.
+    kinds = _sql(home, """
+        SELECT count(*) FILTER (WHERE i.method_artifact IS NOT NULL) AS code, count(*) AS scored
+        FROM ideas i JOIN scores s ON s.idea_id = i.idea_id AND s.purpose = 'score' AND s.split = 'dev'""")[0]
+    assert kinds["code"] * 2 >= kinds["scored"], kinds
+    sandboxed = _sql(home, "SELECT count(*) AS n FROM experiments WHERE method_artifact IS NOT NULL "
+                           "AND status = 'finished'")
+    assert sandboxed[0]["n"] >= kinds["code"]
+    tested = _sql(home, "SELECT count(*) AS n FROM tool_calls WHERE tool = 'run_code'")[0]["n"]
+    assert tested >= kinds["code"], "a code idea was proposed without its cheap tests"
+    dropped = _sql(home, "SELECT count(*) AS n FROM tool_calls WHERE tool = 'note' "
+                         "AND arguments->>'text' LIKE 'dropped before scoring:%'")[0]["n"]
+    code_ideas = _sql(home, "SELECT count(*) AS n FROM ideas WHERE method_artifact IS NOT NULL")[0]["n"]
+    assert f"ideas as code: {code_ideas}," in out and f"{dropped} candidate(s) dropped by cheap tests" in out
+    assert "best code idea against best built-in" in out
     promoted = _sql(home, "SELECT DISTINCT purpose, split FROM scores ORDER BY 1, 2")
     assert {"purpose": "ablation", "split": "dev"} in promoted and {"purpose": "score", "split": "test"} in promoted
 

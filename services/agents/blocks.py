@@ -271,15 +271,15 @@ class _Clusters:
 
 def fit(ctx, x, targets, weights, seed, head):
     """Loss: none. 2-means clustering of the features; with orient="weak" the cluster the
-    targets call class 1 more often becomes class 1, with orient="none" cluster order
-    decides (then nothing of the teacher is used)."""
+    targets call class 1 more often becomes class 1, with orient="none" the cluster with
+    the larger first feature does (then nothing of the teacher is used)."""
     rng = np.random.default_rng([int(seed), 17])
     x = np.asarray(x, dtype=np.float64)
     centroids = x[rng.choice(len(x), size=2, replace=False)]
     for _ in range(25):
         nearest = ((x[:, None, :] - centroids[None]) ** 2).sum(-1).argmin(1)
         centroids = np.stack([x[nearest == c].mean(0) if (nearest == c).any() else centroids[c] for c in (0, 1)])
-    sign = 1.0
+    sign = 1.0 if centroids[1, 0] >= centroids[0, 0] else -1.0
     if P(ctx, "loss_orient") == "weak":
         t = np.asarray(targets)
         ones = t[nearest == 1].mean() if (nearest == 1).any() else 0.5

@@ -64,6 +64,7 @@ from trainer import w2s
 from trainer.paired import PairedDifference, paired_difference
 from trainer.teacher import pack_teachers
 
+from .ablation import ignores_teacher, retained_gain
 from .config import ScoringConfig
 from .duplicates import method_key
 from .policy import RateLimiter
@@ -801,16 +802,15 @@ class Scorer:
         original = self._dev_score_of(state, req.idea_id)
         if original is None:
             return
-        gain = original.accuracy - original.weak_accuracy
-        if gain <= 0:
-            return  # nothing to explain
-        retained = (ablated.accuracy - original.weak_accuracy) / gain
+        retained = retained_gain(original.accuracy, original.weak_accuracy, ablated.accuracy)
+        if retained is None:
+            return  # no gain over the weak floor: nothing to explain
         evidence = {
             "accuracy": round(original.accuracy, 4), "shuffled_accuracy": round(ablated.accuracy, 4),
             "weak_accuracy": round(original.weak_accuracy, 4), "retained": round(retained, 4),
             "threshold": state.config.ablation_retained, "ablation_experiment_id": req.experiment_id,
         }
-        if retained >= state.config.ablation_retained:
+        if ignores_teacher(original.accuracy, original.weak_accuracy, ablated.accuracy, state.config.ablation_retained):
             # Agents read integrity flags: the ablation's own score stays withheld (it is
             # in its score.withheld event, which the evidence names).
             await self._emit(
