@@ -359,6 +359,23 @@ async def test_agents_read_each_others_ideas_and_code(stack: Stack) -> None:
                                     f"AND payload->>'idea_id' = '{again['idea_id']}'", 1, 20, "the duplicate event")
         assert dup == [[base["idea_id"]]]
         assert await stack.sql(f"SELECT count(*) FROM experiments WHERE idea_id = '{again['idea_id']}'") == [[0]]
+        # Two offline researchers who compose the same recipe write the same module: the
+        # second is answered with the first's score, without a run.
+        from services.agents.blocks import Recipe
+        from services.agents.composer import render
+
+        composed = render(Recipe.of(select="margin", loss="aux_conf"))
+        shas = [(await boxes[a].call("write_method", {"code": composed}))["method_artifact"] for a in boxes]
+        assert shas[0] == shas[1]
+        mine = await boxes["agent-1"].call("propose_idea", {"title": "margin + aux_conf", "hypothesis": "h1",
+                                                             "method_artifact": shas[0]})
+        assert (await boxes["agent-1"].call("wait_for_score", {"idea_id": mine["idea_id"], "timeout_s": 300})
+                )["status"] == "scored"
+        theirs = await boxes["agent-2"].call("propose_idea", {"title": "the same, found again", "hypothesis": "h2",
+                                                               "method_artifact": shas[1]})
+        twin = await boxes["agent-2"].call("wait_for_score", {"idea_id": theirs["idea_id"], "timeout_s": 60})
+        assert twin["status"] == "duplicate" and twin["duplicate_of"] == mine["idea_id"], twin
+        assert await stack.sql(f"SELECT count(*) FROM experiments WHERE idea_id = '{theirs['idea_id']}'") == [[0]]
         stored = await boxes["agent-2"].call("write_method", {"code": EXTENDED, "name": "sharper.py"})
         child = await boxes["agent-2"].call("propose_idea", {
             "title": "sharper", "hypothesis": "sharpen naive_soft", "method_artifact": stored["method_artifact"],

@@ -18,7 +18,7 @@ from services.agents.offline import KnownCode, OfflinePolicy
 from trainer import sandbox
 
 THEIRS = Recipe.of(loss=("aux_conf", {"aux_coef": 0.6}), select="confident")
-THEIR_CODE = render(THEIRS, title="theirs", hypothesis="h")
+THEIR_CODE = render(THEIRS)
 THEIR_SHA = hashlib.sha256(THEIR_CODE.encode()).hexdigest()
 BOARD = [
     {"idea_id": "i-code", "agent_id": "agent-2", "method": f"code:{THEIR_SHA[:12]}", "params": {}, "pgr": 0.7,
@@ -73,7 +73,7 @@ def test_it_builds_on_the_best_unflagged_code_of_another_agent() -> None:
     assert all(p.builds_on_agent == "agent-2" for p in built)
     imports = [p for p in built if p.recipe is not None and p.recipe["parent"].choice != "none"]
     assert imports and all(p.recipe is not None and p.recipe["parent"].full["sha"] == THEIR_SHA for p in imports)
-    code = render(imports[0].recipe, title=imports[0].title, hypothesis=imports[0].hypothesis)  # type: ignore[arg-type]
+    code = render(imports[0].recipe)  # type: ignore[arg-type]
     assert 'load(P(ctx, "parent_sha"))' in code and THEIR_SHA in code  # the trainer provides it by this hash
     assert recipe_of(code) == imports[0].recipe
 
@@ -126,7 +126,7 @@ def test_the_cheap_tests_run_in_the_workspace_sandbox_and_tell_good_from_bad() -
     x = rng.normal(size=(300, 16)).astype(np.float32)
     weak = 1.0 / (1.0 + np.exp(-2.0 * x[:, 0]))
     texts = [f"t{i}" for i in range(300)]
-    good = render(Recipe.of(select="margin"), title="good", hypothesis="h")
+    good = render(Recipe.of(select="margin"))
     noisy = ("def run(ctx):\n"  # a quarter of its answers flipped at random, differently for each seed
              "    p = ctx.train_head().predict_proba(ctx.eval_features)\n"
              "    flip = ctx.rng(5).random(ctx.n_eval) < 0.25\n"

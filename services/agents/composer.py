@@ -58,19 +58,20 @@ if __name__ == "__main__":  # a try on random data: python this_file.py
 '''
 
 
-def render(recipe: Recipe, *, title: str, hypothesis: str, why: str = "", author: str = "") -> str:
-    """The module's source for ``recipe``."""
+def render(recipe: Recipe) -> str:
+    """The module's source for ``recipe``: a function of the recipe alone, so two agents
+    who compose the same method write the same bytes, and the scorer answers the second
+    as a duplicate of the first (the idea's own title and hypothesis are in its proposal)."""
     parent = recipe["parent"]
     uses_parent = parent.choice != "none"
-    doc = [title.strip(), "", *textwrap.wrap(f"Hypothesis: {hypothesis.strip()}", 88)]
-    if why.strip():
-        doc += ["", *textwrap.wrap(f"Why: {why.strip()}", 88)]
-    doc += ["", "Recipe (one function per stage below):"]
+    doc = [f"A weak-to-strong method composed from building blocks: {title_of(recipe)}.", "",
+           *textwrap.wrap(f"Hypothesis: {recipe.describe()} recovers more of the gap between the weak "
+                          "teacher and the strong ceiling than training on the weak labels as they are.", 88),
+           "", "Recipe (one function per stage below):"]
     doc += [f"- {b.stage}: {b.label()}" for b in recipe.blocks]
     if uses_parent:
         doc += ["", f"Built on the stored method {parent.full['sha']} (loaded by its hash)."]
-    if author:
-        doc += ["", f"Written by {author} (the offline researcher) from its building blocks."]
+    doc += ["", "Written by AAR's offline researcher (services/agents/composer.py)."]
     imports = ["import dataclasses"] if parent.choice == "targets" else []
     imports += ["", "import numpy as np", "", "from trainer.methods import losses", "from trainer.methods.base import MethodContext"]
     if uses_parent:
@@ -92,6 +93,13 @@ def render(recipe: Recipe, *, title: str, hypothesis: str, why: str = "", author
     source = re.sub(r"\n{3,}", "\n\n\n", "\n".join(body)).strip() + "\n"
     compile(source, "<composed method>", "exec")  # a renderer bug shows here, not in a sandbox
     return source
+
+
+def title_of(recipe: Recipe) -> str:
+    """A short name of the recipe: its blocks that are not the plain choice of their stage."""
+    shown = [b.label() for b in recipe.blocks if not (b.stage == "parent" and b.choice == "none")
+             and not (b.stage in ("rounds", "ensemble") and not b.full) and not (b.stage == "select" and b.choice == "all")]
+    return " + ".join(shown)[:160]
 
 
 def _literal(value: Any) -> str:

@@ -26,6 +26,7 @@ from typing import Any
 from . import niches
 from .assignment import Assignment
 from .blocks import Recipe
+from .composer import title_of
 from .directions import DIRECTIONS, by_key
 from .primer import prior_weight
 from .toolbox import Toolbox
@@ -215,7 +216,7 @@ class OfflinePolicy:
             self.note_tried(recipe)
             return Proposal(
                 method="code", params={}, recipe=recipe,
-                title=f"code: {_short(recipe)}, from {best['idea_id'][-6:]}",
+                title=f"code: {title_of(recipe)}, from {best['idea_id'][-6:]}",
                 hypothesis=(f"The best code idea so far ({best['idea_id']}, dev PGR {best['pgr']:.3f}"
                             + (f", by {best.get('agent_id')}" if other else "") + f") can be improved: this {how} "
                             f"{recipe.describe()}."),
@@ -234,7 +235,7 @@ class OfflinePolicy:
         self.proposed.add(recipe.digest())
         self.note_tried(recipe)
         return Proposal(
-            method="code", params={}, recipe=recipe, title=f"code: {_short(recipe)}",
+            method="code", params={}, recipe=recipe, title=f"code: {title_of(recipe)}",
             hypothesis=(f"Following the direction '{self.direction_key}': a method of {recipe.describe()} should "
                         "recover more of the gap than naive training on the weak labels."),
             why=("Exploring my direction with a block combination the session has "
@@ -265,15 +266,9 @@ class OfflinePolicy:
         return self._explore(first=False)
 
 
-def _short(recipe: Recipe) -> str:
-    shown = [b.label() for b in recipe.blocks if not (b.stage == "parent" and b.choice == "none")
-             and not (b.stage in ("rounds", "ensemble") and not b.full) and not (b.stage == "select" and b.choice == "all")]
-    return " + ".join(shown)[:160]
-
-
 def _what(proposal: Proposal) -> str:
     if proposal.recipe is not None:
-        return f"code ({_short(proposal.recipe)})"
+        return f"code ({title_of(proposal.recipe)})"
     return f"{proposal.method} ({_fmt(proposal.params)})"
 
 
@@ -324,8 +319,7 @@ async def _write_and_test(toolbox: Toolbox, proposal: Proposal, policy: OfflineP
     from .composer import render
 
     assert proposal.recipe is not None
-    code = render(proposal.recipe, title=proposal.title, hypothesis=proposal.hypothesis, why=proposal.why,
-                  author=policy.assignment.agent_id)
+    code = render(proposal.recipe)
     stored = await toolbox.call("write_method", {"code": code, "name": "method.py"})
     if "error" in stored:
         await toolbox.call("note", {"text": f"could not store {proposal.title}: {stored['error']}"})
