@@ -229,7 +229,14 @@ class OfflinePolicy:
 
     def _explore_code(self) -> Proposal:
         drawn = [niches.sample(self.rng, self.direction_key) for _ in range(CANDIDATES)]
-        fresh = [r for r in drawn if self._fresh(r)] or [niches.mutate(self.rng, drawn[0], self.direction_key)]
+        fresh = [r for r in drawn if self._fresh(r)]
+        recipe = drawn[0]
+        for _ in range(50):  # all drawn seen before: walk away from one until the recipe is new
+            if fresh:
+                break
+            recipe = niches.mutate(self.rng, recipe, self.direction_key)
+            fresh = [recipe] if self._fresh(recipe) else []
+        fresh = fresh or [recipe]
         # novelty: the block combination tried least often in the session wins (the first drawn on a tie)
         recipe = min(fresh, key=lambda r: self.tried.get(r.combination, 0))
         self.proposed.add(recipe.digest())
