@@ -147,3 +147,46 @@ def test_the_cheap_tests_run_in_the_workspace_sandbox_and_tell_good_from_bad() -
     assert verdicts[good].ok, verdicts[good]
     assert not verdicts[noisy].ok and "two seeds agree" in verdicts[noisy].reason
     assert not verdicts[collapsed].ok and "collapses" in verdicts[collapsed].reason
+
+
+class _Tools:
+    """The toolbox's surface the researcher uses: answers per tool, calls recorded."""
+
+    def __init__(self, answers: dict[str, dict], end_during: str | None = None) -> None:
+        import asyncio
+
+        self.answers, self.end_during = answers, end_during
+        self.session_over = asyncio.Event()
+        self.calls: list[tuple[str, dict]] = []
+
+    async def call(self, tool: str, arguments: dict | None = None) -> dict:
+        self.calls.append((tool, dict(arguments or {})))
+        if tool == self.end_during:
+            self.session_over.set()
+        return self.answers.get(tool, {})
+
+    def notes(self) -> list[str]:
+        return [a["text"] for t, a in self.calls if t == "note"]
+
+
+async def test_only_a_candidate_that_failed_its_tests_is_dropped() -> None:
+    from services.agents.offline import DROPPED, _write_and_test
+
+    policy = _policy(4)
+    policy.choose([], [])
+    proposal = policy.choose([], [], {})
+    stored = {"write_method": {"method_artifact": "a" * 64}}
+    bad = {"status": "ok", "result": {"finite": True, "agreement": 0.4, "stability": 1.0, "mean_p": 0.5,
+                                      "mean_weak": 0.5, "rows": 10}}
+    tools = _Tools({**stored, "run_code": bad})
+    assert await _write_and_test(tools, proposal, policy, skip_tests=False) == (None, False)  # type: ignore[arg-type]
+    assert tools.notes()[0].startswith(f"{DROPPED}: ") and "agrees with the held-back weak labels" in tools.notes()[0]
+    # the session ended while the run waited: neither dropped nor proposed
+    over = _Tools({**stored, "run_code": {"error": "the session is over: the workspace is closed"}},
+                  end_during="run_code")
+    assert await _write_and_test(over, proposal, policy, skip_tests=False) == (None, False)  # type: ignore[arg-type]
+    assert over.notes() == []
+    # the tool refused the run (not the candidate's fault): proposed untested, counted as a failed run
+    refused = _Tools({**stored, "run_code": {"error": "code of 300,000 bytes is over the limit"}})
+    assert await _write_and_test(refused, proposal, policy, skip_tests=False) == ("a" * 64, True)  # type: ignore[arg-type]
+    assert not any(n.startswith(DROPPED) for n in refused.notes())

@@ -335,6 +335,11 @@ async def _write_and_test(toolbox: Toolbox, proposal: Proposal, policy: OfflineP
     if skip_tests:
         return sha, False
     outcome = await toolbox.call("run_code", {"code": cheap_tests.script(sha), "timeout_s": 120})
+    if toolbox.session_over.is_set():  # the session ended while it waited: nothing to judge, nothing to propose
+        return None, False
+    if "error" in outcome:  # the tool refused the run itself: not the candidate's fault
+        await toolbox.call("note", {"text": f"cheap tests could not run for {proposal.title}: {outcome['error']}"})
+        return sha, True
     if outcome.get("status") == "refused":  # the workspace budget is spent: the dev score decides alone
         await toolbox.call("note", {"text": f"cheap tests skipped for {proposal.title}: {outcome.get('reason')}"})
         return sha, False
