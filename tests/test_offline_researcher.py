@@ -176,8 +176,9 @@ async def test_only_a_candidate_that_failed_its_tests_is_dropped() -> None:
     policy.choose([], [])
     proposal = policy.choose([], [], {})
     stored = {"write_method": {"method_artifact": "a" * 64}}
-    bad = {"status": "ok", "result": {"finite": True, "agreement": 0.4, "stability": 1.0, "mean_p": 0.5,
-                                      "mean_weak": 0.5, "rows": 10}}
+    # (a run's outcome carries "error": None when it finished: the run_code tool's shape)
+    bad = {"status": "ok", "error": None, "result": {"finite": True, "agreement": 0.4, "stability": 1.0,
+                                                     "mean_p": 0.5, "mean_weak": 0.5, "rows": 10}}
     tools = _Tools({**stored, "run_code": bad})
     assert await _write_and_test(tools, proposal, policy, skip_tests=False) == (None, False)  # type: ignore[arg-type]
     assert tools.notes()[0].startswith(f"{DROPPED}: ") and "agrees with the held-back weak labels" in tools.notes()[0]
@@ -190,3 +191,6 @@ async def test_only_a_candidate_that_failed_its_tests_is_dropped() -> None:
     refused = _Tools({**stored, "run_code": {"error": "code of 300,000 bytes is over the limit"}})
     assert await _write_and_test(refused, proposal, policy, skip_tests=False) == ("a" * 64, True)  # type: ignore[arg-type]
     assert not any(n.startswith(DROPPED) for n in refused.notes())
+    good = _Tools({**stored, "run_code": {**bad, "result": {**bad["result"], "agreement": 0.8}}})  # type: ignore[dict-item]
+    assert await _write_and_test(good, proposal, policy, skip_tests=False) == ("a" * 64, False)  # type: ignore[arg-type]
+    assert good.notes()[0].startswith("cheap tests passed: ")

@@ -69,7 +69,14 @@ def test_a_session_of_three_offline_agents(home: AarHome) -> None:
                            "AND status = 'finished'")
     assert sandboxed[0]["n"] >= kinds["code"]
     tested = _sql(home, "SELECT count(*) AS n FROM tool_calls WHERE tool = 'run_code'")[0]["n"]
-    assert tested >= kinds["code"], "a code idea was proposed without its cheap tests"
+    untested = _sql(home, "SELECT count(*) AS n FROM tool_calls WHERE tool = 'note' AND ("
+                          "arguments->>'text' LIKE 'cheap tests skipped for %' OR "
+                          "arguments->>'text' LIKE 'cheap tests could not run for %')")[0]["n"]
+    passed = _sql(home, "SELECT count(*) AS n FROM tool_calls WHERE tool = 'note' "
+                        "AND arguments->>'text' LIKE 'cheap tests passed: %'")[0]["n"]
+    assert passed >= 1 and tested >= passed, (tested, passed)  # the tests ran and judged
+    # Every code idea passed its tests, or went untested with a note saying why (the workspace refused).
+    assert passed + untested >= kinds["code"], "a code idea was proposed without its cheap tests, silently"
     dropped = _sql(home, "SELECT count(*) AS n FROM tool_calls WHERE tool = 'note' "
                          "AND arguments->>'text' LIKE 'dropped before scoring:%'")[0]["n"]
     code_ideas = _sql(home, "SELECT count(*) AS n FROM ideas WHERE method_artifact IS NOT NULL")[0]["n"]

@@ -333,11 +333,13 @@ async def _write_and_test(toolbox: Toolbox, proposal: Proposal, policy: OfflineP
         return None, False
     sha = str(stored["method_artifact"])
     if skip_tests:
+        await toolbox.call("note", {"text": f"cheap tests skipped for {proposal.title}: the workspace runs failed "
+                                            f"{MAX_RUN_FAILURES} times in a row"})
         return sha, False
     outcome = await toolbox.call("run_code", {"code": cheap_tests.script(sha), "timeout_s": 120})
     if toolbox.session_over.is_set():  # the session ended while it waited: nothing to judge, nothing to propose
         return None, False
-    if "error" in outcome:  # the tool refused the run itself: not the candidate's fault
+    if "status" not in outcome and outcome.get("error"):  # the tool refused the run itself: not the candidate's fault
         await toolbox.call("note", {"text": f"cheap tests could not run for {proposal.title}: {outcome['error']}"})
         return sha, True
     if outcome.get("status") == "refused":  # the workspace budget is spent: the dev score decides alone
