@@ -53,6 +53,12 @@ def test_recipes_render_the_same_text_and_read_back() -> None:
         assert render(recipe) == code
     assert recipe_of("def run(ctx):\n    return ctx.weak_soft_labels\n") is None
     assert recipe_of("RECIPE = {'loss': {'block': 'no such block'}}\n") is None
+    # another agent's RECIPE is untrusted data: nothing but short numbers and words, a parent by its hash
+    for evil in ({"loss": {"block": "hard", "threshold": "x" * 5000}},  # a title or hypothesis too long to propose
+                 {"loss": {"block": "hard", "threshold": [1, 2]}},
+                 {"loss": {"block": "hard", "threshold": float("inf")}},
+                 {"parent": {"block": "blend", "sha": 'a"""\nimport os', "weight": 0.5}}):
+        assert recipe_of(f"RECIPE = {evil!r}\n".replace("inf", "1e999")) is None, evil
     with pytest.raises(ValueError, match="no loss block 'magic'"):
         Recipe.of(loss="magic")
     with pytest.raises(ValueError, match="takes no drop_frac"):

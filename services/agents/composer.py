@@ -11,6 +11,7 @@ text give the same bytes, hence the same artifact hash.
 from __future__ import annotations
 
 import ast
+import math
 import re
 import textwrap
 from typing import Any
@@ -119,7 +120,29 @@ def recipe_of(source: str) -> Recipe | None:
         if (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)
                 and node.targets[0].id == "RECIPE"):
             try:
-                return Recipe.from_json(ast.literal_eval(node.value))
-            except (ValueError, TypeError, KeyError, SyntaxError):
+                recipe = Recipe.from_json(ast.literal_eval(node.value))
+            except (ValueError, TypeError, KeyError, SyntaxError, AttributeError):
                 return None
+            return recipe if _plain(recipe) else None
     return None
+
+
+SHA_OR_EMPTY = re.compile(r"(?:[0-9a-f]{64})?")
+
+
+def _plain(recipe: Recipe) -> bool:
+    """Another agent's ``RECIPE`` is data this researcher will render into its own code and
+    titles: short numbers and words only, a parent named by a hash (anything else: not a
+    recipe it builds on)."""
+    for b in recipe.blocks:
+        for name, value in b.full.items():
+            if name == "sha":
+                if not (isinstance(value, str) and SHA_OR_EMPTY.fullmatch(value)):
+                    return False
+            elif isinstance(value, bool) or not isinstance(value, int | float | str):
+                return False
+            elif isinstance(value, str) and not re.fullmatch(r"[a-z_]{1,20}", value):
+                return False
+            elif isinstance(value, float) and not math.isfinite(value):
+                return False
+    return True
