@@ -14,6 +14,7 @@ from rich.table import Table
 
 from core.audit import AuditQueries, Param
 from core.console import data
+from services.agents.cheap_tests import DROPPED
 
 
 def best_ideas_sql(session_id: str, limit: int = 8) -> tuple[str, list[Param]]:
@@ -149,10 +150,10 @@ def totals_sql(session_id: str) -> tuple[str, list[Param]]:
           (SELECT count(*) FROM ideas WHERE session_id = $1 AND method_artifact IS NOT NULL) AS code_ideas,
           (SELECT count(*) FROM ideas WHERE session_id = $1 AND builtin_method IS NOT NULL) AS builtin_ideas,
           (SELECT count(*) FROM tool_calls WHERE session_id = $1 AND tool = 'note'
-             AND arguments->>'text' LIKE 'dropped before scoring:%') AS dropped,
+             AND starts_with(arguments->>'text', $2)) AS dropped,
           (SELECT count(DISTINCT payload->>'experiment_id') FROM events WHERE session_id = $1
              AND type = 'experiment.finished' AND json_array_length(payload->'imports') > 0) AS runs_importing
-    """, [session_id]
+    """, [session_id, f"{DROPPED}:"]
 
 
 def code_vs_builtin_sql(session_id: str) -> tuple[str, list[Param]]:

@@ -30,7 +30,6 @@ import asyncio
 import importlib.util
 import json
 import os
-import shutil
 import statistics
 import sys
 import tempfile
@@ -65,6 +64,7 @@ from core.logs import configure
 from core.paths import AarHome
 from schemas import Event
 from schemas.agent import AgentToolCalled
+from tests.dashboard_serve import chromium as find_chromium
 from tests.dashboard_serve import served
 
 say = bench_replay.say
@@ -78,10 +78,10 @@ API = {"sessions": "/api/sessions", **{p: f"/api/s/{SID}/{p}" for p in PAGES if 
 
 
 def chromium() -> str:
-    for path in ("/usr/lib/chromium/chromium", shutil.which("chromium") or "", shutil.which("chromium-browser") or ""):
-        if path and os.access(path, os.X_OK):
-            return path
-    raise SystemExit("no chromium: apt-get install chromium (make test installs it when run as root)")
+    path = find_chromium()
+    if path is None:
+        raise SystemExit("no chromium: apt-get install chromium (make test installs it when run as root)")
+    return path
 
 
 def page_path(name: str) -> str:

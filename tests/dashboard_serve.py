@@ -6,12 +6,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import shutil
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from core.paths import AarHome
+
+
+def chromium() -> str | None:
+    """Debian's chromium (what the browser tests and bench/dashboard.py drive), or None."""
+    for path in ("/usr/lib/chromium/chromium", shutil.which("chromium") or "", shutil.which("chromium-browser") or ""):
+        if path and os.access(path, os.X_OK):
+            return path
+    return None
 
 
 @contextlib.contextmanager

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import os
-import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +23,7 @@ from schemas import Event
 from schemas.agent import AgentToolCalled
 
 from .dashboard_log import CODE, SID, XSS_TITLE, Recorded_, write
-from .dashboard_serve import served
+from .dashboard_serve import chromium, served
 
 pytestmark = pytest.mark.slow
 
@@ -35,13 +34,6 @@ EXPECT = {"sessions": "dash", "overview": "data selection", "leaderboard": XSS_T
           "experiments": "MethodError", "costs": "$0.0081", "integrity": "ignores the teacher",
           "events": "session.ended"}
 PAGES = ["overview", "figure", "leaderboard", "lineage", "forum", "experiments", "costs", "integrity", "events"]
-
-
-def chromium() -> str | None:
-    for path in ("/usr/lib/chromium/chromium", shutil.which("chromium") or "", shutil.which("chromium-browser") or ""):
-        if path and os.access(path, os.X_OK):
-            return path
-    return None
 
 
 @pytest.fixture(scope="module")

@@ -72,7 +72,7 @@ def test_it_builds_on_the_best_unflagged_code_of_another_agent() -> None:
     assert all(p.parent_ideas == ("i-code",) and p.cites_posts == ("p-9",) for p in built)  # i-bad is flagged
     assert all(p.builds_on_agent == "agent-2" for p in built)
     imports = [p for p in built if p.recipe is not None and p.recipe["parent"].choice != "none"]
-    assert imports and all(p.recipe is not None and p.recipe["parent"].full["sha"] == THEIR_SHA for p in imports)
+    assert imports and all(p.recipe is not None and p.recipe["parent"].params["sha"] == THEIR_SHA for p in imports)
     code = render(imports[0].recipe)  # type: ignore[arg-type]
     assert 'load(P(ctx, "parent_sha"))' in code and THEIR_SHA in code  # the trainer provides it by this hash
     assert recipe_of(code) == imports[0].recipe
@@ -170,7 +170,8 @@ class _Tools:
 
 
 async def test_only_a_candidate_that_failed_its_tests_is_dropped() -> None:
-    from services.agents.offline import DROPPED, _write_and_test
+    from services.agents.cheap_tests import DROPPED
+    from services.agents.offline import _write_and_test
 
     policy = _policy(4)
     policy.choose([], [])

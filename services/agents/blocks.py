@@ -79,15 +79,10 @@ class Block:
             raise ValueError(f"{self.stage}={self.choice} takes no {', '.join(sorted(unknown))}")
         object.__setattr__(self, "params", {**CHOICES[self.stage][self.choice], **self.params})  # defaults filled
 
-    @property
-    def full(self) -> dict[str, Any]:
-        """Its parameters with the defaults filled in."""
-        return {**CHOICES[self.stage][self.choice], **self.params}
-
     def label(self) -> str:
-        shown = {k: v for k, v in self.full.items() if k != "sha"}
-        if self.full.get("sha"):
-            shown["of"] = str(self.full["sha"])[:10]
+        shown = {k: v for k, v in self.params.items() if k != "sha"}
+        if self.params.get("sha"):
+            shown["of"] = str(self.params["sha"])[:10]
         return self.choice + (f"({', '.join(f'{k}={_fmt(v)}' for k, v in sorted(shown.items()))})" if shown else "")
 
 
@@ -135,7 +130,7 @@ class Recipe:
         return tuple(f"{b.stage}={b.choice}" for b in self.blocks)
 
     def as_json(self) -> dict[str, Any]:
-        return {b.stage: {"block": b.choice, **b.full} for b in self.blocks}
+        return {b.stage: {"block": b.choice, **b.params} for b in self.blocks}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Recipe:
@@ -147,7 +142,7 @@ class Recipe:
 
     def describe(self) -> str:
         return ", ".join(f"{b.stage} {b.label()}" for b in self.blocks
-                         if not (b.stage in ("rounds", "ensemble", "parent") and not b.full))
+                         if not (b.stage in ("rounds", "ensemble", "parent") and not b.params))
 
     def digest(self) -> str:
         return json.dumps(self.as_json(), sort_keys=True)
@@ -163,7 +158,7 @@ def constants(recipe: Recipe) -> dict[str, Any]:
     """The module's tunable constants: ``STAGE_PARAM`` -> value."""
     out: dict[str, Any] = {}
     for b in recipe.blocks:
-        for k, v in sorted(b.full.items()):
+        for k, v in sorted(b.params.items()):
             out[f"{b.stage}_{k}".upper()] = v
     return out
 

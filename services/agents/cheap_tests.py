@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+DROPPED = "dropped before scoring"  # how the note about a candidate that failed its cheap tests starts
 MIN_AGREEMENT = 0.6
 MIN_STABILITY = 0.85
 MAX_MEAN_GAP = 0.2

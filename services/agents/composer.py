@@ -71,7 +71,7 @@ def render(recipe: Recipe) -> str:
            "", "Recipe (one function per stage below):"]
     doc += [f"- {b.stage}: {b.label()}" for b in recipe.blocks]
     if uses_parent:
-        doc += ["", f"Built on the stored method {parent.full['sha']} (loaded by its hash)."]
+        doc += ["", f"Built on the stored method {parent.params['sha']} (loaded by its hash)."]
     doc += ["", "Written by AAR's offline researcher (services/agents/composer.py)."]
     imports = ["import dataclasses"] if parent.choice == "targets" else []
     imports += ["", "import numpy as np", "", "from trainer.methods import losses", "from trainer.methods.base import MethodContext"]
@@ -99,7 +99,7 @@ def render(recipe: Recipe) -> str:
 def title_of(recipe: Recipe) -> str:
     """A short name of the recipe: its blocks that are not the plain choice of their stage."""
     shown = [b.label() for b in recipe.blocks if not (b.stage == "parent" and b.choice == "none")
-             and not (b.stage in ("rounds", "ensemble") and not b.full) and not (b.stage == "select" and b.choice == "all")]
+             and not (b.stage in ("rounds", "ensemble") and not b.params) and not (b.stage == "select" and b.choice == "all")]
     return " + ".join(shown)[:160]
 
 
@@ -135,7 +135,7 @@ def _plain(recipe: Recipe) -> bool:
     titles: short numbers and words only, a parent named by a hash (anything else: not a
     recipe it builds on)."""
     for b in recipe.blocks:
-        for name, value in b.full.items():
+        for name, value in b.params.items():
             if name == "sha":
                 if not (isinstance(value, str) and SHA_OR_EMPTY.fullmatch(value)):
                     return False

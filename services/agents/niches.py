@@ -73,10 +73,10 @@ def sample(rng: random.Random, niche: str) -> Recipe:
 
 def mutate(rng: random.Random, recipe: Recipe, niche: str) -> Recipe:
     """``recipe`` with one stage changed: another block of the niche, or new parameters."""
-    tunable = [b for b in recipe.blocks if b.stage != "parent" and any(n in RANGES for n in b.full)]
+    tunable = [b for b in recipe.blocks if b.stage != "parent" and any(n in RANGES for n in b.params)]
     if tunable and rng.random() < 0.5:
         b = rng.choice(tunable)
-        name = rng.choice(sorted(n for n in b.full if n in RANGES))
+        name = rng.choice(sorted(n for n in b.params if n in RANGES))
         return recipe.replace(Block(b.stage, b.choice, {**b.params, name: sample_value(rng, name)}))
     stage = rng.choice([s for s in STAGES if s != "parent"])
     weights = NICHES.get(niche, {}).get(stage) or {c: 1.0 for c in CHOICES[stage]}

@@ -65,10 +65,6 @@ class Proposal:
     builds_on_agent: str | None = None
     recipe: Recipe | None = None  # a method written as code (``method`` is then "code")
 
-    @property
-    def is_code(self) -> bool:
-        return self.recipe is not None
-
 
 @dataclass(frozen=True, slots=True)
 class KnownCode:
@@ -299,7 +295,6 @@ def finding(proposal: Proposal, idea_id: str, outcome: dict[str, Any], parent_pg
     return f"{_what(proposal)}: dev PGR {shown}", "\n".join(body)
 
 
-DROPPED = "dropped before scoring"  # how a note about a candidate that failed its cheap tests starts
 MAX_RUN_FAILURES = 3  # workspace runs that did not finish in a row: cheap tests are skipped from then on
 
 
@@ -348,7 +343,7 @@ async def _write_and_test(toolbox: Toolbox, proposal: Proposal, policy: OfflineP
     v = cheap_tests.verdict(outcome)
     if not v.ok:
         policy.dropped(proposal)
-        await toolbox.call("note", {"text": f"{DROPPED}: {proposal.title} ({sha[:12]}): {v.reason}"})
+        await toolbox.call("note", {"text": f"{cheap_tests.DROPPED}: {proposal.title} ({sha[:12]}): {v.reason}"})
         return None, outcome.get("status") != "ok"
     await toolbox.call("note", {"text": f"cheap tests passed: {proposal.title} ({sha[:12]}): {v.reason}"})
     return sha, False
